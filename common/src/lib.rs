@@ -1,0 +1,44 @@
+//! The kernel/user ABI of Sluice: every type, name and size that crosses the boundary
+//! between the XDP programs (`ebpf/`) and userspace (`dataplane/`).
+//!
+//! Everything here is `#[repr(C)]` or a plain integer so both sides agree byte for byte;
+//! each shared type has a compile-time size and alignment assert.
+#![no_std]
+
+pub mod stats;
+
+/// Map names, as declared in the eBPF object and pinned under the bpffs directory.
+pub mod maps {
+    /// Per-CPU array of [`crate::stats::Counter`], indexed by [`crate::stats::Reason`].
+    pub const STATS: &str = "SLUICE_STATS";
+    /// Every map in the object; the daemon pins each under `<pin_dir>/maps/<name>`.
+    pub const ALL: [&str; 1] = [STATS];
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// XDP entry for the host side of a VM's interface.
+    pub const XDP_VM: &str = "xdp_vm";
+    /// XDP entry for the host's underlay (fabric) interface.
+    pub const XDP_UNDERLAY: &str = "xdp_underlay";
+    /// An empty XDP program: the measuring floor for benchmarks.
+    pub const XDP_FLOOR: &str = "xdp_floor";
+    /// All programs the daemon and the verifier test load.
+    pub const ALL: [&str; 3] = [XDP_VM, XDP_UNDERLAY, XDP_FLOOR];
+}
+
+/// Well-known protocol numbers and ports.
+pub mod proto {
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88A8;
+    pub const ETH_P_IPV6: u16 = 0x86DD;
+    pub const IPPROTO_ICMP: u8 = 1;
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    pub const VXLAN_PORT: u16 = 4789;
+    /// Outer Ethernet + IPv4 + UDP + VXLAN headers added by encapsulation.
+    pub const VXLAN_OVERHEAD: usize = 14 + 20 + 8 + 8;
+}

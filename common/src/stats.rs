@@ -1,0 +1,150 @@
+//! Per-packet verdict accounting. Every packet an XDP entry point sees is counted
+//! exactly once, under the reason that decided its fate.
+
+/// Packets and bytes for one reason, per CPU (userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::align_of::<Counter>() == 8);
+
+/// What happened to a packet, and why. The discriminant is the index into the stats map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    // ---- passed to the kernel stack ----
+    PassNonIp = 0,
+    PassArp,
+    PassIpv4,
+    PassIpv6,
+    PassVxlan,
+    // ---- dropped: malformed (each check its own reason) ----
+    DropEthTruncated,
+    DropVlanTruncated,
+    DropVlanTooDeep,
+    DropArpTruncated,
+    DropIpv4Truncated,
+    DropIpv4BadVersion,
+    DropIpv4BadIhl,
+    DropIpv4BadTotalLen,
+    DropIpv6Truncated,
+    DropIpv6BadVersion,
+    DropIpv6BadPayloadLen,
+    DropTcpTruncated,
+    DropTcpBadDataOffset,
+    DropUdpTruncated,
+    DropUdpBadLen,
+    DropIcmpTruncated,
+    DropIcmpv6Truncated,
+    DropVxlanTruncated,
+    DropVxlanBadFlags,
+    DropInnerEthTruncated,
+}
+
+impl Reason {
+    /// Number of reasons: the stats map's size.
+    pub const COUNT: u32 = Reason::DropInnerEthTruncated as u32 + 1;
+
+    /// Every reason, in index order.
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::PassNonIp,
+        Reason::PassArp,
+        Reason::PassIpv4,
+        Reason::PassIpv6,
+        Reason::PassVxlan,
+        Reason::DropEthTruncated,
+        Reason::DropVlanTruncated,
+        Reason::DropVlanTooDeep,
+        Reason::DropArpTruncated,
+        Reason::DropIpv4Truncated,
+        Reason::DropIpv4BadVersion,
+        Reason::DropIpv4BadIhl,
+        Reason::DropIpv4BadTotalLen,
+        Reason::DropIpv6Truncated,
+        Reason::DropIpv6BadVersion,
+        Reason::DropIpv6BadPayloadLen,
+        Reason::DropTcpTruncated,
+        Reason::DropTcpBadDataOffset,
+        Reason::DropUdpTruncated,
+        Reason::DropUdpBadLen,
+        Reason::DropIcmpTruncated,
+        Reason::DropIcmpv6Truncated,
+        Reason::DropVxlanTruncated,
+        Reason::DropVxlanBadFlags,
+        Reason::DropInnerEthTruncated,
+    ];
+
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_index(i: u32) -> Option<Reason> {
+        Reason::ALL.get(i as usize).copied()
+    }
+
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= Reason::DropEthTruncated as u32
+    }
+
+    /// Stable snake_case name, used in metrics labels, JSON and the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNonIp => "pass_non_ip",
+            Reason::PassArp => "pass_arp",
+            Reason::PassIpv4 => "pass_ipv4",
+            Reason::PassIpv6 => "pass_ipv6",
+            Reason::PassVxlan => "pass_vxlan",
+            Reason::DropEthTruncated => "drop_eth_truncated",
+            Reason::DropVlanTruncated => "drop_vlan_truncated",
+            Reason::DropVlanTooDeep => "drop_vlan_too_deep",
+            Reason::DropArpTruncated => "drop_arp_truncated",
+            Reason::DropIpv4Truncated => "drop_ipv4_truncated",
+            Reason::DropIpv4BadVersion => "drop_ipv4_bad_version",
+            Reason::DropIpv4BadIhl => "drop_ipv4_bad_ihl",
+            Reason::DropIpv4BadTotalLen => "drop_ipv4_bad_total_len",
+            Reason::DropIpv6Truncated => "drop_ipv6_truncated",
+            Reason::DropIpv6BadVersion => "drop_ipv6_bad_version",
+            Reason::DropIpv6BadPayloadLen => "drop_ipv6_bad_payload_len",
+            Reason::DropTcpTruncated => "drop_tcp_truncated",
+            Reason::DropTcpBadDataOffset => "drop_tcp_bad_data_offset",
+            Reason::DropUdpTruncated => "drop_udp_truncated",
+            Reason::DropUdpBadLen => "drop_udp_bad_len",
+            Reason::DropIcmpTruncated => "drop_icmp_truncated",
+            Reason::DropIcmpv6Truncated => "drop_icmpv6_truncated",
+            Reason::DropVxlanTruncated => "drop_vxlan_truncated",
+            Reason::DropVxlanBadFlags => "drop_vxlan_bad_flags",
+            Reason::DropInnerEthTruncated => "drop_inner_eth_truncated",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Counter {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_complete() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index() as usize, i, "{r:?} out of order");
+            assert_eq!(Reason::from_index(i as u32), Some(*r));
+        }
+        assert_eq!(Reason::from_index(Reason::COUNT), None);
+    }
+
+    #[test]
+    fn names_are_unique_and_drop_prefix_matches_is_drop() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            assert_eq!(a.name().starts_with("drop_"), a.is_drop(), "{a:?}");
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Sluice's userspace dataplane library: loading and pinning the XDP programs, typed map
+//! handles, metrics and the daemon's API. The daemon binary is `src/bin/sluiced.rs`.
+
+pub mod loader;
+pub mod stats;
+
+/// The compiled eBPF object, embedded at build time by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice"));

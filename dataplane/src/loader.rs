@@ -1,0 +1,187 @@
+//! Loading the eBPF object, pinning its maps and links, and attaching the XDP entry points.
+//!
+//! Hitless restarts and upgrades: maps are pinned by name under `<pin_dir>/maps`, so a new
+//! daemon (or a new program version) opens the same maps instead of creating empty ones;
+//! each interface's XDP link is pinned under `<pin_dir>/links/<ifname>`, so the program stays
+//! attached while no daemon runs. On start the daemon swaps its freshly loaded program into
+//! the existing link with `BPF_LINK_UPDATE`, which is atomic: every packet sees either the
+//! old program or the new one, never none.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{Map, MapData},
+    programs::{
+        links::{FdLink, PinnedLink},
+        Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use serde::{Deserialize, Serialize};
+use sluice_common::{maps, programs};
+
+/// Which XDP entry point an interface gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The host side of a VM's interface.
+    Vm,
+    /// The host's interface toward the fabric.
+    Underlay,
+}
+
+impl Role {
+    pub fn program(self) -> &'static str {
+        match self {
+            Role::Vm => programs::XDP_VM,
+            Role::Underlay => programs::XDP_UNDERLAY,
+        }
+    }
+}
+
+/// How an attach went: a new link, or an existing pinned link whose program was replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    New,
+    Replaced,
+}
+
+/// The loaded programs and maps of one Sluice instance.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+}
+
+impl Dataplane {
+    /// Loads every program through the verifier. With `pin_dir`, maps are pinned there
+    /// (reused when already pinned); without, they live as long as this value (tests).
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = pin_dir {
+            let map_dir = dir.join("maps");
+            fs::create_dir_all(&map_dir)
+                .with_context(|| format!("creating pin directory {}", map_dir.display()))?;
+            for name in maps::ALL {
+                loader.map_pin_path(name, map_dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(crate::EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        for name in programs::ALL {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading program {name} through the verifier"))?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+        })
+    }
+
+    /// Names of the maps in the loaded object (to check each is pinned).
+    pub fn map_names(&self) -> Vec<String> {
+        self.ebpf.maps().map(|(name, _)| name.to_string()).collect()
+    }
+
+    pub fn program(&self, name: &str) -> Result<&Xdp> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()
+            .map_err(Into::into)
+    }
+
+    pub fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()
+            .map_err(Into::into)
+    }
+
+    pub fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("no map {name}"))
+    }
+
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("no map {name}"))
+    }
+
+    pub fn stats(&self) -> Result<crate::stats::StatsSnapshot> {
+        crate::stats::StatsSnapshot::read(self.map(maps::STATS)?)
+    }
+
+    /// Attaches `role`'s program to `iface`. With a pin directory the link is pinned, and an
+    /// already pinned link for `iface` gets the new program atomically instead.
+    pub fn attach(&mut self, iface: &str, role: Role, mode: XdpMode) -> Result<Attached> {
+        let link_path = self.pin_dir.as_ref().map(|d| link_pin_path(d, iface));
+        let prog = self.program_mut(role.program())?;
+        if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
+            let pinned = PinnedLink::from_pin(path)
+                .with_context(|| format!("opening pinned link {}", path.display()))?;
+            let link = FdLink::from(pinned).try_into()?;
+            prog.attach_to_link(link)
+                .with_context(|| format!("replacing the program on {iface}"))?;
+            return Ok(Attached::Replaced);
+        }
+        let id = prog
+            .attach(iface, mode)
+            .with_context(|| format!("attaching {} to {iface}", role.program()))?;
+        if let Some(path) = link_path {
+            let link: FdLink = prog.take_link(id)?.try_into().map_err(|_| {
+                anyhow!("{iface}: kernel gave a netlink XDP attachment, which cannot be pinned")
+            })?;
+            fs::create_dir_all(path.parent().expect("link path has a parent"))?;
+            link.pin(&path)
+                .with_context(|| format!("pinning link {}", path.display()))?;
+        }
+        Ok(Attached::New)
+    }
+}
+
+/// Where the link for `iface` is pinned.
+pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join("links").join(iface)
+}
+
+/// Detaches `iface` by removing its pinned link (the kernel detaches once no fd holds it).
+pub fn detach_pinned(pin_dir: &Path, iface: &str) -> Result<bool> {
+    let path = link_pin_path(pin_dir, iface);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Removes every pin (links first, so traffic stops being processed before maps vanish).
+pub fn teardown(pin_dir: &Path) -> Result<()> {
+    for sub in ["links", "maps"] {
+        let dir = pin_dir.join(sub);
+        if !dir.exists() {
+            continue;
+        }
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        fs::remove_dir(&dir).ok();
+    }
+    Ok(())
+}
+
+/// Opens a map pinned by a running (or stopped) daemon, for tools that do not load programs.
+pub fn open_pinned_map(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = pin_dir.join("maps").join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
+}

@@ -1,0 +1,61 @@
+//! Sluice's XDP programs. Read a packet's life top-down from the entry points below:
+//! `parse` validates and locates headers, `stats` counts the verdict. Later concerns
+//! (vpc, sg, conntrack, nat, lb) slot in between parse and verdict, one module each.
+#![no_std]
+#![no_main]
+
+mod parse;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use sluice_common::stats::Reason;
+
+/// Host side of a VM's interface: traffic the VM sends.
+#[xdp]
+pub fn xdp_vm(ctx: XdpContext) -> u32 {
+    let reason = match parse::parse(&ctx) {
+        Ok(pkt) => pass_reason(&pkt),
+        Err(reason) => reason,
+    };
+    stats::verdict(&ctx, reason)
+}
+
+/// The host's underlay interface: VXLAN from other hosts, plus the host's own traffic.
+#[xdp]
+pub fn xdp_underlay(ctx: XdpContext) -> u32 {
+    let reason = match parse::parse(&ctx) {
+        Ok(pkt) if pkt.is_vxlan() => match parse::parse_vxlan(&ctx, &pkt) {
+            Ok(_inner) => Reason::PassVxlan,
+            Err(reason) => reason,
+        },
+        Ok(pkt) => pass_reason(&pkt),
+        Err(reason) => reason,
+    };
+    stats::verdict(&ctx, reason)
+}
+
+/// Does nothing: the benchmark floor (the cost of running any XDP program at all).
+#[xdp]
+pub fn xdp_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn pass_reason(pkt: &parse::Packet) -> Reason {
+    match pkt.ethertype {
+        sluice_common::proto::ETH_P_IP => Reason::PassIpv4,
+        sluice_common::proto::ETH_P_IPV6 => Reason::PassIpv6,
+        sluice_common::proto::ETH_P_ARP => Reason::PassArp,
+        _ => Reason::PassNonIp,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
