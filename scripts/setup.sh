@@ -7,7 +7,7 @@ say() { echo "setup: $*"; }
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 APT_PACKAGES=(llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev
-  iproute2 ethtool iputils-ping tcpdump iperf3 netsniff-ng socat bpftool curl)
+  iproute2 ethtool iputils-ping tcpdump iperf3 netsniff-ng socat bpftool curl python3)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,1 +1,90 @@
-fn main() {}
+//! `sluice-bench`: measures the Sluice dataplane. See bench/README.md.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use sluice_bench::{micro, report};
+
+/// Results land in the source tree's bench/results/latest unless --out says otherwise.
+const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest");
+
+/// Exit code of a mode that is not implemented yet (distinct from a failure, 1).
+const EXIT_NOT_IMPLEMENTED: u8 = 2;
+const NOT_IMPLEMENTED: &str = "not yet implemented: needs the VPC overlay (issue 3)";
+
+#[derive(Parser)]
+#[command(name = "sluice-bench", about = "Benchmarks the Sluice dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Per-packet cost of every datapath path by BPF_PROG_TEST_RUN (needs root).
+    Micro(MicroArgs),
+    /// End-to-end traffic between namespaces (not yet implemented: exits 2).
+    E2e,
+    /// Control-plane latency and scale (not yet implemented: exits 2).
+    Control,
+    /// Every implemented mode, with micro's options.
+    All(MicroArgs),
+}
+
+#[derive(Args)]
+struct MicroArgs {
+    /// Fewer, shorter runs (repeat 10,000, 3 runs): proves the harness works, not for figures.
+    #[arg(long)]
+    quick: bool,
+    /// Measured runs per path [default: 15, --quick: 3].
+    #[arg(long)]
+    runs: Option<u32>,
+    /// BPF_PROG_TEST_RUN repetitions per run [default: 1000000, --quick: 10000].
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// CPU to pin the measuring thread to.
+    #[arg(long, default_value_t = micro::Params::DEFAULT_CPU)]
+    cpu: usize,
+    /// Output directory for micro.json, summary.md and micro.svg.
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.mode {
+        Mode::Micro(args) => run_micro(&args),
+        Mode::E2e | Mode::Control => {
+            eprintln!("sluice-bench: {NOT_IMPLEMENTED}");
+            return ExitCode::from(EXIT_NOT_IMPLEMENTED);
+        }
+        Mode::All(args) => {
+            eprintln!("sluice-bench all: skipping e2e and control ({NOT_IMPLEMENTED})");
+            run_micro(&args)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_micro(args: &MicroArgs) -> Result<()> {
+    let params = micro::Params::new(args.quick, args.runs, args.repeat, args.cpu)?;
+    eprintln!(
+        "sluice-bench micro: repeat {}, {} runs, CPU {}",
+        params.repeat, params.runs, params.cpu
+    );
+    let result = micro::run(&params, |step| eprintln!("micro: {step}"))?;
+    report::write_micro(&result, &args.out)?;
+    print!("{}", report::table_markdown(&result));
+    eprintln!(
+        "sluice-bench micro: wrote micro.json, summary.md, micro.svg to {}",
+        args.out.display()
+    );
+    Ok(())
+}

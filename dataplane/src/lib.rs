@@ -1,7 +1,14 @@
 //! Sluice's userspace dataplane library: loading and pinning the XDP programs, typed map
 //! handles, metrics and the daemon's API. The daemon binary is `src/bin/sluiced.rs`.
 
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod fixture;
+pub mod lab;
 pub mod loader;
+pub mod metrics;
 pub mod stats;
 
 /// The compiled eBPF object, embedded at build time by `build.rs`.

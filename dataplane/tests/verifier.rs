@@ -10,16 +10,23 @@ fn every_program_passes_the_verifier() {
         return;
     }
     let dp = Dataplane::load(None).expect("object loads");
+    let mut report = String::new();
     for name in programs::ALL {
         let info = dp.program(name).unwrap().info().expect("program info");
         let verified = info
             .verified_instruction_count()
             .expect("kernel reports insns");
         let xlated = info.size_translated().expect("kernel reports size") / 8;
-        println!("verifier: {name:<14} {xlated:>6} instructions, {verified:>7} verified");
+        let line = format!("verifier: {name:<14} {xlated:>6} instructions, {verified:>7} verified");
+        println!("{line}");
+        report.push_str(&line);
+        report.push('\n');
         assert!(xlated > 0, "{name} has no instructions");
         assert!(verified < 1_000_000, "{name} is near the verifier's limit");
     }
+    // scripts/test.sh prints this after the run, since cargo captures test output.
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/verifier-report.txt");
+    std::fs::write(out, report).expect("write verifier report");
 }
 
 #[test]

@@ -20,6 +20,9 @@ const VXLAN_LEN: usize = 8;
 const MAX_VLAN_TAGS: usize = 2;
 /// VXLAN flags byte: the I bit says the VNI is valid (RFC 7348).
 const VXLAN_FLAG_VNI: u8 = 0x08;
+/// IPv4 flags/fragment-offset field: more-fragments bit and the offset.
+const IPV4_MF: u16 = 0x2000;
+const IPV4_FRAG_OFF: u16 = 0x1fff;
 
 /// Where the headers of one (outer or inner) packet are, and the fields later stages key on.
 #[derive(Clone, Copy)]
@@ -34,6 +37,11 @@ pub struct Packet {
     pub ip_proto: u8,
     /// Offset of the L4 header; 0 when there is none (non-IP, non-first fragment).
     pub l4_off: usize,
+    /// Where the L4 datagram ends (UDP: by its length; else the IP datagram's end; a first
+    /// fragment: the fragment's end); 0 when there is no L4 header.
+    pub l4_end: usize,
+    /// An IPv4 fragment (first or not): the datagram is incomplete here.
+    pub fragment: bool,
     /// Host byte order; 0 when not TCP/UDP.
     pub src_port: u16,
     pub dst_port: u16,
@@ -44,6 +52,7 @@ impl Packet {
         self.ethertype == ETH_P_IP
             && self.ip_proto == IPPROTO_UDP
             && self.l4_off != 0
+            && !self.fragment
             && self.dst_port == VXLAN_PORT
     }
 }
@@ -69,38 +78,62 @@ fn has(ctx: &XdpContext, off: usize, len: usize) -> bool {
     ctx.data() + off + len <= ctx.data_end()
 }
 
+/// Hides `v` from LLVM's range reasoning. Given a bound it knows lies within the frame
+/// (one derived from an earlier frame check), LLVM merges a frame check with a following
+/// check against that bound when both return the same reason, and keeps only the latter;
+/// the verifier, which learns packet ranges only from comparisons with `data_end`, then
+/// rejects the read. Costs a stack store and load.
+#[inline(always)]
+fn opaque(v: usize) -> usize {
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
 #[inline(always)]
 fn be16(ctx: &XdpContext, off: usize) -> Option<u16> {
     ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
+/// No bound but the frame's own end (the outer frame).
+const NO_LIMIT: usize = usize::MAX;
+
 /// Parses the outer frame starting at offset 0.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
-    parse_at(ctx, 0)
+    parse_at(ctx, 0, NO_LIMIT)
 }
 
 /// Parses the VXLAN header after `outer`'s UDP header and the inner frame behind it.
+/// Both must lie inside the outer UDP datagram, not merely inside the frame.
 #[inline(always)]
 pub fn parse_vxlan(ctx: &XdpContext, outer: &Packet) -> Result<Vxlan, Reason> {
+    let limit = opaque(outer.l4_end);
     let off = outer.l4_off + UDP_LEN;
     let hdr = ptr_at::<[u8; VXLAN_LEN]>(ctx, off).ok_or(Reason::DropVxlanTruncated)?;
     let hdr = unsafe { *hdr };
+    if off + VXLAN_LEN > limit {
+        return Err(Reason::DropVxlanTruncated);
+    }
     if hdr[0] & VXLAN_FLAG_VNI == 0 {
         return Err(Reason::DropVxlanBadFlags);
     }
     let vni = u32::from_be_bytes([0, hdr[4], hdr[5], hdr[6]]);
-    let inner = parse_at(ctx, off + VXLAN_LEN).map_err(|r| match r {
+    let inner = parse_at(ctx, off + VXLAN_LEN, limit).map_err(|r| match r {
         Reason::DropEthTruncated => Reason::DropInnerEthTruncated,
         other => other,
     })?;
     Ok(Vxlan { vni, inner })
 }
 
+/// Parses a frame at `l2_off` that must end by `limit` as well as by the frame's end
+/// (an inner frame ends with the outer UDP datagram). As in [`parse_l4`], each header is
+/// checked against the frame first and against `limit` (constant or [`opaque`]) second.
 #[inline(always)]
-fn parse_at(ctx: &XdpContext, l2_off: usize) -> Result<Packet, Reason> {
+fn parse_at(ctx: &XdpContext, l2_off: usize, limit: usize) -> Result<Packet, Reason> {
     let eth = ptr_at::<[u8; ETH_LEN]>(ctx, l2_off).ok_or(Reason::DropEthTruncated)?;
     let mut ethertype = u16::from_be_bytes(unsafe { [(*eth)[12], (*eth)[13]] });
+    if l2_off + ETH_LEN > limit {
+        return Err(Reason::DropEthTruncated);
+    }
     let mut l3_off = l2_off + ETH_LEN;
     let mut vlan_id = 0u16;
     for i in 0..=MAX_VLAN_TAGS {
@@ -112,6 +145,9 @@ fn parse_at(ctx: &XdpContext, l2_off: usize) -> Result<Packet, Reason> {
         }
         let tci = be16(ctx, l3_off).ok_or(Reason::DropVlanTruncated)?;
         ethertype = be16(ctx, l3_off + 2).ok_or(Reason::DropVlanTruncated)?;
+        if l3_off + VLAN_LEN > limit {
+            return Err(Reason::DropVlanTruncated);
+        }
         if i == 0 {
             vlan_id = tci & 0x0fff;
         }
@@ -125,14 +161,16 @@ fn parse_at(ctx: &XdpContext, l2_off: usize) -> Result<Packet, Reason> {
         l3_off,
         ip_proto: 0,
         l4_off: 0,
+        l4_end: 0,
+        fragment: false,
         src_port: 0,
         dst_port: 0,
     };
     match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, &mut pkt)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, &mut pkt)?,
+        ETH_P_IP => parse_ipv4(ctx, &mut pkt, limit)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, &mut pkt, limit)?,
         ETH_P_ARP => {
-            if !has(ctx, l3_off, ARP_LEN) {
+            if !has(ctx, l3_off, ARP_LEN) || l3_off + ARP_LEN > limit {
                 return Err(Reason::DropArpTruncated);
             }
         }
@@ -142,10 +180,13 @@ fn parse_at(ctx: &XdpContext, l2_off: usize) -> Result<Packet, Reason> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Reason> {
+fn parse_ipv4(ctx: &XdpContext, pkt: &mut Packet, limit: usize) -> Result<(), Reason> {
     let off = pkt.l3_off;
     let hdr = ptr_at::<[u8; IPV4_MIN_LEN]>(ctx, off).ok_or(Reason::DropIpv4Truncated)?;
     let hdr = unsafe { *hdr };
+    if off + IPV4_MIN_LEN > limit {
+        return Err(Reason::DropIpv4Truncated);
+    }
     if hdr[0] >> 4 != 4 {
         return Err(Reason::DropIpv4BadVersion);
     }
@@ -154,28 +195,30 @@ fn parse_ipv4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Reason> {
         return Err(Reason::DropIpv4BadIhl);
     }
     // Options: the header must still fit in the frame.
-    if !has(ctx, off, hdr_len) {
+    if !has(ctx, off, hdr_len) || off + hdr_len > limit {
         return Err(Reason::DropIpv4Truncated);
     }
     let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
-    if total_len < hdr_len || !has(ctx, off, total_len) {
+    if total_len < hdr_len || !has(ctx, off, total_len) || off + total_len > limit {
         return Err(Reason::DropIpv4BadTotalLen);
     }
     pkt.ip_proto = hdr[9];
-    let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
-    if frag_off != 0 {
+    let flags_frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let more_fragments = flags_frag & IPV4_MF != 0;
+    pkt.fragment = more_fragments || flags_frag & IPV4_FRAG_OFF != 0;
+    if flags_frag & IPV4_FRAG_OFF != 0 {
         // Not the first fragment: no L4 header here.
         return Ok(());
     }
-    parse_l4(ctx, pkt, off + hdr_len, off + total_len)
+    parse_l4(ctx, pkt, off + hdr_len, off + total_len, more_fragments)
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Reason> {
+fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet, limit: usize) -> Result<(), Reason> {
     let off = pkt.l3_off;
     let hdr = ptr_at::<[u8; 8]>(ctx, off).ok_or(Reason::DropIpv6Truncated)?;
     let hdr = unsafe { *hdr };
-    if !has(ctx, off, IPV6_LEN) {
+    if !has(ctx, off, IPV6_LEN) || off + IPV6_LEN > limit {
         return Err(Reason::DropIpv6Truncated);
     }
     if hdr[0] >> 4 != 6 {
@@ -183,21 +226,31 @@ fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Reason> {
     }
     let payload_len = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
     let end = off + IPV6_LEN + payload_len;
-    if !has(ctx, 0, end) {
+    if !has(ctx, 0, end) || end > limit {
         return Err(Reason::DropIpv6BadPayloadLen);
     }
     pkt.ip_proto = hdr[6];
-    parse_l4(ctx, pkt, off + IPV6_LEN, end)
+    parse_l4(ctx, pkt, off + IPV6_LEN, end, false)
 }
 
 /// `l3_end` is where the IP datagram ends (the frame may carry Ethernet padding beyond it).
+/// `more_fragments`: this is the first fragment of a larger datagram, so the UDP length
+/// may reach past `l3_end` (the headers themselves must still be here).
 ///
 /// Each header is first bounds-checked against the frame and read through that checked
-/// pointer, and only then against `l3_end`: checked the other way round, LLVM proves the
+/// pointer, and only then against `l3_end`, which is [`opaque`]: otherwise LLVM proves the
 /// frame check redundant and drops it, and the verifier (which cannot follow that proof)
 /// rejects the read.
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, off: usize, l3_end: usize) -> Result<(), Reason> {
+fn parse_l4(
+    ctx: &XdpContext,
+    pkt: &mut Packet,
+    off: usize,
+    l3_end: usize,
+    more_fragments: bool,
+) -> Result<(), Reason> {
+    let l3_end = opaque(l3_end);
+    pkt.l4_end = l3_end;
     match pkt.ip_proto {
         IPPROTO_TCP => {
             let hdr = ptr_at::<[u8; TCP_MIN_LEN]>(ctx, off).ok_or(Reason::DropTcpTruncated)?;
@@ -219,8 +272,11 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Packet, off: usize, l3_end: usize) -> Re
                 return Err(Reason::DropUdpTruncated);
             }
             let udp_len = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
-            if udp_len < UDP_LEN || off + udp_len > l3_end {
+            if udp_len < UDP_LEN || (!more_fragments && off + udp_len > l3_end) {
                 return Err(Reason::DropUdpBadLen);
+            }
+            if !more_fragments {
+                pkt.l4_end = off + udp_len;
             }
             set_ports(pkt, off, &hdr);
             Ok(())

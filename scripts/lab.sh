@@ -1,0 +1,142 @@
+# Shell helpers for network-namespace labs: the scripts' twin of dataplane/src/lab.
+# Source this file, call lab_init, build with lab_host / lab_bridge / lab_vm, run things with
+# lab_exec / lab_daemon. lab_init arms a trap that removes everything on exit, Ctrl-C
+# included. Every interface is created directly inside a lab namespace (ip -n): nothing here
+# touches the root namespace's interfaces or routes.
+
+LAB_BPFFS=/run/sluice/bpffs
+LAB_NAMESPACES=()
+LAB_PIDS=()
+LAB_PIN_DIRS=()
+LAB_SLUICED=""
+
+lab_say() { echo "lab: $*" >&2; }
+
+# Claims a free name sl<4 hex digits> (its run dir is the lock) and arms the cleanup trap.
+lab_init() {
+  mkdir -p /run/sluice
+  LAB=""
+  local _
+  for _ in $(seq 32); do
+    local name
+    name=sl$(printf '%04x' $(( (RANDOM << 2 ^ $$) & 0xffff )))
+    if mkdir "/run/sluice/$name" 2>/dev/null; then LAB=$name; break; fi
+  done
+  [ -n "$LAB" ] || { lab_say "no free lab name under /run/sluice"; return 1; }
+  LAB_RUN=/run/sluice/$LAB
+  echo $$ > "$LAB_RUN/owner"   # lets the Rust lab sweep this one if we die by SIGKILL
+  trap lab_down EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  # `ip netns exec` remounts /sys, so pins live on a bpffs outside it.
+  mountpoint -q "$LAB_BPFFS" || { mkdir -p "$LAB_BPFFS"; mount -t bpf bpf "$LAB_BPFFS"; }
+}
+
+# lab_host NAME: namespace <lab>-NAME with loopback up.
+lab_host() {
+  local ns=$LAB-$1
+  ip netns add "$ns"
+  LAB_NAMESPACES+=("$ns")
+  ip -n "$ns" link set lo up
+}
+
+# lab_bridge HOST: bridge <lab>-br in HOST, up.
+lab_bridge() {
+  ip -n "$LAB-$1" link add "$LAB-br" type bridge
+  ip -n "$LAB-$1" link set "$LAB-br" up
+}
+
+# lab_vm HOST VM ADDR/LEN MAC: namespace VM wired to HOST's bridge by a veth pair.
+# Host side: <lab>-VM (where xdp_vm attaches). VM side: <lab>-VMn, with ADDR and MAC.
+lab_vm() {
+  local host=$LAB-$1 vm=$LAB-$2 addr=$3 mac=$4
+  local host_if=$LAB-$2 vm_if=$LAB-${2}n
+  lab_host "$2"
+  ip -n "$host" link add "$host_if" type veth peer name "$vm_if" netns "$vm"
+  ip -n "$vm" link set "$vm_if" address "$mac"
+  ip -n "$vm" addr add "$addr" dev "$vm_if"
+  ip -n "$vm" link set "$vm_if" up
+  # GRO gives the veth NAPI: without it, XDP_REDIRECT into this VM would deliver nothing.
+  ip netns exec "$vm" ethtool -K "$vm_if" gro on >/dev/null
+  ip -n "$host" link set "$host_if" master "$LAB-br" up
+}
+
+# lab_exec HOST CMD...: runs CMD inside HOST's namespace.
+lab_exec() {
+  local ns=$LAB-$1
+  shift
+  ip netns exec "$ns" "$@"
+}
+
+# lab_run HOST CMD...: lab_exec in the foreground, except that Ctrl-C aborts the script even
+# when CMD catches SIGINT and exits 0 (ping does; bash would then carry on): a trapped signal
+# interrupts `wait`.
+lab_run() {
+  lab_exec "$@" &
+  wait $!
+}
+
+# lab_spawn HOST CMD...: like lab_exec, in the background; the process is killed on exit.
+lab_spawn() {
+  lab_exec "$@" &
+  LAB_PIDS+=($!)
+}
+
+# lab_daemon HOST SLUICED IFACE...: runs sluiced in HOST with xdp_vm on each IFACE and waits
+# until it is ready. Sets LAB_API (for sluicectl --api) and LAB_PIN_DIR.
+lab_daemon() {
+  local host=$1 sluiced=$2
+  shift 2
+  local cfg=$LAB_RUN/$host.yaml log=$LAB_RUN/$host.log
+  LAB_SLUICED=$sluiced
+  LAB_PIN_DIR=$LAB_BPFFS/$LAB-$host
+  LAB_API=unix:$LAB_RUN/$host.sock
+  {
+    echo "pin_dir: $LAB_PIN_DIR"
+    echo "api: $LAB_API"
+    echo "on_exit: keep"
+    echo "interfaces:"
+    local iface
+    for iface in "$@"; do echo "  - { name: $iface, role: vm }"; done
+  } > "$cfg"
+  LAB_PIN_DIRS+=("$LAB_PIN_DIR")
+  # Its own session: Ctrl-C reaches the script, and the daemon stops by lab_down's SIGTERM.
+  setsid ip netns exec "$LAB-$host" "$sluiced" --config "$cfg" >"$log" 2>&1 &
+  local pid=$!
+  LAB_PIDS+=("$pid")
+  local _
+  for _ in $(seq 600); do
+    grep -q "sluiced: ready" "$log" && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  lab_say "sluiced did not become ready; its log ($log):"
+  cat "$log" >&2
+  return 1
+}
+
+# Stops what the lab started (by PID), unpins, deletes its namespaces. Runs from the trap.
+lab_down() {
+  local status=$?
+  trap - EXIT INT TERM
+  set +e
+  local pid ns dir _
+  for pid in "${LAB_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${LAB_PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+  for dir in "${LAB_PIN_DIRS[@]}"; do
+    [ -n "$LAB_SLUICED" ] && "$LAB_SLUICED" teardown --pin-dir "$dir" >/dev/null 2>&1
+    rm -rf "$dir"
+  done
+  for ns in "${LAB_NAMESPACES[@]}"; do
+    # Anything still inside (a grandchild) was started by this lab too.
+    pids=$(ip netns pids "$ns" 2>/dev/null)
+    [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+    ip netns del "$ns"
+  done
+  [ -n "${LAB_RUN:-}" ] && rm -rf "$LAB_RUN"
+  [ -n "${LAB:-}" ] && lab_say "removed lab $LAB (namespaces, veths, bridge, pins)"
+  exit "$status"
+}
