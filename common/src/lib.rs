@@ -6,13 +6,34 @@
 #![no_std]
 
 pub mod stats;
+pub mod vpc;
 
 /// Map names, as declared in the eBPF object and pinned under the bpffs directory.
 pub mod maps {
     /// Per-CPU array of [`crate::stats::Counter`], indexed by [`crate::stats::Reason`].
     pub const STATS: &str = "SLUICE_STATS";
+    /// [`crate::vpc::Port`] by host-side ifindex.
+    pub const PORTS: &str = "SLUICE_PORTS";
+    /// [`crate::vpc::Endpoint`] by (VNI, IP): where every NIC this host talks to lives.
+    pub const ENDPOINTS: &str = "SLUICE_ENDPOINTS";
+    /// LPM trie of [`crate::vpc::NextHop`] by (VNI, destination prefix).
+    pub const ROUTES: &str = "SLUICE_ROUTES";
+    /// [`crate::vpc::VniInfo`] by VNI: the VPCs present on this host.
+    pub const VNIS: &str = "SLUICE_VNIS";
+    /// One-slot array of [`crate::vpc::HostConfig`].
+    pub const HOST: &str = "SLUICE_HOST";
+    /// [`crate::vpc::UnderlayNeighbor`] by remote VTEP address.
+    pub const UNDERLAY_NEIGHBORS: &str = "SLUICE_UNDERLAY";
     /// Every map in the object; the daemon pins each under `<pin_dir>/maps/<name>`.
-    pub const ALL: [&str; 1] = [STATS];
+    pub const ALL: [&str; 7] = [
+        STATS,
+        PORTS,
+        ENDPOINTS,
+        ROUTES,
+        VNIS,
+        HOST,
+        UNDERLAY_NEIGHBORS,
+    ];
 }
 
 /// Program names in the eBPF object.

@@ -12,7 +12,12 @@ pub struct Counter {
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::align_of::<Counter>() == 8);
 
-/// What happened to a packet, and why. The discriminant is the index into the stats map.
+/// Slots in the stats map: more than [`Reason::COUNT`], so a program version that adds
+/// reasons still fits the map pinned by an older one (restarts across upgrades are hitless).
+pub const STATS_SLOTS: u32 = 256;
+
+/// What happened to a packet, and why. The discriminant is the index into the stats map;
+/// new reasons are appended, never inserted, so pinned counters keep their meaning.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
@@ -43,11 +48,35 @@ pub enum Reason {
     DropVxlanTruncated,
     DropVxlanBadFlags,
     DropInnerEthTruncated,
+    // ---- VPC overlay ----
+    /// Answered an ARP request from a VM with the router MAC (XDP_TX).
+    ArpReply,
+    /// Delivered to a VM NIC on this host (XDP_REDIRECT).
+    FwdLocal,
+    /// Encapsulated toward another host (XDP_REDIRECT to the underlay).
+    FwdEncap,
+    /// Decapsulated from the underlay and delivered to a local VM NIC.
+    FwdDecap,
+    DropSpoofedMac,
+    DropSpoofedIp,
+    DropArpNotInVpc,
+    DropVmNotIpv4,
+    DropNoRoute,
+    DropBlackhole,
+    DropNoEndpoint,
+    DropTtlExceeded,
+    DropMtuExceeded,
+    DropNoUnderlayNeighbor,
+    DropUnknownVni,
+    DropVxlanUnknownDest,
+    DropVxlanSpoofedSource,
+    DropVxlanInnerNotIpv4,
+    DropEncapFailed,
 }
 
 impl Reason {
     /// Number of reasons: the stats map's size.
-    pub const COUNT: u32 = Reason::DropInnerEthTruncated as u32 + 1;
+    pub const COUNT: u32 = Reason::DropEncapFailed as u32 + 1;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -76,6 +105,25 @@ impl Reason {
         Reason::DropVxlanTruncated,
         Reason::DropVxlanBadFlags,
         Reason::DropInnerEthTruncated,
+        Reason::ArpReply,
+        Reason::FwdLocal,
+        Reason::FwdEncap,
+        Reason::FwdDecap,
+        Reason::DropSpoofedMac,
+        Reason::DropSpoofedIp,
+        Reason::DropArpNotInVpc,
+        Reason::DropVmNotIpv4,
+        Reason::DropNoRoute,
+        Reason::DropBlackhole,
+        Reason::DropNoEndpoint,
+        Reason::DropTtlExceeded,
+        Reason::DropMtuExceeded,
+        Reason::DropNoUnderlayNeighbor,
+        Reason::DropUnknownVni,
+        Reason::DropVxlanUnknownDest,
+        Reason::DropVxlanSpoofedSource,
+        Reason::DropVxlanInnerNotIpv4,
+        Reason::DropEncapFailed,
     ];
 
     pub const fn index(self) -> u32 {
@@ -87,7 +135,18 @@ impl Reason {
     }
 
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= Reason::DropEthTruncated as u32
+        !matches!(
+            self,
+            Reason::PassNonIp
+                | Reason::PassArp
+                | Reason::PassIpv4
+                | Reason::PassIpv6
+                | Reason::PassVxlan
+                | Reason::ArpReply
+                | Reason::FwdLocal
+                | Reason::FwdEncap
+                | Reason::FwdDecap
+        )
     }
 
     /// Stable snake_case name, used in metrics labels, JSON and the CLI.
@@ -118,6 +177,25 @@ impl Reason {
             Reason::DropVxlanTruncated => "drop_vxlan_truncated",
             Reason::DropVxlanBadFlags => "drop_vxlan_bad_flags",
             Reason::DropInnerEthTruncated => "drop_inner_eth_truncated",
+            Reason::ArpReply => "arp_reply",
+            Reason::FwdLocal => "fwd_local",
+            Reason::FwdEncap => "fwd_encap",
+            Reason::FwdDecap => "fwd_decap",
+            Reason::DropSpoofedMac => "drop_spoofed_mac",
+            Reason::DropSpoofedIp => "drop_spoofed_ip",
+            Reason::DropArpNotInVpc => "drop_arp_not_in_vpc",
+            Reason::DropVmNotIpv4 => "drop_vm_not_ipv4",
+            Reason::DropNoRoute => "drop_no_route",
+            Reason::DropBlackhole => "drop_blackhole",
+            Reason::DropNoEndpoint => "drop_no_endpoint",
+            Reason::DropTtlExceeded => "drop_ttl_exceeded",
+            Reason::DropMtuExceeded => "drop_mtu_exceeded",
+            Reason::DropNoUnderlayNeighbor => "drop_no_underlay_neighbor",
+            Reason::DropUnknownVni => "drop_unknown_vni",
+            Reason::DropVxlanUnknownDest => "drop_vxlan_unknown_dest",
+            Reason::DropVxlanSpoofedSource => "drop_vxlan_spoofed_source",
+            Reason::DropVxlanInnerNotIpv4 => "drop_vxlan_inner_not_ipv4",
+            Reason::DropEncapFailed => "drop_encap_failed",
         }
     }
 }
@@ -136,6 +214,11 @@ mod tests {
             assert_eq!(Reason::from_index(i as u32), Some(*r));
         }
         assert_eq!(Reason::from_index(Reason::COUNT), None);
+    }
+
+    #[test]
+    fn reasons_fit_the_stats_map() {
+        assert!(Reason::COUNT <= STATS_SLOTS);
     }
 
     #[test]

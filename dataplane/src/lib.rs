@@ -13,3 +13,4 @@ pub mod stats;
 
 /// The compiled eBPF object, embedded at build time by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice"));
+pub mod vpc;

@@ -2,11 +2,11 @@
 //! contends on a shared cache line.
 
 use aya_ebpf::{bindings::xdp_action, macros::map, maps::PerCpuArray, programs::XdpContext};
-use sluice_common::stats::{Counter, Reason};
+use sluice_common::stats::{Counter, Reason, STATS_SLOTS};
 
 /// The daemon pins it, so a restarted daemon (and a reloaded program) keeps counting in place.
 #[map(name = "SLUICE_STATS")]
-static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 
 /// Counts the packet under `reason` and turns the reason into the XDP action.
 #[inline(always)]
