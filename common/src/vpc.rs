@@ -20,7 +20,8 @@ pub struct Port {
     /// The NIC's own addresses: anything else from this port is spoofed.
     pub ip: Ipv4,
     pub mac: Mac,
-    pub _pad: [u8; 2],
+    /// `PORT_*` flags.
+    pub flags: u16,
     /// The NIC's subnet: traffic leaving it is routed (TTL decremented).
     pub subnet: Ipv4,
     pub subnet_mask: Ipv4,
@@ -28,6 +29,10 @@ pub struct Port {
     pub vpc: Ipv4,
     pub vpc_mask: Ipv4,
 }
+
+/// The NIC is an appliance (router, firewall): it forwards others' packets, so its source
+/// IP is not checked (MAC still is). The cloud's "source/destination check: off".
+pub const PORT_NO_SOURCE_CHECK: u16 = 1;
 
 /// Key of [`crate::maps::ENDPOINTS`]: a NIC's address inside its VPC.
 #[repr(C)]
@@ -148,6 +153,27 @@ pub struct UnderlayNeighbor {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VniInfo {
     pub flags: u32,
+}
+
+/// Spreads flows over underlay paths (ECMP, RSS) while keeping each flow on one path: a
+/// murmur3-finalised mix of the inner 5-tuple (ports 0 for other protocols).
+#[inline(always)]
+pub fn flow_hash(src: Ipv4, dst: Ipv4, proto: u8, sport: u16, dport: u16) -> u32 {
+    let mut x = u32::from_ne_bytes(src)
+        ^ u32::from_ne_bytes(dst).rotate_left(16)
+        ^ proto as u32
+        ^ (((sport as u32) << 16) | dport as u32);
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
+}
+
+/// The outer UDP source port for a flow hash: within the dynamic range.
+#[inline(always)]
+pub const fn vxlan_source_port(hash: u32) -> u16 {
+    VXLAN_SPORT_MIN | (hash as u16 & 0x3fff)
 }
 
 /// Default capacities (entries); the daemon may size maps from its config later.

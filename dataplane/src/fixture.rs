@@ -62,6 +62,8 @@ pub struct Fixture {
     /// Program name, one of `sluice_common::programs`.
     pub program: &'static str,
     pub input: Vec<u8>,
+    /// `xdp_md.ingress_ifindex` (0: none); must name a real device, e.g. `lo` (1).
+    pub ingress_ifindex: u32,
     pub setup: Option<MapSetup>,
     pub action: XdpAction,
     /// The frame the program must leave behind; `None`: unchanged.
@@ -93,6 +95,7 @@ impl Fixture {
             description: description.into(),
             program,
             input,
+            ingress_ifindex: 0,
             setup: None,
             action: XdpAction::Pass,
             output: None,
@@ -106,6 +109,12 @@ impl Fixture {
         setup: impl Fn(&mut Dataplane) -> Result<()> + Send + Sync + 'static,
     ) -> Self {
         self.setup = Some(Box::new(setup));
+        self
+    }
+
+    /// Runs the frame as if received on `ifindex`.
+    pub fn on_ifindex(mut self, ifindex: u32) -> Self {
+        self.ingress_ifindex = ifindex;
         self
     }
 
@@ -206,7 +215,7 @@ impl Fixture {
 
     fn run_counted(&self, dp: &Dataplane) -> Result<(RunOutput, StatsSnapshot)> {
         let before = dp.stats().context("reading counters before the run")?;
-        let ran = run_frame(dp.program(self.program)?, &self.input)
+        let ran = run_frame_on(dp.program(self.program)?, &self.input, self.ingress_ifindex)
             .with_context(|| format!("running {}", self.program))?;
         let after = dp.stats().context("reading counters after the run")?;
         Ok((ran, after.since(&before)))
@@ -400,11 +409,12 @@ const TEST_RUN_MIN_LEN: usize = 14;
 const OUTPUT_HEADROOM: usize = 512;
 
 /// `struct xdp_md`: six `u32`s in native byte order.
-fn xdp_md(data: u32, data_end: u32) -> [u8; 24] {
+fn xdp_md(data: u32, data_end: u32, ingress_ifindex: u32) -> [u8; 24] {
     let mut md = [0u8; 24];
     md[0..4].copy_from_slice(&data.to_ne_bytes());
     md[4..8].copy_from_slice(&data_end.to_ne_bytes());
-    // data_meta, ingress_ifindex, rx_queue_index, egress_ifindex: 0.
+    // data_meta 0; rx_queue_index, egress_ifindex: 0.
+    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     md
 }
 
@@ -418,9 +428,14 @@ pub fn filler_len_for(frame_len: usize) -> usize {
 /// test run refuses) is filled up to one, with `xdp_md.data_end` at the frame's end: the
 /// kernel puts the filler in a fragment, so the program's linear data is exactly `frame`.
 pub fn run_frame(prog: &Xdp, frame: &[u8]) -> Result<RunOutput> {
+    run_frame_on(prog, frame, 0)
+}
+
+/// [`run_frame`] as if the frame arrived on `ingress_ifindex` (a real device, or 0).
+pub fn run_frame_on(prog: &Xdp, frame: &[u8], ingress_ifindex: u32) -> Result<RunOutput> {
     let mut data_in = frame.to_vec();
     data_in.resize(frame.len() + filler_len_for(frame.len()), 0);
-    let ctx_in = xdp_md(0, frame.len() as u32);
+    let ctx_in = xdp_md(0, frame.len() as u32, ingress_ifindex);
     let mut ctx_out = [0u8; 24];
     let mut data_out = vec![0u8; data_in.len() + OUTPUT_HEADROOM];
     let result = prog

@@ -6,6 +6,7 @@
 
 mod parse;
 mod stats;
+mod vpc;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use sluice_common::stats::Reason;
@@ -13,19 +14,27 @@ use sluice_common::stats::Reason;
 /// Host side of a VM's interface: traffic the VM sends.
 #[xdp]
 pub fn xdp_vm(ctx: XdpContext) -> u32 {
-    let reason = match parse::parse(&ctx) {
-        Ok(pkt) => pass_reason(&pkt),
-        Err(reason) => reason,
+    let len = stats::frame_len(&ctx);
+    let pkt = match parse::parse(&ctx) {
+        Ok(pkt) => pkt,
+        Err(reason) => return stats::verdict(&ctx, reason),
     };
-    stats::verdict(&ctx, reason)
+    match vpc::vm_egress(&ctx, &pkt) {
+        Some(out) => stats::finish(len, out),
+        None => stats::verdict(&ctx, pass_reason(&pkt)),
+    }
 }
 
 /// The host's underlay interface: VXLAN from other hosts, plus the host's own traffic.
 #[xdp]
 pub fn xdp_underlay(ctx: XdpContext) -> u32 {
+    let len = stats::frame_len(&ctx);
     let reason = match parse::parse(&ctx) {
         Ok(pkt) if pkt.is_vxlan() => match parse::parse_vxlan(&ctx, &pkt) {
-            Ok(_inner) => Reason::PassVxlan,
+            Ok(vx) => match vpc::underlay_ingress(&ctx, &pkt, &vx) {
+                Some(out) => return stats::finish(len, out),
+                None => Reason::PassVxlan,
+            },
             Err(reason) => reason,
         },
         Ok(pkt) => pass_reason(&pkt),

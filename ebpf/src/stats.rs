@@ -11,7 +11,7 @@ static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_SLOTS, 
 /// Counts the packet under `reason` and turns the reason into the XDP action.
 #[inline(always)]
 pub fn verdict(ctx: &XdpContext, reason: Reason) -> u32 {
-    count(ctx, reason);
+    count(reason, frame_len(ctx));
     if reason.is_drop() {
         xdp_action::XDP_DROP
     } else {
@@ -19,13 +19,26 @@ pub fn verdict(ctx: &XdpContext, reason: Reason) -> u32 {
     }
 }
 
+/// Counts a packet whose path decided its own action (forwarded, answered, dropped).
+/// `len` is the frame's length as received, before any encapsulation or decapsulation.
 #[inline(always)]
-pub fn count(ctx: &XdpContext, reason: Reason) {
+pub fn finish(len: usize, out: crate::vpc::Outcome) -> u32 {
+    count(out.reason, len);
+    out.action
+}
+
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+#[inline(always)]
+fn count(reason: Reason, len: usize) {
     if let Some(c) = STATS.get_ptr_mut(reason.index()) {
         // Per-CPU slot: no other writer, plain adds are safe.
         unsafe {
             (*c).packets += 1;
-            (*c).bytes += (ctx.data_end() - ctx.data()) as u64;
+            (*c).bytes += len as u64;
         }
     }
 }

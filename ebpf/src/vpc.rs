@@ -1,0 +1,376 @@
+//! The VPC overlay: a VM's packet is checked against its NIC, routed by longest-prefix
+//! match within its VPC (every key carries the VNI, so tenants may share addresses), and
+//! delivered to a local NIC or VXLAN-encapsulated toward the host of a remote one; the
+//! underlay side verifies and decapsulates. ARP for addresses in the VPC is answered here
+//! with the router MAC, so nothing floods the overlay.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
+    programs::XdpContext,
+};
+use sluice_common::{
+    proto::{ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, VXLAN_PORT},
+    stats::Reason,
+    vpc::*,
+};
+
+use crate::parse::{Packet, Vxlan};
+
+#[map(name = "SLUICE_PORTS")]
+static PORTS: HashMap<PortKey, Port> = HashMap::with_max_entries(MAX_PORTS, 0);
+#[map(name = "SLUICE_ENDPOINTS")]
+static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+#[map(name = "SLUICE_ROUTES")]
+static ROUTES: LpmTrie<RouteKey, NextHop> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+#[map(name = "SLUICE_VNIS")]
+static VNIS: HashMap<u32, VniInfo> = HashMap::with_max_entries(MAX_VNIS, 0);
+#[map(name = "SLUICE_HOST")]
+static HOST: Array<HostConfig> = Array::with_max_entries(1, 0);
+#[map(name = "SLUICE_UNDERLAY")]
+static UNDERLAY_NEIGHBORS: HashMap<Ipv4, UnderlayNeighbor> =
+    HashMap::with_max_entries(MAX_UNDERLAY_NEIGHBORS, 0);
+
+const ETH_LEN: usize = 14;
+const IP_LEN: usize = 20;
+const ARP_LEN: usize = 28;
+/// Outer Ethernet + IPv4 (no options) + UDP + VXLAN, as this host writes them.
+const OUTER_LEN: usize = 50;
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+const OUTER_TTL: u8 = 64;
+const IP_DF: u16 = 0x4000;
+
+/// How a packet left: counted under `reason`, returned as `action`.
+pub struct Outcome {
+    pub reason: Reason,
+    pub action: u32,
+}
+
+#[inline(always)]
+fn drop(reason: Reason) -> Outcome {
+    Outcome {
+        reason,
+        action: xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn ptr_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+#[inline(always)]
+fn host() -> Option<&'static HostConfig> {
+    HOST.get(0).filter(|h| h.configured != 0)
+}
+
+#[inline(always)]
+fn in_net(ip: Ipv4, net: Ipv4, mask: Ipv4) -> bool {
+    u32::from_ne_bytes(ip) & u32::from_ne_bytes(mask) == u32::from_ne_bytes(net)
+}
+
+/// A VM's packet, on the host side of its interface. `None`: not a VPC port (or the host is
+/// not configured yet), so the caller keeps the plain parse-and-pass behaviour.
+#[inline(always)]
+pub fn vm_egress(ctx: &XdpContext, pkt: &Packet) -> Option<Outcome> {
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let port = unsafe { PORTS.get(&ifindex) }?;
+    let host = host()?;
+    Some(vm_egress_port(ctx, pkt, port, host))
+}
+
+#[inline(always)]
+fn vm_egress_port(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outcome {
+    let Some(eth) = ptr_mut::<[u8; ETH_LEN]>(ctx, 0) else {
+        return drop(Reason::DropEthTruncated);
+    };
+    let src_mac: Mac = unsafe {
+        [
+            (*eth)[6],
+            (*eth)[7],
+            (*eth)[8],
+            (*eth)[9],
+            (*eth)[10],
+            (*eth)[11],
+        ]
+    };
+    if src_mac != port.mac {
+        return drop(Reason::DropSpoofedMac);
+    }
+    // The overlay carries untagged IPv4 (and ARP toward the virtual router) only.
+    if pkt.l3_off != ETH_LEN {
+        return drop(Reason::DropVmNotIpv4);
+    }
+    match pkt.ethertype {
+        ETH_P_ARP => arp_reply(ctx, port, host),
+        ETH_P_IP => route(ctx, pkt, port, host),
+        _ => drop(Reason::DropVmNotIpv4),
+    }
+}
+
+/// Answers "who has X" for any X in the VPC with the router MAC, in place (XDP_TX).
+#[inline(always)]
+fn arp_reply(ctx: &XdpContext, port: &Port, host: &HostConfig) -> Outcome {
+    let Some(arp) = ptr_mut::<[u8; ARP_LEN]>(ctx, ETH_LEN) else {
+        return drop(Reason::DropArpTruncated);
+    };
+    let a = unsafe { &mut *arp };
+    let op = u16::from_be_bytes([a[6], a[7]]);
+    let ethernet_ipv4 = a[0..6] == [0, 1, 0x08, 0x00, 6, 4];
+    let sha: Mac = [a[8], a[9], a[10], a[11], a[12], a[13]];
+    let spa: Ipv4 = [a[14], a[15], a[16], a[17]];
+    let tpa: Ipv4 = [a[24], a[25], a[26], a[27]];
+    if sha != port.mac {
+        return drop(Reason::DropSpoofedMac);
+    }
+    // 0.0.0.0 is an address probe (RFC 5227), not a spoof.
+    if spa != port.ip && spa != [0; 4] {
+        return drop(Reason::DropSpoofedIp);
+    }
+    // Only requests for another address of the VPC are answered; probes for the VM's own
+    // address (duplicate detection) and gratuitous ARP get no answer and go nowhere.
+    if !ethernet_ipv4
+        || op != ARP_REQUEST
+        || tpa == port.ip
+        || !in_net(tpa, port.vpc, port.vpc_mask)
+    {
+        return drop(Reason::DropArpNotInVpc);
+    }
+    a[6..8].copy_from_slice(&ARP_REPLY.to_be_bytes());
+    a[8..14].copy_from_slice(&host.router_mac);
+    a[14..18].copy_from_slice(&tpa);
+    a[18..24].copy_from_slice(&sha);
+    a[24..28].copy_from_slice(&spa);
+    let Some(eth) = ptr_mut::<[u8; ETH_LEN]>(ctx, 0) else {
+        return drop(Reason::DropEthTruncated);
+    };
+    let e = unsafe { &mut *eth };
+    e[0..6].copy_from_slice(&sha);
+    e[6..12].copy_from_slice(&host.router_mac);
+    Outcome {
+        reason: Reason::ArpReply,
+        action: xdp_action::XDP_TX,
+    }
+}
+
+#[inline(always)]
+fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outcome {
+    let Some(ip) = ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN) else {
+        return drop(Reason::DropIpv4Truncated);
+    };
+    let h = unsafe { &mut *ip };
+    let src: Ipv4 = [h[12], h[13], h[14], h[15]];
+    let dst: Ipv4 = [h[16], h[17], h[18], h[19]];
+    if src != port.ip && port.flags & PORT_NO_SOURCE_CHECK == 0 {
+        return drop(Reason::DropSpoofedIp);
+    }
+    let key = Key::new(RouteKey::trie_prefix_len(32), RouteKey::new(port.vni, dst));
+    let Some(nh) = ROUTES.get(&key) else {
+        return drop(Reason::DropNoRoute);
+    };
+    let (vni, target, same_subnet) = match NextHopKind::from_u32(nh.kind) {
+        Some(NextHopKind::Local) => (port.vni, dst, in_net(dst, port.subnet, port.subnet_mask)),
+        Some(NextHopKind::Nic) => (port.vni, nh.ip, false),
+        Some(NextHopKind::Peering) => (nh.vni, dst, false),
+        Some(NextHopKind::Blackhole) => return drop(Reason::DropBlackhole),
+        None => return drop(Reason::DropNoRoute),
+    };
+    let Some(ep) = (unsafe { ENDPOINTS.get(&EndpointKey { vni, ip: target }) }) else {
+        return drop(Reason::DropNoEndpoint);
+    };
+    if ep.flags & ENDPOINT_PEER_SOURCE != 0 {
+        return drop(Reason::DropNoEndpoint);
+    }
+    // Every check before the first write: a dropped frame leaves untouched.
+    let remote = ep.flags & ENDPOINT_LOCAL == 0;
+    let mut neigh_mac = [0u8; 6];
+    if remote {
+        let inner_len = ctx.data_end() - ctx.data();
+        // Never truncate: a frame that does not fit the underlay is dropped and counted.
+        if inner_len + OUTER_LEN - ETH_LEN > host.underlay_mtu as usize {
+            return drop(Reason::DropMtuExceeded);
+        }
+        match unsafe { UNDERLAY_NEIGHBORS.get(&ep.vtep) } {
+            Some(n) => neigh_mac = n.mac,
+            None => return drop(Reason::DropNoUnderlayNeighbor),
+        }
+    }
+    if !same_subnet && h[8] <= 1 {
+        return drop(Reason::DropTtlExceeded);
+    }
+    if !same_subnet {
+        // Routed between subnets: one hop, like any router (RFC 1624 incremental checksum).
+        h[8] -= 1;
+        let check = u16::from_be_bytes([h[10], h[11]]) as u32 + 0x0100;
+        let check = (check + (check >= 0xffff) as u32) as u16;
+        h[10..12].copy_from_slice(&check.to_be_bytes());
+    }
+    if !set_macs(ctx, ep.mac, host.router_mac) {
+        return drop(Reason::DropEthTruncated);
+    }
+    if remote {
+        return encap(ctx, pkt, host, vni, ep.vtep, neigh_mac);
+    }
+    redirect(ep.ifindex, Reason::FwdLocal)
+}
+
+#[inline(always)]
+fn set_macs(ctx: &XdpContext, dst: Mac, src: Mac) -> bool {
+    let Some(eth) = ptr_mut::<[u8; 12]>(ctx, 0) else {
+        return false;
+    };
+    let e = unsafe { &mut *eth };
+    e[0..6].copy_from_slice(&dst);
+    e[6..12].copy_from_slice(&src);
+    true
+}
+
+#[inline(always)]
+fn redirect(ifindex: u32, reason: Reason) -> Outcome {
+    Outcome {
+        reason,
+        action: unsafe { bpf_redirect(ifindex, 0) } as u32,
+    }
+}
+
+/// VXLAN-encapsulates the (already rewritten and size-checked) frame toward `vtep`.
+#[inline(always)]
+fn encap(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    host: &HostConfig,
+    vni: u32,
+    vtep: Ipv4,
+    neigh_mac: Mac,
+) -> Outcome {
+    let outer_ip_len = ctx.data_end() - ctx.data() + OUTER_LEN - ETH_LEN;
+    let sport = vxlan_source_port(flow_hash(ctx, pkt));
+
+    let mut hdr = [0u8; OUTER_LEN];
+    hdr[0..6].copy_from_slice(&neigh_mac);
+    hdr[6..12].copy_from_slice(&host.underlay_mac);
+    hdr[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    let ip = &mut hdr[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(outer_ip_len as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&IP_DF.to_be_bytes());
+    ip[8] = OUTER_TTL;
+    ip[9] = IPPROTO_UDP;
+    ip[12..16].copy_from_slice(&host.vtep);
+    ip[16..20].copy_from_slice(&vtep);
+    let csum = ipv4_checksum(ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let udp = &mut hdr[34..42];
+    udp[0..2].copy_from_slice(&sport.to_be_bytes());
+    udp[2..4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
+    udp[4..6].copy_from_slice(&((outer_ip_len - IP_LEN) as u16).to_be_bytes());
+    // UDP checksum 0: allowed for VXLAN over IPv4 (RFC 7348), the inner frame has its own.
+    let vx = &mut hdr[42..50];
+    vx[0] = 0x08;
+    vx[4..8].copy_from_slice(&(vni << 8).to_be_bytes());
+
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER_LEN as i32)) } != 0 {
+        return drop(Reason::DropEncapFailed);
+    }
+    let Some(out) = ptr_mut::<[u8; OUTER_LEN]>(ctx, 0) else {
+        return drop(Reason::DropEncapFailed);
+    };
+    unsafe { core::ptr::write_unaligned(out, hdr) };
+    redirect(host.underlay_ifindex, Reason::FwdEncap)
+}
+
+#[inline(always)]
+fn flow_hash(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let Some(ip) = ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN) else {
+        return 0;
+    };
+    let h = unsafe { &*ip };
+    let (sport, dport) = match pkt.ip_proto {
+        IPPROTO_TCP | IPPROTO_UDP => (pkt.src_port, pkt.dst_port),
+        _ => (0, 0),
+    };
+    sluice_common::vpc::flow_hash(
+        [h[12], h[13], h[14], h[15]],
+        [h[16], h[17], h[18], h[19]],
+        h[9],
+        sport,
+        dport,
+    )
+}
+
+#[inline(always)]
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < IP_LEN {
+        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// VXLAN from the underlay. `None`: not for this host's VTEP (or the host is unconfigured),
+/// so it goes to the kernel as before.
+#[inline(always)]
+pub fn underlay_ingress(ctx: &XdpContext, outer: &Packet, vx: &Vxlan) -> Option<Outcome> {
+    let host = host()?;
+    let ip = ptr_mut::<[u8; IP_LEN]>(ctx, outer.l3_off)?;
+    let outer_src: Ipv4 = unsafe { [(*ip)[12], (*ip)[13], (*ip)[14], (*ip)[15]] };
+    let outer_dst: Ipv4 = unsafe { [(*ip)[16], (*ip)[17], (*ip)[18], (*ip)[19]] };
+    // Only the plain outer header this dataplane writes is decapsulated here.
+    if outer_dst != host.vtep || vx.inner.l2_off != OUTER_LEN {
+        return None;
+    }
+    Some(decap(ctx, vx, outer_src, host))
+}
+
+#[inline(always)]
+fn decap(ctx: &XdpContext, vx: &Vxlan, outer_src: Ipv4, host: &HostConfig) -> Outcome {
+    if unsafe { VNIS.get(&vx.vni) }.is_none() {
+        return drop(Reason::DropUnknownVni);
+    }
+    if vx.inner.ethertype != ETH_P_IP || vx.inner.l3_off != OUTER_LEN + ETH_LEN {
+        return drop(Reason::DropVxlanInnerNotIpv4);
+    }
+    let Some(ip) = ptr_mut::<[u8; IP_LEN]>(ctx, OUTER_LEN + ETH_LEN) else {
+        return drop(Reason::DropIpv4Truncated);
+    };
+    let src: Ipv4 = unsafe { [(*ip)[12], (*ip)[13], (*ip)[14], (*ip)[15]] };
+    let dst: Ipv4 = unsafe { [(*ip)[16], (*ip)[17], (*ip)[18], (*ip)[19]] };
+    let dst_ep = unsafe {
+        ENDPOINTS.get(&EndpointKey {
+            vni: vx.vni,
+            ip: dst,
+        })
+    };
+    let Some(dst_ep) = dst_ep.filter(|e| e.flags & ENDPOINT_LOCAL != 0) else {
+        return drop(Reason::DropVxlanUnknownDest);
+    };
+    // The inner source must be a NIC of this VPC (or an accepted peer's) on the sending host.
+    let src_ep = unsafe {
+        ENDPOINTS.get(&EndpointKey {
+            vni: vx.vni,
+            ip: src,
+        })
+    };
+    if !src_ep.is_some_and(|e| e.vtep == outer_src) {
+        return drop(Reason::DropVxlanSpoofedSource);
+    }
+    let (mac, ifindex) = (dst_ep.mac, dst_ep.ifindex);
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
+        return drop(Reason::DropEncapFailed);
+    }
+    if !set_macs(ctx, mac, host.router_mac) {
+        return drop(Reason::DropEthTruncated);
+    }
+    redirect(ifindex, Reason::FwdDecap)
+}
