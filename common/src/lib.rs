@@ -44,8 +44,18 @@ pub mod programs {
     pub const XDP_UNDERLAY: &str = "xdp_underlay";
     /// An empty XDP program: the measuring floor for benchmarks.
     pub const XDP_FLOOR: &str = "xdp_floor";
+    /// Benchmark only: `xdp_vm` / `xdp_underlay` that move `data` back after each run, so
+    /// repeated test runs of an encapsulating or decapsulating path measure that path.
+    pub const XDP_BENCH_VM: &str = "xdp_bench_vm";
+    pub const XDP_BENCH_UNDERLAY: &str = "xdp_bench_underlay";
     /// All programs the daemon and the verifier test load.
-    pub const ALL: [&str; 3] = [XDP_VM, XDP_UNDERLAY, XDP_FLOOR];
+    pub const ALL: [&str; 5] = [
+        XDP_VM,
+        XDP_UNDERLAY,
+        XDP_FLOOR,
+        XDP_BENCH_VM,
+        XDP_BENCH_UNDERLAY,
+    ];
 }
 
 /// Well-known protocol numbers and ports.
