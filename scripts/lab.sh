@@ -82,8 +82,100 @@ lab_spawn() {
   LAB_PIDS+=($!)
 }
 
-# lab_daemon HOST SLUICED IFACE...: runs sluiced in HOST with xdp_vm on each IFACE and waits
-# until it is ready. Sets LAB_API (for sluicectl --api) and LAB_PIN_DIR.
+# ---- overlay labs: the twin of dataplane/src/lab/overlay.rs (read its docs for why) ----
+
+# lab_no_ipv6 HOST: no IPv6 on interfaces created in HOST from now on (keeps RS/MLD chatter
+# out of counters and captures).
+lab_no_ipv6() {
+  ip netns exec "$LAB-$1" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 \
+    net.ipv6.conf.default.disable_ipv6=1
+}
+
+# lab_fabric: the underlay, namespace <lab>-fabric with bridge <lab>-br (created once).
+lab_fabric() {
+  [ -n "${LAB_FABRIC:-}" ] && return 0
+  lab_host fabric
+  lab_no_ipv6 fabric
+  ip -n "$LAB-fabric" link add "$LAB-br" type bridge
+  ip -n "$LAB-fabric" link set "$LAB-br" up
+  LAB_FABRIC=1
+}
+
+# lab_underlay_host HOST ADDR/LEN: host namespace HOST on the fabric. Its end, <lab>-ul, holds
+# ADDR (the VTEP) and gets xdp_underlay; the fabric end is <lab>-HOST on the bridge.
+lab_underlay_host() {
+  local host=$1 addr=$2
+  lab_fabric
+  lab_host "$host"
+  lab_no_ipv6 "$host"
+  ip -n "$LAB-$host" link add "$LAB-ul" type veth peer name "$LAB-$host" netns "$LAB-fabric"
+  ip -n "$LAB-fabric" link set "$LAB-$host" master "$LAB-br" mtu 1500 up
+  # Encapsulated frames are XDP_REDIRECTed into <lab>-ul: its peer must run NAPI.
+  ip netns exec "$LAB-fabric" ethtool -K "$LAB-$host" gro on >/dev/null
+  ip -n "$LAB-$host" addr add "$addr" dev "$LAB-ul"
+  ip -n "$LAB-$host" link set "$LAB-ul" mtu 1500 up
+}
+
+# lab_overlay_vm HOST VM ADDR/LEN MAC: VM namespace routed by HOST's XDP (no bridge). VM side
+# <lab>-VMn: ADDR, MAC, MTU 1450 (1500 minus VXLAN's 50), default route via the subnet's first
+# address, TX checksum offload off and an XDP pass program (XDP_REDIRECT and XDP_TX into a veth
+# deliver only then). Host side <lab>-VM: no address, MTU 1450; xdp_vm attaches there.
+lab_overlay_vm() {
+  local host=$LAB-$1 vm=$2 addr=$3 mac=$4
+  local host_if=$LAB-$2 vm_if=$LAB-${2}n gw
+  gw=$(python3 -c 'import ipaddress, sys; print(next(ipaddress.ip_interface(sys.argv[1]).network.hosts()))' "$addr")
+  lab_host "$vm"
+  lab_no_ipv6 "$vm"
+  ip -n "$host" link add "$host_if" type veth peer name "$vm_if" netns "$LAB-$vm"
+  ip -n "$host" link set "$host_if" mtu 1450 up
+  ip -n "$LAB-$vm" link set "$vm_if" address "$mac" mtu 1450
+  ip -n "$LAB-$vm" addr add "$addr" dev "$vm_if"
+  ip -n "$LAB-$vm" link set "$vm_if" up
+  ip -n "$LAB-$vm" route add default via "$gw" dev "$vm_if"
+  ip netns exec "$LAB-$vm" ethtool -K "$vm_if" tx off >/dev/null
+  lab_xdp_pass "$vm" "$vm_if"
+}
+
+# The lab's pass-everything XDP program (r0 = XDP_PASS; exit), loaded with bpf(2), attached in
+# driver mode by a BPF link and pinned (argv: ifname pin-path). Same as dataplane/src/lab/xdp.rs.
+LAB_XDP_PASS_PY='
+import ctypes, os, socket, struct, sys
+ifname, pin = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def bpf(cmd, attr, what):
+    buf = ctypes.create_string_buffer(bytes(attr), len(attr))
+    r = libc.syscall(321, cmd, buf, len(attr))  # SYS_bpf on x86_64
+    if r < 0:
+        sys.exit("lab_xdp_pass %s: %s: %s" % (ifname, what, os.strerror(ctypes.get_errno())))
+    return r
+insns = ctypes.create_string_buffer(struct.pack("<BBhiBBhi", 0xb7, 0, 0, 2, 0x95, 0, 0, 0), 16)
+lic = ctypes.create_string_buffer(b"GPL")
+attr = bytearray(128)
+struct.pack_into("<IIQQ", attr, 0, 6, 2, ctypes.addressof(insns), ctypes.addressof(lic))
+attr[48:60] = b"lab_xdp_pass"
+struct.pack_into("<I", attr, 68, 37)
+prog = bpf(5, attr, "loading the program")
+attr = bytearray(64)
+struct.pack_into("<IIII", attr, 0, prog, socket.if_nametoindex(ifname), 37, 4)
+link = bpf(28, attr, "attaching it in driver mode")
+path = ctypes.create_string_buffer(pin.encode())
+attr = bytearray(32)
+struct.pack_into("<QI", attr, 0, ctypes.addressof(path), link)
+bpf(6, attr, "pinning its link at " + pin)
+'
+
+# lab_xdp_pass HOST IFACE: the pass program on IFACE in HOST; unpinned by lab_down.
+lab_xdp_pass() {
+  local dir=$LAB_BPFFS/$LAB-$1
+  mkdir -p "$dir/links"
+  LAB_PIN_DIRS+=("$dir")
+  ip netns exec "$LAB-$1" python3 -c "$LAB_XDP_PASS_PY" "$2" "$dir/links/$2"
+}
+
+# lab_daemon HOST SLUICED IFACE[:ROLE]...: runs sluiced in HOST with each IFACE attached in ROLE
+# (vm, the default, or underlay) and waits until it is ready. Sets LAB_API (for sluicectl
+# --api) and LAB_PIN_DIR.
 lab_daemon() {
   local host=$1 sluiced=$2
   shift 2
@@ -97,7 +189,11 @@ lab_daemon() {
     echo "on_exit: keep"
     echo "interfaces:"
     local iface
-    for iface in "$@"; do echo "  - { name: $iface, role: vm }"; done
+    for iface in "$@"; do
+      local name=${iface%%:*} role=vm
+      [ "$name" != "$iface" ] && role=${iface#*:}
+      echo "  - { name: $name, role: $role }"
+    done
   } > "$cfg"
   LAB_PIN_DIRS+=("$LAB_PIN_DIR")
   # Its own session: Ctrl-C reaches the script, and the daemon stops by lab_down's SIGTERM.

@@ -8,3 +8,4 @@ pub mod micro;
 pub mod packets;
 pub mod report;
 pub mod stats;
+pub mod vpc;

@@ -1,6 +1,6 @@
 //! Facts about the machine a result was taken on, recorded beside every figure.
 
-use std::ffi::CStr;
+use std::{collections::BTreeMap, ffi::CStr};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,15 @@ pub struct Machine {
     pub loadavg_at_start: String,
     /// /proc/sys/net/core/bpf_jit_enable: 1 (or 2) means programs run JIT-compiled.
     pub bpf_jit_enable: String,
+    /// /sys/devices/system/cpu/vulnerabilities/<name> for the speculative-execution
+    /// mitigations that make calls and returns dearer (retpolines, return thunks): every
+    /// helper call and map lookup pays them.
+    #[serde(default)]
+    pub cpu_mitigations: BTreeMap<String, String>,
 }
+
+/// The mitigations that change the cost of a call or return.
+const CALL_MITIGATIONS: [&str; 3] = ["spectre_v2", "retbleed", "spec_rstack_overflow"];
 
 impl Machine {
     pub fn collect() -> Machine {
@@ -39,6 +47,14 @@ impl Machine {
             bpf_jit_enable: std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
+            cpu_mitigations: CALL_MITIGATIONS
+                .iter()
+                .filter_map(|name| {
+                    let path = format!("/sys/devices/system/cpu/vulnerabilities/{name}");
+                    let state = std::fs::read_to_string(path).ok()?;
+                    Some((name.to_string(), state.trim().to_string()))
+                })
+                .collect(),
         }
     }
 }

@@ -46,6 +46,10 @@ struct MicroArgs {
     /// CPU to pin the measuring thread to.
     #[arg(long, default_value_t = micro::Params::DEFAULT_CPU)]
     cpu: usize,
+    /// Measure only the paths whose name contains one of these (repeatable), plus the
+    /// floors: for profiling one path; the results are not the full set.
+    #[arg(long, value_name = "SUBSTRING")]
+    only: Vec<String>,
     /// Output directory for micro.json, summary.md and micro.svg.
     #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
@@ -74,7 +78,8 @@ fn main() -> ExitCode {
 }
 
 fn run_micro(args: &MicroArgs) -> Result<()> {
-    let params = micro::Params::new(args.quick, args.runs, args.repeat, args.cpu)?;
+    let mut params = micro::Params::new(args.quick, args.runs, args.repeat, args.cpu)?;
+    params.only = args.only.clone();
     eprintln!(
         "sluice-bench micro: repeat {}, {} runs, CPU {}",
         params.repeat, params.runs, params.cpu

@@ -5,6 +5,8 @@
 //! expected XDP action, or the whole benchmark fails: a figure for the wrong path is
 //! worse than no figure.
 
+use std::time::Instant;
+
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray},
@@ -18,7 +20,13 @@ use sluice_common::{
 };
 use sluice_dataplane::{loader::Dataplane, stats::StatsSnapshot};
 
-use crate::{affinity, machine::Machine, packets, stats::Summary};
+use crate::{
+    affinity,
+    machine::Machine,
+    packets,
+    stats::Summary,
+    vpc::{self, Scale},
+};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -40,61 +48,145 @@ pub fn action_name(action: u32) -> String {
 /// Name of the floor path; every other figure is also reported net of it.
 pub const FLOOR: &str = "floor";
 
-/// How a path is driven through BPF_PROG_TEST_RUN.
+/// How a path is driven through BPF_PROG_TEST_RUN. The kernel reruns a program `repeat`
+/// times on one buffer without resetting it, so a path may only be repeated on its own
+/// output when that output is again its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Method {
-    /// One call with `repeat` repetitions; the kernel reports the mean per repetition.
-    /// The kernel reruns the program on the buffer the previous repetition left behind,
-    /// so this is only valid for paths that leave the frame as they found it (parse,
-    /// count, PASS/DROP), which are all the paths today.
-    //
-    // Paths that rewrite the frame (encap, NAT) or insert state (new flow) need another
-    // variant here: either a loop of `repeat = 1` calls (reporting that method's own
-    // floor beside it), or a test-only wrapper program that restores the original frame
-    // (or bumps the flow key) before each repetition. The verification below (exact
-    // per-reason deltas against the repeat count) applies unchanged to both.
+    /// One call per run with `--repeat` repetitions. For paths that leave the frame as
+    /// they found it (parse and pass or drop; forwarding whose rewrite writes the bytes
+    /// already there); checked after every run: the frame out equals the frame in.
     Repeat,
+    /// As `Repeat`, through a bench-only wrapper program (`xdp_bench_vm`,
+    /// `xdp_bench_underlay`) that runs the real entry point and then moves `data` back, so
+    /// an encapsulating or decapsulating path sees the same frame every repetition. The
+    /// figure includes the wrapper (a length comparison and one `bpf_xdp_adjust_head`).
+    RepeatRestored,
+    /// Paths that change their frame for good (TTL decrement, ARP request turned reply):
+    /// many calls per run, each on a fresh copy of the frame with `repeat` repetitions
+    /// (few enough that all take the same path). The run's figure is the mean over the
+    /// calls; net of a floor measured the same way.
+    Fresh { repeat: u32 },
+}
+
+impl Method {
+    /// Repetitions per call and calls per run under `params`.
+    pub fn plan(self, params: &Params) -> Plan {
+        match self {
+            Method::Repeat | Method::RepeatRestored => Plan {
+                repeat: params.repeat,
+                calls: 1,
+            },
+            Method::Fresh { repeat } => Plan {
+                repeat,
+                calls: params.fresh_packets.div_ceil(repeat).max(1),
+            },
+        }
+    }
+
+    /// The floor path measured the same way, whose median the path's net figures subtract.
+    pub fn floor_name(self) -> String {
+        match self {
+            Method::Repeat | Method::RepeatRestored => FLOOR.into(),
+            Method::Fresh { repeat } => format!("{FLOOR}_repeat_{repeat}"),
+        }
+    }
+
+    /// Whether the frame left after a run must equal the frame fed in.
+    fn frame_must_survive(self) -> bool {
+        !matches!(self, Method::Fresh { .. })
+    }
+
+    /// Short form for tables: `repeat 1000000`, `restored 1000000`, `fresh 200 × 20`.
+    pub fn short(self, params: &Params) -> String {
+        let plan = self.plan(params);
+        match self {
+            Method::Repeat => format!("repeat {}", plan.repeat),
+            Method::RepeatRestored => format!("restored {}", plan.repeat),
+            Method::Fresh { .. } => format!("fresh {} × {}", plan.repeat, plan.calls),
+        }
+    }
+}
+
+/// Repetitions per BPF_PROG_TEST_RUN call and calls per measured run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub repeat: u32,
+    pub calls: u32,
+}
+
+impl Plan {
+    pub fn packets(self) -> u64 {
+        u64::from(self.repeat) * u64::from(self.calls)
+    }
 }
 
 /// One benchmarked path: a program, the frame fed to it and the verdict it must reach.
 pub struct PathSpec {
-    pub name: &'static str,
+    pub name: String,
     pub program: &'static str,
-    pub description: &'static str,
+    pub description: String,
     pub frame: Vec<u8>,
+    /// `xdp_md.ingress_ifindex`: a real device (`lo`) for VM ports; 0 passes no context,
+    /// and then the kernel uses `lo` as well.
+    pub ingress_ifindex: u32,
     pub action: u32,
-    /// The reason every repetition must be counted under; `None` for the floor, which
-    /// counts nothing.
+    /// The reason every repetition must be counted under; `None` for the floors, which
+    /// count nothing.
     pub reason: Option<Reason>,
     pub method: Method,
+    /// The route tables the path runs against; `None`: an instance with empty VPC maps
+    /// (no port, host not configured), where the parse paths and floors run as before
+    /// the overlay existed.
+    pub scale: Option<Scale>,
 }
 
-/// Every path that exists today, floor first.
+/// Every path: the floors first, then the parse paths, then each VPC path at both scales.
 pub fn paths() -> Vec<PathSpec> {
     use programs::{XDP_FLOOR, XDP_UNDERLAY, XDP_VM};
-    let path = |name, program, description, frame, action, reason| PathSpec {
-        name,
+    let path = |name: &str, program, description: &str, frame, action, reason| PathSpec {
+        name: name.into(),
         program,
-        description,
+        description: description.into(),
         frame,
+        ingress_ifindex: 0,
         action,
         reason,
         method: Method::Repeat,
+        scale: None,
     };
-    vec![
-        path(
-            FLOOR,
+    let floor = |method: Method, description: &str| PathSpec {
+        name: method.floor_name(),
+        method,
+        ..path(
+            "",
             XDP_FLOOR,
-            "empty XDP program: the cost of running any program at all",
+            description,
             packets::ipv4_udp(),
             XDP_PASS,
             None,
+        )
+    };
+    let mut all = vec![
+        floor(
+            Method::Repeat,
+            "empty XDP program: the cost of running any program at all",
+        ),
+        floor(
+            Method::Fresh {
+                repeat: vpc::ROUTED_REPEAT,
+            },
+            "empty XDP program, measured like the routed paths",
+        ),
+        floor(
+            Method::Fresh { repeat: 1 },
+            "empty XDP program, measured like the ARP reply (one repetition per call)",
         ),
         path(
             "vm_ipv4_udp_pass",
             XDP_VM,
-            "VM egress IPv4 UDP",
+            "VM egress IPv4 UDP (no VPC port: parsed, passed)",
             packets::ipv4_udp(),
             XDP_PASS,
             Some(Reason::PassIpv4),
@@ -102,7 +194,7 @@ pub fn paths() -> Vec<PathSpec> {
         path(
             "vm_ipv4_tcp_pass",
             XDP_VM,
-            "VM egress IPv4 TCP",
+            "VM egress IPv4 TCP (no VPC port: parsed, passed)",
             packets::ipv4_tcp(),
             XDP_PASS,
             Some(Reason::PassIpv4),
@@ -110,7 +202,7 @@ pub fn paths() -> Vec<PathSpec> {
         path(
             "vm_arp_pass",
             XDP_VM,
-            "VM ARP request",
+            "VM ARP request (no VPC port: passed)",
             packets::arp_request(),
             XDP_PASS,
             Some(Reason::PassArp),
@@ -118,7 +210,7 @@ pub fn paths() -> Vec<PathSpec> {
         path(
             "vm_ipv6_udp_pass",
             XDP_VM,
-            "VM egress IPv6 UDP",
+            "VM egress IPv6 UDP (no VPC port: parsed, passed)",
             packets::ipv6_udp(),
             XDP_PASS,
             Some(Reason::PassIpv6),
@@ -126,7 +218,7 @@ pub fn paths() -> Vec<PathSpec> {
         path(
             "vm_vlan_ipv4_udp_pass",
             XDP_VM,
-            "802.1Q-tagged IPv4 UDP",
+            "802.1Q-tagged IPv4 UDP (no VPC port: parsed, passed)",
             packets::vlan_ipv4_udp(),
             XDP_PASS,
             Some(Reason::PassIpv4),
@@ -142,7 +234,7 @@ pub fn paths() -> Vec<PathSpec> {
         path(
             "underlay_vxlan_pass",
             XDP_UNDERLAY,
-            "VXLAN: outer + inner IPv4 UDP parsed",
+            "VXLAN: outer + inner IPv4 UDP parsed (host not configured: passed)",
             packets::vxlan_ipv4_udp(),
             XDP_PASS,
             Some(Reason::PassVxlan),
@@ -171,7 +263,41 @@ pub fn paths() -> Vec<PathSpec> {
             XDP_DROP,
             Some(Reason::DropVxlanBadFlags),
         ),
-    ]
+    ];
+    // Each VPC path at 10 routes, then at 100k, side by side.
+    let mut large = vpc::paths(Scale::Routes100k);
+    for small in vpc::paths(Scale::Routes10) {
+        let twin = large
+            .iter()
+            .position(|l| base_name(&l.name) == base_name(&small.name));
+        all.push(small);
+        if let Some(i) = twin {
+            all.push(large.remove(i));
+        }
+    }
+    all.append(&mut large);
+    all
+}
+
+/// The floors and the paths whose name contains one of `only` (all when it is empty).
+pub fn selected(all: Vec<PathSpec>, only: &[String]) -> Result<Vec<PathSpec>> {
+    if only.is_empty() {
+        return Ok(all);
+    }
+    let chosen: Vec<PathSpec> = all
+        .into_iter()
+        .filter(|p| p.program == programs::XDP_FLOOR || only.iter().any(|o| p.name.contains(o)))
+        .collect();
+    ensure!(
+        chosen.iter().any(|p| p.program != programs::XDP_FLOOR),
+        "--only {only:?}: no path name contains that; see bench/README.md for the list"
+    );
+    Ok(chosen)
+}
+
+/// A path's name without its `@<scale>` suffix.
+pub fn base_name(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
 }
 
 /// What the operator asked for.
@@ -179,32 +305,49 @@ pub fn paths() -> Vec<PathSpec> {
 pub struct Params {
     /// Measured runs per path (a warm-up run before them is discarded).
     pub runs: u32,
-    /// Repetitions per run (BPF_PROG_TEST_RUN `repeat`).
+    /// Repetitions per run (BPF_PROG_TEST_RUN `repeat`) of the repeated paths.
     pub repeat: u32,
+    /// Packets per run of the fresh-frame paths (calls × their own small repeat).
+    pub fresh_packets: u32,
     /// The CPU the measuring thread is pinned to.
     pub cpu: usize,
     pub quick: bool,
+    /// When not empty, only the paths whose name contains one of these (and the floors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
 }
 
 impl Params {
     pub const DEFAULT_RUNS: u32 = 15;
     pub const DEFAULT_REPEAT: u32 = 1_000_000;
+    pub const DEFAULT_FRESH_PACKETS: u32 = 4_000;
     pub const QUICK_RUNS: u32 = 3;
     pub const QUICK_REPEAT: u32 = 10_000;
+    pub const QUICK_FRESH_PACKETS: u32 = 400;
     pub const DEFAULT_CPU: usize = 1;
 
     /// Explicit `runs`/`repeat` win over the `quick` defaults.
     pub fn new(quick: bool, runs: Option<u32>, repeat: Option<u32>, cpu: usize) -> Result<Self> {
-        let (default_runs, default_repeat) = if quick {
-            (Self::QUICK_RUNS, Self::QUICK_REPEAT)
+        let (default_runs, default_repeat, fresh_packets) = if quick {
+            (
+                Self::QUICK_RUNS,
+                Self::QUICK_REPEAT,
+                Self::QUICK_FRESH_PACKETS,
+            )
         } else {
-            (Self::DEFAULT_RUNS, Self::DEFAULT_REPEAT)
+            (
+                Self::DEFAULT_RUNS,
+                Self::DEFAULT_REPEAT,
+                Self::DEFAULT_FRESH_PACKETS,
+            )
         };
         let params = Params {
             runs: runs.unwrap_or(default_runs),
             repeat: repeat.unwrap_or(default_repeat),
+            fresh_packets,
             cpu,
             quick,
+            only: Vec::new(),
         };
         ensure!(params.runs >= 1, "--runs must be at least 1");
         ensure!(params.repeat >= 1, "--repeat must be at least 1");
@@ -223,9 +366,38 @@ pub struct MicroReport {
     pub params: Params,
     /// How the figures were taken, in words, so the JSON stands on its own.
     pub method: String,
-    /// The floor's raw figures (also present as the path named `floor`).
+    /// The floor's raw figures (also present as the path named `floor`); the fresh-frame
+    /// methods have their own floors, named in each path's `floor`.
     pub floor_ns: Summary,
+    /// The route tables the VPC paths ran against.
+    pub scales: Vec<ScaleInfo>,
     pub paths: Vec<PathResult>,
+    /// Each VPC path at 100k routes against itself at 10.
+    pub scale_ratios: Vec<ScaleRatio>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScaleInfo {
+    pub scale: Scale,
+    pub label: String,
+    pub vpcs: u32,
+    pub routes: usize,
+    pub endpoints: usize,
+    /// Seconds it took to write the tables into the maps (one syscall per entry).
+    pub fill_secs: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRatio {
+    /// The path's name without the scale suffix.
+    pub path: String,
+    pub raw_median_10: f64,
+    pub raw_median_100k: f64,
+    pub raw_ratio: f64,
+    pub net_median_10: f64,
+    pub net_median_100k: f64,
+    /// `None` when the 10-route net figure is not above zero.
+    pub net_ratio: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -235,82 +407,161 @@ pub struct PathResult {
     pub description: String,
     pub frame_len: usize,
     pub method: Method,
+    /// The method in short (`repeat 1000000`, `fresh 200 × 20`).
+    pub method_short: String,
+    /// The floor path whose median `net_ns` subtracts (measured the same way).
+    pub floor: String,
+    pub scale: Option<Scale>,
+    pub ingress_ifindex: u32,
     /// Size of the program after the verifier (eBPF instructions) and after the JIT (bytes;
     /// 0 when the JIT is off).
     pub program_xlated_insns: u32,
     pub program_jited_bytes: u32,
     pub expected_action: String,
-    /// `None` for the floor.
+    /// `None` for the floors.
     pub expected_reason: Option<String>,
     pub runs: u32,
+    /// Repetitions per call, and calls per run.
     pub repeat: u32,
-    /// The kernel's mean ns per repetition (whole ns), over the runs.
+    pub calls_per_run: u32,
+    /// The kernel's mean ns per repetition (whole ns per call), over the runs.
     pub raw_ns: Summary,
-    /// `raw_ns` minus the floor's median.
+    /// `raw_ns` minus the median of the path's floor.
     pub net_ns: Summary,
-    /// The kernel figure of each measured run, in run order.
+    /// The figure of each measured run, in run order.
     pub samples_ns: Vec<f64>,
 }
 
-const METHOD_TEXT: &str = "BPF_PROG_TEST_RUN with `repeat` repetitions per run on the same frame; \
-the kernel returns the mean ns per repetition (total / repeat, truncated to whole ns). \
-One verified warm-up round, then `runs` rounds visiting every path in turn (round-robin, \
-so machine noise spreads over all paths). Every run checks the stats map: exactly `repeat` \
-packets under the expected reason and nothing else, and the expected XDP action. \
-Net figures are the raw ones minus the floor's median; differences of 1 ns are \
-within the kernel figure's resolution.";
+const METHOD_TEXT: &str = "BPF_PROG_TEST_RUN; the kernel returns the mean ns per repetition of one call \
+(total / repeat, truncated to whole ns) and that is the figure (syscall overhead excluded). \
+Three methods: `repeat`: one call per run with `repeat` repetitions on one buffer, for paths whose \
+output frame equals their input (checked after every run); `repeat_restored`: the same through a \
+bench-only wrapper program that runs the real entry point and moves `data` back, for the \
+encapsulating and decapsulating paths (the figure includes the wrapper); `fresh`: paths that change \
+their frame for good (TTL decrement, ARP reply) run many calls per run, each on a fresh copy with a \
+small repeat (200 for routed paths from TTL 255, 1 for the ARP reply), and the run's figure is the \
+mean over the calls. Every method has its own floor (an empty program measured the same way) and net \
+figures subtract the median of that floor. One verified warm-up round, then `runs` rounds visiting \
+every path in turn (round-robin, so machine noise spreads over all paths). Every run checks the stats \
+map: exactly repeat × calls packets under the expected reason, nothing else, the expected bytes, \
+and the expected XDP action on every call. VPC paths run against two table scales (10 routes in one \
+VPC; 1,000 VPCs × 100 routes) loaded into two separate instances of the programs and maps; the \
+measured flow's lookups are the same at both. Differences of 1 ns are within the kernel figure's \
+resolution.";
 
 /// Runs the micro benchmark. Needs root (loads programs).
 pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroReport> {
     let machine = Machine::collect();
     let date_utc = crate::machine::utc_now();
     affinity::pin_current_thread(params.cpu)?;
-    let dp = Dataplane::load(None)
-        .context("loading the dataplane's XDP programs (needs root, BTF and the bpf syscall)")?;
-    let paths = paths();
+    let paths = selected(paths(), &params.only)?;
+
+    // One instance of the programs and maps per scale (a trie shared by both would make the
+    // 10-route lookups walk the 100k-route trie), and one with empty VPC maps: a test run
+    // always arrives on `lo` (the kernel's default), which is the VPC port in the others.
+    let load = || {
+        Dataplane::load(None)
+            .context("loading the dataplane's XDP programs (needs root, BTF and the bpf syscall)")
+    };
+    progress("loading the programs with empty VPC maps");
+    let plain = load()?;
+    let mut instances: Vec<(Scale, Dataplane)> = Vec::new();
+    let mut scales = Vec::new();
+    for scale in Scale::ALL {
+        progress(&format!(
+            "loading the programs and the {} tables",
+            scale.label()
+        ));
+        let mut dp = load()?;
+        let tables = vpc::tables(scale);
+        let started = Instant::now();
+        vpc::install(&mut dp, &tables)?;
+        scales.push(ScaleInfo {
+            scale,
+            label: scale.label().into(),
+            vpcs: scale.vpcs(),
+            routes: tables.routes.len(),
+            endpoints: tables.endpoints.len(),
+            fill_secs: started.elapsed().as_secs_f64(),
+        });
+        instances.push((scale, dp));
+    }
+    let dp_for = |path: &PathSpec| -> &Dataplane {
+        match path.scale {
+            None => &plain,
+            Some(scale) => {
+                &instances
+                    .iter()
+                    .find(|(s, _)| *s == scale)
+                    .expect("one instance per scale")
+                    .1
+            }
+        }
+    };
 
     progress("warm-up round");
     for path in &paths {
-        run_once(&dp, path, params.repeat)?;
+        run_once(dp_for(path), path, params)?;
     }
     let mut samples: Vec<Vec<f64>> = paths.iter().map(|_| Vec::new()).collect();
     for round in 1..=params.runs {
         progress(&format!("round {round}/{}", params.runs));
         for (path, out) in paths.iter().zip(&mut samples) {
-            out.push(run_once(&dp, path, params.repeat)?);
+            out.push(run_once(dp_for(path), path, params)?);
         }
     }
-    check_all_counted_on(&dp, params.cpu)?;
+    for dp in std::iter::once(&plain).chain(instances.iter().map(|(_, dp)| dp)) {
+        check_all_counted_on(dp, params.cpu)?;
+    }
 
-    let floor_index = paths
+    let summaries = samples
         .iter()
-        .position(|p| p.name == FLOOR)
-        .expect("paths() lists the floor");
-    let floor_ns = Summary::of(&samples[floor_index])?;
+        .map(|s| Summary::of(s))
+        .collect::<Result<Vec<_>>>()?;
+    let floor_of = |path: &PathSpec| -> Result<Summary> {
+        let name = path.method.floor_name();
+        let i = paths
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("path {}: its floor {name} is not measured", path.name))?;
+        Ok(summaries[i])
+    };
     let results = paths
         .iter()
         .zip(&samples)
-        .map(|(path, s)| {
-            let raw_ns = Summary::of(s)?;
-            let info = dp.program(path.program)?.info()?;
+        .zip(&summaries)
+        .map(|((path, s), raw_ns)| {
+            let floor = floor_of(path)?;
+            let plan = path.method.plan(params);
+            let info = dp_for(path).program(path.program)?.info()?;
             Ok(PathResult {
-                name: path.name.into(),
+                name: path.name.clone(),
                 program: path.program.into(),
-                description: path.description.into(),
+                description: path.description.clone(),
                 frame_len: path.frame.len(),
                 method: path.method,
+                method_short: path.method.short(params),
+                floor: path.method.floor_name(),
+                scale: path.scale,
+                ingress_ifindex: path.ingress_ifindex,
                 program_xlated_insns: info.size_translated().unwrap_or(0) / 8,
                 program_jited_bytes: info.size_jitted(),
                 expected_action: action_name(path.action),
                 expected_reason: path.reason.map(|r| r.name().to_string()),
                 runs: s.len() as u32,
-                repeat: params.repeat,
-                raw_ns,
-                net_ns: raw_ns.minus(floor_ns.median),
+                repeat: plan.repeat,
+                calls_per_run: plan.calls,
+                raw_ns: *raw_ns,
+                net_ns: raw_ns.minus(floor.median),
                 samples_ns: s.clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let floor_ns = results
+        .iter()
+        .find(|r| r.name == FLOOR)
+        .expect("paths() lists the floor")
+        .raw_ns;
 
     Ok(MicroReport {
         mode: "micro".into(),
@@ -320,46 +571,128 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
         params: params.clone(),
         method: METHOD_TEXT.into(),
         floor_ns,
+        scales,
+        scale_ratios: scale_ratios(&results),
         paths: results,
     })
 }
 
-/// One verified run of `path`: ns per packet. Fails when any repetition took another path.
-pub fn run_once(dp: &Dataplane, path: &PathSpec, repeat: u32) -> Result<f64> {
-    match path.method {
-        Method::Repeat => run_repeated(dp, path, repeat),
-    }
-}
-
-fn run_repeated(dp: &Dataplane, path: &PathSpec, repeat: u32) -> Result<f64> {
-    let prog = dp.program(path.program)?;
-    let before = dp.stats()?;
-    let opts = TestRunOptions {
-        data_in: Some(&path.frame),
-        repeat,
-        ..TestRunOptions::default()
+/// Pairs every `<path>@10` with its `<path>@100k`.
+pub fn scale_ratios(results: &[PathResult]) -> Vec<ScaleRatio> {
+    let at = |base: &str, scale: Scale| {
+        results
+            .iter()
+            .find(|r| r.scale == Some(scale) && base_name(&r.name) == base)
     };
-    let result = prog
-        .test_run(opts)
-        .with_context(|| format!("path {}: BPF_PROG_TEST_RUN on {}", path.name, path.program))?;
-    let delta = dp.stats()?.since(&before);
-    verify(path, repeat, result.return_value, &delta)?;
-    // aya hands over the kernel's `duration` unchanged, and the kernel already divided the
-    // total by the repetitions (net/bpf/test_run.c, bpf_test_timer_continue): this is ns per
-    // packet, not per run; dividing by `repeat` again would be wrong. Timing the syscall from
-    // here instead would add a fixed ~16 ms per call (XDP dispatcher swap, an RCU grace period).
-    Ok(result.duration.as_nanos() as f64)
+    results
+        .iter()
+        .filter(|r| r.scale == Some(Scale::Routes10))
+        .filter_map(|small| {
+            let base = base_name(&small.name);
+            let large = at(base, Scale::Routes100k)?;
+            let net_10 = small.net_ns.median;
+            Some(ScaleRatio {
+                path: base.into(),
+                raw_median_10: small.raw_ns.median,
+                raw_median_100k: large.raw_ns.median,
+                raw_ratio: large.raw_ns.median / small.raw_ns.median,
+                net_median_10: net_10,
+                net_median_100k: large.net_ns.median,
+                net_ratio: (net_10 > 0.0).then(|| large.net_ns.median / net_10),
+            })
+        })
+        .collect()
 }
 
-/// Checks one run took `path`'s intended path on every repetition.
+/// Room behind the frame in `data_out`: an unrestored encapsulation would need 50 bytes.
+const OUTPUT_HEADROOM: usize = 512;
+
+/// `struct xdp_md` for a frame of `len` bytes arriving on `ingress_ifindex`.
+fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    md
+}
+
+/// One verified run of `path`: ns per packet. Fails when any repetition took another path,
+/// or when a path measured by repetition left a different frame behind.
+pub fn run_once(dp: &Dataplane, path: &PathSpec, params: &Params) -> Result<f64> {
+    run_plan(dp, path, path.method.plan(params))
+}
+
+/// [`run_once`] with an explicit number of repetitions and calls.
+pub fn run_plan(dp: &Dataplane, path: &PathSpec, plan: Plan) -> Result<f64> {
+    let prog = dp.program(path.program)?;
+    let ctx_in =
+        (path.ingress_ifindex != 0).then(|| xdp_md(path.frame.len(), path.ingress_ifindex));
+    let mut data_out = vec![0u8; path.frame.len() + OUTPUT_HEADROOM];
+    let mut changed_frame: Option<Vec<u8>> = None;
+    let mut odd_action: Option<u32> = None;
+    let mut total_ns = 0.0;
+    let before = dp.stats()?;
+    for _ in 0..plan.calls {
+        let opts = TestRunOptions {
+            data_in: Some(&path.frame),
+            data_out: Some(&mut data_out),
+            ctx_in: ctx_in.as_ref().map(|c| &c[..]),
+            repeat: plan.repeat,
+            ..TestRunOptions::default()
+        };
+        let result = prog.test_run(opts).with_context(|| {
+            format!("path {}: BPF_PROG_TEST_RUN on {}", path.name, path.program)
+        })?;
+        if result.return_value != path.action && odd_action.is_none() {
+            odd_action = Some(result.return_value);
+        }
+        let out = &data_out[..(result.data_size_out as usize).min(data_out.len())];
+        if path.method.frame_must_survive() && out != &path.frame[..] && changed_frame.is_none() {
+            changed_frame = Some(out.to_vec());
+        }
+        // aya hands over the kernel's `duration` unchanged, and the kernel already divided
+        // the total by the repetitions (net/bpf/test_run.c, bpf_test_timer_continue): this is
+        // ns per packet; dividing by `repeat` again would be wrong. Timing the syscall from
+        // here instead would add a fixed ~16 ms per repeated call (XDP dispatcher swap).
+        total_ns += result.duration.as_nanos() as f64;
+    }
+    let delta = dp.stats()?.since(&before);
+    verify(
+        path,
+        plan.packets(),
+        odd_action.unwrap_or(path.action),
+        &delta,
+    )?;
+    if let Some(out) = changed_frame {
+        bail!(
+            "path {} ({}) changed its frame, so repetitions after the first measured another frame: \
+             {} bytes in, {} bytes out{}",
+            path.name,
+            path.program,
+            path.frame.len(),
+            out.len(),
+            first_difference(&path.frame, &out)
+                .map(|i| format!(", first difference at byte {i}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(total_ns / f64::from(plan.calls))
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i))
+}
+
+/// Checks one run took `path`'s intended path on every one of its `packets` repetitions;
+/// `return_value` is the action of the first call that differed from the expected one
+/// (or the expected one when none did).
 pub fn verify(
     path: &PathSpec,
-    repeat: u32,
+    packets: u64,
     return_value: u32,
     delta: &StatsSnapshot,
 ) -> Result<()> {
     let expected_packets = match path.reason {
-        Some(_) => u64::from(repeat),
+        Some(_) => packets,
         None => 0,
     };
     let counted_expected = path.reason.map_or(0, |r| delta.get(r).packets);
@@ -370,17 +703,23 @@ pub fn verify(
         && counted_bytes == expected_packets * path.frame.len() as u64;
     if !ok {
         let expected = match path.reason {
-            Some(r) => format!("{repeat} packets under {}", r.name()),
+            Some(r) => format!("{packets} packets under {}", r.name()),
             None => "no packets counted".into(),
         };
+        let counts: Vec<String> = delta
+            .by_name()
+            .into_iter()
+            .filter(|(_, c)| c.packets != 0 || c.bytes != 0)
+            .map(|(name, c)| format!("{name}: {} packets, {} bytes", c.packets, c.bytes))
+            .collect();
         bail!(
-            "path {} ({}) took the wrong path: expected {} returning {}, got {} with counts {:?}",
+            "path {} ({}) took the wrong path: expected {} returning {}, got {} with counts [{}]",
             path.name,
             path.program,
             expected,
             action_name(path.action),
             action_name(return_value),
-            delta.by_name(),
+            counts.join("; "),
         );
     }
     Ok(())
@@ -439,12 +778,93 @@ mod tests {
             for b in &all[i + 1..] {
                 assert_ne!(a.name, b.name);
             }
-            // A drop reason must come with XDP_DROP, a pass reason with XDP_PASS.
+            // The action follows from the reason.
             if let Some(r) = a.reason {
-                let want = if r.is_drop() { XDP_DROP } else { XDP_PASS };
+                let want = match r {
+                    Reason::FwdLocal | Reason::FwdEncap | Reason::FwdDecap => XDP_REDIRECT,
+                    Reason::ArpReply => XDP_TX,
+                    r if r.is_drop() => XDP_DROP,
+                    _ => XDP_PASS,
+                };
                 assert_eq!(a.action, want, "{}", a.name);
             }
         }
+    }
+
+    #[test]
+    fn every_path_has_its_floor_measured_the_same_way() {
+        let all = paths();
+        for p in &all {
+            let floor = all
+                .iter()
+                .find(|f| f.name == p.method.floor_name())
+                .unwrap_or_else(|| panic!("{}: no floor {}", p.name, p.method.floor_name()));
+            assert_eq!(floor.program, programs::XDP_FLOOR);
+            let params = Params::new(false, None, None, 1).unwrap();
+            assert_eq!(
+                floor.method.plan(&params),
+                p.method.plan(&params),
+                "{}",
+                p.name
+            );
+        }
+    }
+
+    #[test]
+    fn frame_changing_paths_go_through_a_wrapper_or_fresh_frames() {
+        // Encap and decap move `data`; only the restoring wrappers may repeat them.
+        for p in paths() {
+            if matches!(p.reason, Some(Reason::FwdEncap | Reason::FwdDecap)) {
+                assert!(
+                    p.program == programs::XDP_BENCH_VM
+                        || p.program == programs::XDP_BENCH_UNDERLAY,
+                    "{}",
+                    p.name
+                );
+                assert_ne!(p.method, Method::Repeat, "{}", p.name);
+            }
+            if p.reason == Some(Reason::ArpReply) {
+                assert_eq!(p.method, Method::Fresh { repeat: 1 }, "{}", p.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_vpc_path_is_measured_at_both_scales() {
+        let all = paths();
+        let at = |scale| {
+            all.iter()
+                .filter(|p| p.scale == Some(scale))
+                .map(|p| base_name(&p.name).to_string())
+                .collect::<Vec<_>>()
+        };
+        let (small, large) = (at(Scale::Routes10), at(Scale::Routes100k));
+        for name in ["vpc_local", "vpc_encap", "vpc_decap"] {
+            assert!(small.iter().any(|n| n == name) && large.iter().any(|n| n == name));
+        }
+        for name in &large {
+            assert!(small.contains(name), "{name} lacks its 10-route twin");
+        }
+    }
+
+    #[test]
+    fn fresh_plans_split_the_packets_over_calls() {
+        let params = Params::new(false, None, None, 1).unwrap();
+        let routed = Method::Fresh { repeat: 200 }.plan(&params);
+        assert_eq!(routed.packets(), u64::from(Params::DEFAULT_FRESH_PACKETS));
+        assert_eq!(Method::Fresh { repeat: 1 }.plan(&params).calls, 4000);
+        assert_eq!(
+            Method::RepeatRestored.plan(&params),
+            Plan {
+                repeat: Params::DEFAULT_REPEAT,
+                calls: 1
+            }
+        );
+        assert_eq!(
+            Method::Fresh { repeat: 200 }.floor_name(),
+            "floor_repeat_200"
+        );
+        assert_eq!(Method::RepeatRestored.floor_name(), FLOOR);
     }
 
     #[test]
@@ -481,6 +901,18 @@ mod tests {
     }
 
     #[test]
+    fn verify_catches_an_encap_path_that_took_another_path_after_the_first_repetition() {
+        let p = find("vpc_encap@10");
+        let len = p.frame.len() as u64;
+        let once_then_spoofed = delta(&[
+            (Reason::FwdEncap, 1, len),
+            (Reason::DropSpoofedMac, 999, 999 * (len + 50)),
+        ]);
+        let err = verify(&p, 1000, XDP_REDIRECT, &once_then_spoofed).unwrap_err();
+        assert!(err.to_string().contains("drop_spoofed_mac"), "{err}");
+    }
+
+    #[test]
     fn verify_floor_expects_nothing_counted() {
         let floor = find(FLOOR);
         verify(&floor, 10, XDP_PASS, &delta(&[])).unwrap();
@@ -491,12 +923,88 @@ mod tests {
     fn quick_defaults_yield_to_explicit_values() {
         let q = Params::new(true, None, None, 1).unwrap();
         assert_eq!(
-            (q.runs, q.repeat),
-            (Params::QUICK_RUNS, Params::QUICK_REPEAT)
+            (q.runs, q.repeat, q.fresh_packets),
+            (
+                Params::QUICK_RUNS,
+                Params::QUICK_REPEAT,
+                Params::QUICK_FRESH_PACKETS
+            )
         );
         let full = Params::new(false, None, Some(5), 0).unwrap();
         assert_eq!((full.runs, full.repeat), (Params::DEFAULT_RUNS, 5));
         assert!(Params::new(false, Some(0), None, 1).is_err());
         assert!(Params::new(false, None, Some(0), 1).is_err());
+    }
+
+    #[test]
+    fn only_keeps_the_floors_and_the_matching_paths() {
+        let names = |only: &[&str]| -> Result<Vec<String>> {
+            let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+            Ok(selected(paths(), &only)?
+                .into_iter()
+                .map(|p| p.name)
+                .collect())
+        };
+        let encap = names(&["vpc_encap@"]).unwrap();
+        assert_eq!(
+            encap,
+            [
+                "floor",
+                "floor_repeat_200",
+                "floor_repeat_1",
+                "vpc_encap@10",
+                "vpc_encap@100k"
+            ]
+        );
+        assert_eq!(names(&[]).unwrap().len(), paths().len());
+        let err = names(&["no_such_path"]).unwrap_err().to_string();
+        assert!(err.contains("no_such_path"), "{err}");
+    }
+
+    fn result(name: &str, scale: Option<Scale>, raw: f64, net: f64) -> PathResult {
+        let s = |v| Summary {
+            median: v,
+            min: v,
+            max: v,
+        };
+        PathResult {
+            name: name.into(),
+            program: "p".into(),
+            description: String::new(),
+            frame_len: 60,
+            method: Method::Repeat,
+            method_short: String::new(),
+            floor: FLOOR.into(),
+            scale,
+            ingress_ifindex: 0,
+            program_xlated_insns: 0,
+            program_jited_bytes: 0,
+            expected_action: "XDP_PASS".into(),
+            expected_reason: None,
+            runs: 1,
+            repeat: 1,
+            calls_per_run: 1,
+            raw_ns: s(raw),
+            net_ns: s(net),
+            samples_ns: vec![raw],
+        }
+    }
+
+    #[test]
+    fn scale_ratios_pair_each_path_with_its_twin() {
+        let results = vec![
+            result("floor", None, 26.0, 0.0),
+            result("vpc_local@10", Some(Scale::Routes10), 40.0, 14.0),
+            result("vpc_local@100k", Some(Scale::Routes100k), 47.0, 21.0),
+            result("vpc_local_wrapped@10", Some(Scale::Routes10), 41.0, 15.0),
+            result("vpc_x@10", Some(Scale::Routes10), 26.0, 0.0),
+            result("vpc_x@100k", Some(Scale::Routes100k), 27.0, 1.0),
+        ];
+        let ratios = scale_ratios(&results);
+        assert_eq!(ratios.len(), 2, "the wrapper calibration has no twin");
+        assert_eq!(ratios[0].path, "vpc_local");
+        assert_eq!(ratios[0].net_ratio, Some(1.5));
+        assert!((ratios[0].raw_ratio - 47.0 / 40.0).abs() < 1e-12);
+        assert_eq!(ratios[1].net_ratio, None, "no ratio over a zero net figure");
     }
 }

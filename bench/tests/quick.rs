@@ -8,9 +8,11 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-bench");
 
-/// Every path today and the reason it must be counted under (the floor counts nothing).
-const EXPECTED: [(&str, Option<&str>); 11] = [
+/// Every path and the reason it must be counted under (the floors count nothing).
+const EXPECTED: [(&str, Option<&str>); 14] = [
     ("floor", None),
+    ("floor_repeat_200", None),
+    ("floor_repeat_1", None),
     ("vm_ipv4_udp_pass", Some("pass_ipv4")),
     ("vm_ipv4_tcp_pass", Some("pass_ipv4")),
     ("vm_arp_pass", Some("pass_arp")),
@@ -24,6 +26,21 @@ const EXPECTED: [(&str, Option<&str>); 11] = [
         "underlay_vxlan_bad_flags_drop",
         Some("drop_vxlan_bad_flags"),
     ),
+    ("vpc_local_wrapped@10", Some("fwd_local")),
+];
+
+/// The VPC paths, each measured at both scales (`@10`, `@100k`), with their reason and
+/// method kind.
+const EXPECTED_VPC: [(&str, &str, &str); 9] = [
+    ("vpc_local", "fwd_local", "repeat"),
+    ("vpc_encap", "fwd_encap", "repeat_restored"),
+    ("vpc_decap", "fwd_decap", "repeat_restored"),
+    ("vpc_local_routed", "fwd_local", "fresh"),
+    ("vpc_encap_routed", "fwd_encap", "fresh"),
+    ("vpc_arp_reply", "arp_reply", "fresh"),
+    ("vpc_no_route_drop", "drop_no_route", "repeat"),
+    ("vpc_blackhole_drop", "drop_blackhole", "repeat"),
+    ("vpc_spoofed_ip_drop", "drop_spoofed_ip", "repeat"),
 ];
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -66,13 +83,39 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
     number(&report["floor_ns"]["median"], "floor median");
 
     let paths = report["paths"].as_array().expect("paths is a list");
-    for (name, reason) in EXPECTED {
-        let path = paths
+    let find = |name: &str| {
+        paths
             .iter()
             .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("path {name} missing from micro.json"));
-        assert_eq!(path["expected_reason"].as_str(), reason, "{name}");
+            .unwrap_or_else(|| panic!("path {name} missing from micro.json"))
+    };
+    let mut expected: Vec<(String, Option<String>)> = EXPECTED
+        .iter()
+        .map(|(n, r)| (n.to_string(), r.map(String::from)))
+        .collect();
+    for (base, reason, method) in EXPECTED_VPC {
+        for scale in ["10", "100k"] {
+            let name = format!("{base}@{scale}");
+            assert_eq!(find(&name)["method"]["kind"], method, "{name}");
+            expected.push((name, Some(reason.to_string())));
+        }
+    }
+    for (name, reason) in &expected {
+        let path = find(name);
+        assert_eq!(
+            path["expected_reason"].as_str(),
+            reason.as_deref(),
+            "{name}"
+        );
         assert!(number(&path["runs"], "runs") > 0.0, "{name} has no runs");
+        assert!(
+            number(&path["calls_per_run"], "calls") >= 1.0,
+            "{name} has no calls"
+        );
+        // Net figures subtract a floor measured the same way, and that floor exists.
+        let floor = find(path["floor"].as_str().expect("floor named"));
+        assert_eq!(floor["repeat"], path["repeat"], "{name}");
+        assert_eq!(floor["calls_per_run"], path["calls_per_run"], "{name}");
         for figures in ["raw_ns", "net_ns"] {
             let s = &path[figures];
             let (min, median, max) = (
@@ -86,7 +129,25 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
             );
         }
     }
-    assert_eq!(paths.len(), EXPECTED.len(), "unexpected extra paths");
+    assert_eq!(paths.len(), expected.len(), "unexpected extra paths");
+
+    // Both scales were built as promised, and each VPC path has its ratio.
+    let scales = report["scales"].as_array().expect("scales is a list");
+    let routes: Vec<f64> = scales
+        .iter()
+        .map(|s| number(&s["routes"], "routes"))
+        .collect();
+    assert_eq!(routes, [10.0, 100_000.0]);
+    assert_eq!(number(&scales[1]["vpcs"], "vpcs"), 1000.0);
+    let ratios = report["scale_ratios"].as_array().expect("scale_ratios");
+    for (base, _, _) in EXPECTED_VPC {
+        let r = ratios
+            .iter()
+            .find(|r| r["path"] == base)
+            .unwrap_or_else(|| panic!("no scale ratio for {base}"));
+        assert!(number(&r["raw_ratio"], "raw_ratio") > 0.0, "{base}");
+    }
+    assert_eq!(ratios.len(), EXPECTED_VPC.len());
 
     for file in ["summary.md", "micro.svg"] {
         let len = std::fs::metadata(out.join(file))
@@ -95,7 +156,14 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         assert!(len > 0, "{file} is empty");
     }
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(summary.contains("underlay_vxlan_pass"), "{summary}");
+    for needle in [
+        "underlay_vxlan_pass",
+        "vpc_encap@100k",
+        "10 routes against 100,000 routes",
+        "Issue 3 targets",
+    ] {
+        assert!(summary.contains(needle), "{needle} missing:\n{summary}");
+    }
     let svg = std::fs::read_to_string(out.join("micro.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "not an SVG");
     std::fs::remove_dir_all(&out).ok();

@@ -62,7 +62,7 @@ pub struct Fixture {
     /// Program name, one of `sluice_common::programs`.
     pub program: &'static str,
     pub input: Vec<u8>,
-    /// `xdp_md.ingress_ifindex` (0: none); must name a real device, e.g. `lo` (1).
+    /// `xdp_md.ingress_ifindex`; 0 lets the kernel pick `lo` (1), otherwise it must name a real device.
     pub ingress_ifindex: u32,
     pub setup: Option<MapSetup>,
     pub action: XdpAction,
@@ -431,7 +431,7 @@ pub fn run_frame(prog: &Xdp, frame: &[u8]) -> Result<RunOutput> {
     run_frame_on(prog, frame, 0)
 }
 
-/// [`run_frame`] as if the frame arrived on `ingress_ifindex` (a real device, or 0).
+/// [`run_frame`] as if the frame arrived on `ingress_ifindex` (a real device, or 0 for `lo`).
 pub fn run_frame_on(prog: &Xdp, frame: &[u8], ingress_ifindex: u32) -> Result<RunOutput> {
     let mut data_in = frame.to_vec();
     data_in.resize(frame.len() + filler_len_for(frame.len()), 0);
@@ -644,10 +644,12 @@ mod tests {
 
     #[test]
     fn xdp_md_puts_data_and_end_first() {
-        let md = xdp_md(4, 14);
+        let md = xdp_md(4, 14, 7);
         assert_eq!(u32::from_ne_bytes(md[0..4].try_into().unwrap()), 4);
         assert_eq!(u32::from_ne_bytes(md[4..8].try_into().unwrap()), 14);
-        assert!(md[8..].iter().all(|b| *b == 0));
+        assert!(md[8..12].iter().all(|b| *b == 0));
+        assert_eq!(u32::from_ne_bytes(md[12..16].try_into().unwrap()), 7);
+        assert!(md[16..].iter().all(|b| *b == 0));
     }
 
     #[test]

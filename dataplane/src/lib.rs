@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod fixture;
+pub mod intent;
 pub mod lab;
 pub mod loader;
 pub mod metrics;

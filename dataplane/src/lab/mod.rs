@@ -11,12 +11,15 @@
 //! created directly inside a lab namespace (`ip -n`).
 
 pub mod api;
+pub mod capture;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod names;
+pub mod overlay;
 pub mod process;
 pub mod traffic;
+pub mod xdp;
 
 use std::{
     fs,
@@ -30,10 +33,12 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub use capture::Capture;
 pub use config::{DaemonConfig, DaemonSpec, InterfaceConfig, OnExit, XdpModeSetting};
 pub use daemon::Daemon;
+pub use overlay::{OverlayVm, UnderlayPort};
 pub use process::{Finished, LabProcess};
-pub use traffic::{ReceiverReport, SenderReport};
+pub use traffic::{PingReport, ReceiverReport, SenderReport, TcpReport};
 
 /// Where labs keep sockets, configs and logs: `<RUN_ROOT>/<lab>/`.
 pub const RUN_ROOT: &str = "/run/sluice";
@@ -328,15 +333,18 @@ impl Lab {
         let config_path = self.run_dir.join(format!("{host}.yaml"));
         fs::write(&config_path, config.render()?)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        {
-            let mut st = self.state();
-            if !st.pin_dirs.contains(&pin_dir) {
-                st.pin_dirs.push(pin_dir.clone());
-            }
-        }
+        self.track_pin_dir(pin_dir.clone());
         let mut daemon = Daemon::new(self, host, binary, config_path, socket, pin_dir);
         daemon.start()?;
         Ok(daemon)
+    }
+
+    /// Unpins and removes `dir` when the lab goes.
+    fn track_pin_dir(&self, dir: PathBuf) {
+        let mut st = self.state();
+        if !st.pin_dirs.contains(&dir) {
+            st.pin_dirs.push(dir);
+        }
     }
 
     /// A UDP receiver on `port` in `host`, bound before this returns (see

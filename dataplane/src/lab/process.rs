@@ -73,9 +73,27 @@ impl<'lab> LabProcess<'lab> {
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> Result<()> {
+        self.wait_for(timeout, Self::stdout, pred)
+    }
+
+    /// Like [`Self::wait_for_stdout`], on `stderr` (where tcpdump says it is listening).
+    pub fn wait_for_stderr(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        self.wait_for(timeout, Self::stderr, pred)
+    }
+
+    fn wait_for(
+        &mut self,
+        timeout: Duration,
+        output: fn(&Self) -> String,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if pred(&self.stdout()) {
+            if pred(&output(self)) {
                 return Ok(());
             }
             let child = self.child.as_mut().context("process already reaped")?;

@@ -5,4 +5,7 @@
 //! interface names to ifindexes and applies the difference to the maps in an order that
 //! never opens a window of wrong forwarding.
 
+pub mod apply;
+pub mod compile;
+pub mod diff;
 pub mod tables;

@@ -1,0 +1,881 @@
+//! The intent compiler: pure code from [`Intent`] to the [`HostTables`] of each host.
+//!
+//! For a host, the VPCs *present* are those with a NIC on it. It gets:
+//! - a port per local NIC (`PORT_NO_SOURCE_CHECK` when the NIC's source check is off or the
+//!   NIC is some route's next hop, i.e. an appliance that forwards others' packets);
+//! - for every present VPC: its VNI, every NIC of it as an endpoint (local ones with their
+//!   interface and `ENDPOINT_LOCAL`, remote ones with their host's VTEP), a `Local` route
+//!   per subnet, and its custom routes (`nic` → the appliance's IP; `peering` → the peer's
+//!   VNI, only once the peering is accepted, else the route is left out so traffic falls
+//!   to less specific routes; `blackhole`);
+//! - for every accepted peering a present VPC routes into: the peer's own NICs under the
+//!   peer's VNI (the `Peering` next hop looks the destination up there);
+//! - for every accepted peering whose other side routes into it: that side's NICs under the
+//!   present VPC's VNI with `ENDPOINT_PEER_SOURCE` (so decapsulation can check the source);
+//! - the VTEPs of the remote hosts it may send to.
+//!
+//! Nothing of a VPC that is neither present nor an accepted peer of a present VPC appears,
+//! and a peer's peers never do (peerings are not transitive). Output is sorted.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use sluice_common::vpc::{
+    Ipv4, NextHopKind, Port, ENDPOINT_LOCAL, ENDPOINT_PEER_SOURCE, PORT_NO_SOURCE_CHECK,
+};
+
+use super::tables::{
+    EndpointEntry, HostTables, HostUnderlay, LocalPort, NextHopEntry, RouteEntry, RoutePrefix,
+};
+use crate::intent::{mask, Intent, NextHop, Nic, Vpc};
+
+/// Tables of every registered host, by host name.
+pub fn compile_all(intent: &Intent) -> BTreeMap<String, HostTables> {
+    let index = Index::new(intent);
+    intent
+        .hosts()
+        .map(|h| (h.name.clone(), index.compile(&h.name)))
+        .collect()
+}
+
+/// Everything `host`'s maps should hold (empty, with no underlay, for an unknown host).
+pub fn compile_host(intent: &Intent, host: &str) -> HostTables {
+    Index::new(intent).compile(host)
+}
+
+/// Longest-prefix match in `routes` (sorted by prefix, as the compiler emits them): the
+/// reference the kernel's LPM trie must agree with.
+pub fn lookup(routes: &[RouteEntry], vni: u32, ip: Ipv4) -> Option<&RouteEntry> {
+    let addr = u32::from_be_bytes(ip);
+    (0..=32u8).rev().find_map(|len| {
+        let prefix = RoutePrefix {
+            vni,
+            ip: (addr & mask(len)).to_be_bytes(),
+            len,
+        };
+        routes
+            .binary_search_by(|r| r.prefix.cmp(&prefix))
+            .ok()
+            .map(|k| &routes[k])
+    })
+}
+
+/// Per-intent lookups shared by every host's compilation.
+struct Index<'a> {
+    intent: &'a Intent,
+    nics_by_vpc: BTreeMap<&'a str, Vec<&'a Nic>>,
+    /// NICs some route names as next hop.
+    appliances: HashSet<&'a str>,
+}
+
+impl<'a> Index<'a> {
+    fn new(intent: &'a Intent) -> Self {
+        let mut nics_by_vpc: BTreeMap<&str, Vec<&Nic>> = BTreeMap::new();
+        for n in intent.nics() {
+            nics_by_vpc.entry(&n.vpc).or_default().push(n);
+        }
+        let appliances = intent
+            .routes()
+            .filter_map(|r| match &r.next_hop {
+                NextHop::Nic { nic } => Some(nic.as_str()),
+                _ => None,
+            })
+            .collect();
+        Self {
+            intent,
+            nics_by_vpc,
+            appliances,
+        }
+    }
+
+    fn nics_of(&self, vpc: &str) -> &[&'a Nic] {
+        self.nics_by_vpc.get(vpc).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Validation keeps every NIC's host registered; a NIC without one (a damaged store)
+    /// is left out rather than trusted.
+    fn vtep_of(&self, host: &str) -> Option<Ipv4> {
+        self.intent.host(host).map(|h| h.underlay_ip.octets())
+    }
+
+    /// Does `vpc` have a route into peering `peering`?
+    fn routes_into(&self, vpc: &str, peering: &str) -> bool {
+        self.intent
+            .routes_of(vpc)
+            .any(|r| matches!(&r.next_hop, NextHop::Peering { peering: p } if p == peering))
+    }
+
+    fn compile(&self, host: &str) -> HostTables {
+        let intent = self.intent;
+        let Some(h) = intent.host(host) else {
+            return HostTables::default();
+        };
+        let mut out = HostTables {
+            underlay: Some(HostUnderlay {
+                ifname: h.underlay_ifname.clone(),
+                vtep: h.underlay_ip.octets(),
+                router_mac: h.router_mac.0,
+                underlay_mtu: h.underlay_mtu,
+            }),
+            ..Default::default()
+        };
+
+        let present: BTreeSet<&str> = intent
+            .nics()
+            .filter(|n| n.host == host)
+            .map(|n| n.vpc.as_str())
+            .collect();
+
+        let mut ports = Vec::new();
+        let mut endpoints: BTreeMap<(u32, Ipv4), EndpointEntry> = BTreeMap::new();
+        let mut routes: BTreeMap<RoutePrefix, NextHopEntry> = BTreeMap::new();
+        let mut vnis = BTreeSet::new();
+        // Peer VPCs whose own NICs this host must know (it routes into their peering).
+        let mut peers_reached: BTreeSet<&str> = BTreeSet::new();
+
+        let mut endpoint = |nic: &Nic, vni: u32, peer_source: bool| {
+            let Some(vtep) = self.vtep_of(&nic.host) else {
+                return;
+            };
+            let local = nic.host == host && !peer_source;
+            let e = EndpointEntry {
+                vni,
+                ip: nic.ip.octets(),
+                mac: nic.mac.0,
+                vtep,
+                flags: if peer_source {
+                    ENDPOINT_PEER_SOURCE
+                } else if local {
+                    ENDPOINT_LOCAL
+                } else {
+                    0
+                },
+                ifname: local.then(|| nic.ifname.clone()),
+            };
+            let prev = endpoints.insert((vni, e.ip), e.clone());
+            debug_assert!(
+                prev.is_none_or(|p| p == e),
+                "endpoint ({vni}, {:?}) compiled twice",
+                e.ip
+            );
+        };
+
+        for vpc_id in &present {
+            let Some(vpc) = intent.vpc(vpc_id) else {
+                continue;
+            };
+            vnis.insert(vpc.vni);
+            for nic in self.nics_of(vpc_id) {
+                if nic.host == host {
+                    ports.extend(self.port(vpc, nic));
+                }
+                endpoint(nic, vpc.vni, false);
+            }
+            for s in intent.subnets_of(vpc_id) {
+                routes.insert(
+                    prefix(vpc.vni, s.cidr),
+                    hop(NextHopKind::Local, vpc.vni, [0; 4]),
+                );
+            }
+            for r in intent.routes_of(vpc_id) {
+                let next = match &r.next_hop {
+                    NextHop::Nic { nic } => {
+                        let Some(n) = intent.nic(nic) else { continue };
+                        hop(NextHopKind::Nic, vpc.vni, n.ip.octets())
+                    }
+                    NextHop::Peering { peering } => {
+                        let Some(p) = intent.peering(peering).filter(|p| p.is_active()) else {
+                            continue;
+                        };
+                        let Some(peer) = p.other_side(vpc_id).and_then(|v| intent.vpc(v)) else {
+                            continue;
+                        };
+                        peers_reached.insert(&peer.id);
+                        hop(NextHopKind::Peering, peer.vni, [0; 4])
+                    }
+                    NextHop::Blackhole => hop(NextHopKind::Blackhole, vpc.vni, [0; 4]),
+                };
+                routes.insert(prefix(vpc.vni, r.destination), next);
+            }
+            for p in intent.peerings_of(vpc_id).filter(|p| p.is_active()) {
+                let other = p.other_side(vpc_id).expect("peering of this VPC");
+                if self.routes_into(other, &p.id) {
+                    for nic in self.nics_of(other) {
+                        endpoint(nic, vpc.vni, true);
+                    }
+                }
+            }
+        }
+        for peer_id in peers_reached {
+            let Some(peer) = intent.vpc(peer_id) else {
+                continue;
+            };
+            for nic in self.nics_of(peer_id) {
+                endpoint(nic, peer.vni, false);
+            }
+        }
+
+        let own_vtep = h.underlay_ip.octets();
+        out.remote_vteps = endpoints
+            .values()
+            .filter(|e| e.flags & (ENDPOINT_LOCAL | ENDPOINT_PEER_SOURCE) == 0)
+            .map(|e| e.vtep)
+            .filter(|v| *v != own_vtep)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        ports.sort_by(|a: &LocalPort, b| a.ifname.cmp(&b.ifname));
+        out.ports = ports;
+        out.endpoints = endpoints.into_values().collect();
+        out.routes = routes
+            .into_iter()
+            .map(|(prefix, next_hop)| RouteEntry { prefix, next_hop })
+            .collect();
+        out.vnis = vnis.into_iter().collect();
+        out
+    }
+
+    fn port(&self, vpc: &Vpc, nic: &Nic) -> Option<LocalPort> {
+        let subnet = self.intent.subnet(None, &nic.subnet).map(|s| s.cidr)?;
+        let appliance = !nic.source_check || self.appliances.contains(nic.id.as_str());
+        Some(LocalPort {
+            ifname: nic.ifname.clone(),
+            port: Port {
+                vni: vpc.vni,
+                ip: nic.ip.octets(),
+                mac: nic.mac.0,
+                flags: if appliance { PORT_NO_SOURCE_CHECK } else { 0 },
+                subnet: subnet.addr().octets(),
+                subnet_mask: subnet.netmask().octets(),
+                vpc: vpc.cidr.addr().octets(),
+                vpc_mask: vpc.cidr.netmask().octets(),
+            },
+        })
+    }
+}
+
+fn prefix(vni: u32, cidr: crate::intent::Cidr) -> RoutePrefix {
+    RoutePrefix {
+        vni,
+        ip: cidr.addr().octets(),
+        len: cidr.prefix_len(),
+    }
+}
+
+fn hop(kind: NextHopKind, vni: u32, ip: Ipv4) -> NextHopEntry {
+    NextHopEntry {
+        kind: kind as u32,
+        vni,
+        ip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::intent::{
+        validate::tests::{host, lab, nic, subnet, vpc},
+        NicSpec, PeeringSpec, RouteSpec,
+    };
+
+    fn ip(s: &str) -> Ipv4 {
+        s.parse::<Ipv4Addr>().unwrap().octets()
+    }
+
+    fn vni(i: &Intent, vpc: &str) -> u32 {
+        i.vpc(vpc).unwrap().vni
+    }
+
+    fn endpoint<'t>(t: &'t HostTables, vni: u32, addr: &str) -> Option<&'t EndpointEntry> {
+        t.endpoints
+            .iter()
+            .find(|e| e.vni == vni && e.ip == ip(addr))
+    }
+
+    fn route(t: &HostTables, vni: u32, cidr: &str) -> Option<NextHopEntry> {
+        let c: crate::intent::Cidr = cidr.parse().unwrap();
+        t.routes
+            .iter()
+            .find(|r| r.prefix == prefix(vni, c))
+            .map(|r| r.next_hop)
+    }
+
+    #[test]
+    fn unknown_host_gets_empty_tables() {
+        assert_eq!(compile_host(&lab(), "h9"), HostTables::default());
+    }
+
+    #[test]
+    fn host_underlay_comes_from_its_registration() {
+        let i = lab();
+        let u = compile_host(&i, "h2").underlay.unwrap();
+        assert_eq!(u.ifname, "ul0");
+        assert_eq!(u.vtep, ip("192.168.50.2"));
+        assert_eq!(u.underlay_mtu, 9000);
+        assert_eq!(u.router_mac, i.host("h2").unwrap().router_mac.0);
+    }
+
+    #[test]
+    fn local_nic_gets_a_port_and_a_local_endpoint() {
+        let i = lab();
+        let t = compile_host(&i, "h1");
+        let a = vni(&i, "tenant-a");
+        let p = t.ports.iter().find(|p| p.ifname == "a-vm1").unwrap();
+        let n = i.nic("a-vm1").unwrap();
+        assert_eq!(
+            p.port,
+            Port {
+                vni: a,
+                ip: ip("10.0.1.10"),
+                mac: n.mac.0,
+                flags: 0,
+                subnet: ip("10.0.1.0"),
+                subnet_mask: ip("255.255.255.0"),
+                vpc: ip("10.0.0.0"),
+                vpc_mask: ip("255.255.0.0"),
+            }
+        );
+        let e = endpoint(&t, a, "10.0.1.10").unwrap();
+        assert_eq!(e.flags, ENDPOINT_LOCAL);
+        assert_eq!(e.ifname.as_deref(), Some("a-vm1"));
+        assert_eq!(e.vtep, ip("192.168.50.1"));
+        assert_eq!(e.mac, n.mac.0);
+    }
+
+    #[test]
+    fn remote_nic_of_a_present_vpc_is_an_endpoint_at_its_hosts_vtep() {
+        let i = lab();
+        let t = compile_host(&i, "h1");
+        let e = endpoint(&t, vni(&i, "tenant-a"), "10.0.2.10").unwrap();
+        assert_eq!((e.flags, e.ifname.as_ref()), (0, None));
+        assert_eq!(e.vtep, ip("192.168.50.2"));
+        assert_eq!(t.remote_vteps, [ip("192.168.50.2")]);
+    }
+
+    #[test]
+    fn appliance_nics_have_no_source_check() {
+        let i = lab();
+        let t = compile_host(&i, "h2");
+        let flags = |ifname: &str| {
+            t.ports
+                .iter()
+                .find(|p| p.ifname == ifname)
+                .unwrap()
+                .port
+                .flags
+        };
+        assert_eq!(flags("a-fw"), PORT_NO_SOURCE_CHECK, "a route's next hop");
+        assert_eq!(flags("a-vm2"), 0);
+        let (i, _) = i
+            .update_nic(
+                "a-vm2",
+                crate::intent::NicUpdate {
+                    source_check: Some(false),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let t = compile_host(&i, "h2");
+        assert_eq!(
+            t.ports
+                .iter()
+                .find(|p| p.ifname == "a-vm2")
+                .unwrap()
+                .port
+                .flags,
+            PORT_NO_SOURCE_CHECK
+        );
+    }
+
+    #[test]
+    fn each_subnet_gets_a_local_route_and_custom_routes_compile_by_type() {
+        let i = lab();
+        let t = compile_host(&i, "h1");
+        let a = vni(&i, "tenant-a");
+        let local = NextHopEntry {
+            kind: NextHopKind::Local as u32,
+            vni: a,
+            ip: [0; 4],
+        };
+        assert_eq!(route(&t, a, "10.0.1.0/24"), Some(local));
+        assert_eq!(route(&t, a, "10.0.2.0/24"), Some(local));
+        assert_eq!(
+            route(&t, a, "0.0.0.0/0"),
+            Some(NextHopEntry {
+                kind: NextHopKind::Nic as u32,
+                vni: a,
+                ip: ip("10.0.1.20")
+            })
+        );
+        assert_eq!(
+            route(&t, a, "10.9.0.0/16").map(|h| (h.kind, h.vni)),
+            Some((NextHopKind::Blackhole as u32, a))
+        );
+        assert_eq!(
+            route(&t, a, "10.200.0.0/16"),
+            Some(NextHopEntry {
+                kind: NextHopKind::Peering as u32,
+                vni: vni(&i, "shared"),
+                ip: [0; 4]
+            })
+        );
+    }
+
+    #[test]
+    fn identical_cidrs_stay_apart_by_vni() {
+        let i = lab();
+        let t = compile_host(&i, "h1");
+        let (a, b) = (vni(&i, "tenant-a"), vni(&i, "tenant-b"));
+        assert_ne!(a, b);
+        assert_eq!(t.vnis.iter().filter(|v| [a, b].contains(v)).count(), 2);
+        // Same address, two tenants, two hosts.
+        assert_eq!(endpoint(&t, a, "10.0.1.10").unwrap().flags, ENDPOINT_LOCAL);
+        assert_eq!(
+            endpoint(&t, b, "10.0.1.10").unwrap().vtep,
+            ip("192.168.50.2")
+        );
+        assert_eq!(
+            endpoint(&t, b, "10.0.1.10").unwrap().mac,
+            i.nic("b-vm1").unwrap().mac.0
+        );
+        assert!(
+            route(&t, b, "0.0.0.0/0").is_none(),
+            "tenant-a's default route stays in tenant-a"
+        );
+    }
+
+    #[test]
+    fn a_host_gets_nothing_of_vpcs_absent_from_it() {
+        let i = lab();
+        let (i, _) = i.put_host(host("h3", "192.168.50.3")).unwrap();
+        let (i, _) = i.create_nic(nic("b-vm3", "tenant-b", "web", "h3")).unwrap();
+        let t = compile_host(&i, "h3");
+        let b = vni(&i, "tenant-b");
+        assert_eq!(t.vnis, [b]);
+        assert!(t.endpoints.iter().all(|e| e.vni == b), "{:?}", t.endpoints);
+        assert!(t.routes.iter().all(|r| r.prefix.vni == b));
+        assert_eq!(t.ports.len(), 1);
+        assert_eq!(t.remote_vteps, [ip("192.168.50.1"), ip("192.168.50.2")]);
+    }
+
+    #[test]
+    fn accepted_peering_brings_the_peers_nics_and_peer_sources() {
+        let i = lab();
+        let (a, s) = (vni(&i, "tenant-a"), vni(&i, "shared"));
+        // h1: tenant-a present (a-vm1), shared absent. Its route into the peering needs
+        // shared's NICs under shared's VNI; shared's VNI is not decapsulated here.
+        let t1 = compile_host(&i, "h1");
+        let e = endpoint(&t1, s, "10.200.1.10").unwrap();
+        assert_eq!((e.flags, e.vtep), (0, ip("192.168.50.2")));
+        assert!(!t1.vnis.contains(&s));
+        // shared routes back into the peering, so a's NICs are peer sources under a's VNI.
+        let src = endpoint(&t1, a, "10.200.1.10").unwrap();
+        assert_eq!(
+            (src.flags, src.vtep),
+            (ENDPOINT_PEER_SOURCE, ip("192.168.50.2"))
+        );
+        // h2: shared present; tenant-a's NICs are valid sources under shared's VNI.
+        let t2 = compile_host(&i, "h2");
+        let src = endpoint(&t2, s, "10.0.1.10").unwrap();
+        assert_eq!(src.flags, ENDPOINT_PEER_SOURCE);
+        assert_eq!((src.vtep, src.ifname.as_ref()), (ip("192.168.50.1"), None));
+        assert_eq!(
+            endpoint(&t2, s, "10.200.1.10").unwrap().flags,
+            ENDPOINT_LOCAL
+        );
+    }
+
+    #[test]
+    fn pending_peering_compiles_to_nothing() {
+        let mut t = crate::intent::validate::tests::lab_topology();
+        t.peerings[0].accepted = false;
+        let i = Intent::default().apply(t).unwrap().0;
+        let s = vni(&i, "shared");
+        let t1 = compile_host(&i, "h1");
+        assert!(route(&t1, vni(&i, "tenant-a"), "10.200.0.0/16").is_none());
+        assert!(t1.endpoints.iter().all(|e| e.vni != s));
+        let t2 = compile_host(&i, "h2");
+        assert!(t2
+            .endpoints
+            .iter()
+            .all(|e| e.flags & ENDPOINT_PEER_SOURCE == 0));
+    }
+
+    #[test]
+    fn peer_sources_need_the_other_side_to_route_into_the_peering() {
+        let i = lab();
+        let i = i.delete_route("shared", "10.0.0.0/16").unwrap();
+        // shared no longer sends into the peering: h1 (tenant-a) needs no peer sources.
+        let t1 = compile_host(&i, "h1");
+        assert!(t1
+            .endpoints
+            .iter()
+            .all(|e| e.flags & ENDPOINT_PEER_SOURCE == 0));
+        // tenant-a still does: h2 (shared present) accepts tenant-a's sources.
+        let t2 = compile_host(&i, "h2");
+        assert!(endpoint(&t2, vni(&i, "shared"), "10.0.1.10").is_some());
+    }
+
+    #[test]
+    fn peerings_are_not_transitive() {
+        // a - b - c, every side routing into its peerings: a host with only a's NICs
+        // knows b but nothing of c.
+        let i = Intent::default();
+        let (i, _) = i.create_host(host("h1", "192.168.50.1")).unwrap();
+        let mut k = 0;
+        let mut i = i;
+        for (name, cidr) in [
+            ("a", "10.1.0.0/16"),
+            ("b", "10.2.0.0/16"),
+            ("c", "10.3.0.0/16"),
+        ] {
+            i = i.create_vpc(vpc(name, cidr)).unwrap().0;
+            let net = cidr.replace(".0.0/16", ".1.0/24");
+            i = i.create_subnet(subnet(name, "s", &net)).unwrap().0;
+            k += 1;
+            i = i
+                .create_nic(NicSpec {
+                    ifname: format!("vm{k}"),
+                    ..nic(&format!("{name}-vm"), name, "s", "h1")
+                })
+                .unwrap()
+                .0;
+        }
+        // Only a's NIC stays on h1; b's and c's move to h2.
+        let (mut j, _) = i.create_host(host("h2", "192.168.50.2")).unwrap();
+        for n in ["b-vm", "c-vm"] {
+            let to_h2 = crate::intent::NicUpdate {
+                host: Some("h2".into()),
+                ..Default::default()
+            };
+            j = j.update_nic(n, to_h2).unwrap().0;
+        }
+        for (name, a, b) in [("ab", "a", "b"), ("bc", "b", "c")] {
+            j = j
+                .create_peering(PeeringSpec {
+                    name: Some(name.into()),
+                    vpc: a.into(),
+                    peer_vpc: b.into(),
+                })
+                .unwrap()
+                .0;
+            j = j.accept_peering(name).unwrap().0;
+        }
+        for (v, dst, p) in [
+            ("a", "10.2.0.0/16", "ab"),
+            ("b", "10.1.0.0/16", "ab"),
+            ("b", "10.3.0.0/16", "bc"),
+            ("c", "10.2.0.0/16", "bc"),
+        ] {
+            let next_hop = NextHop::Peering { peering: p.into() };
+            j = j
+                .create_route(RouteSpec {
+                    vpc: v.into(),
+                    destination: dst.into(),
+                    next_hop,
+                })
+                .unwrap()
+                .0;
+        }
+        let t = compile_host(&j, "h1");
+        let (b, c) = (vni(&j, "b"), vni(&j, "c"));
+        assert!(
+            endpoint(&t, b, "10.2.1.4").is_some(),
+            "the direct peer is reachable"
+        );
+        assert!(t.vnis.iter().all(|v| *v != c));
+        assert!(
+            t.endpoints
+                .iter()
+                .all(|e| e.vni != c && !e.ip.starts_with(&[10, 3])),
+            "{:?}",
+            t.endpoints
+        );
+        assert!(t.routes.iter().all(|r| r.next_hop.vni != c));
+    }
+
+    #[test]
+    fn deleting_a_nic_removes_it_from_every_hosts_tables() {
+        let i = lab();
+        let mac = i.nic("b-vm2").unwrap().mac.0;
+        let i = i.delete_nic("b-vm2").unwrap();
+        for (h, t) in compile_all(&i) {
+            assert!(t.ports.iter().all(|p| p.ifname != "b-vm2"), "{h}");
+            assert!(t.endpoints.iter().all(|e| e.mac != mac), "{h}");
+        }
+        // h1 had only b-vm2 of tenant-b: tenant-b is gone from h1.
+        let b = vni(&i, "tenant-b");
+        let t1 = compile_host(&i, "h1");
+        assert!(!t1.vnis.contains(&b) && t1.routes.iter().all(|r| r.prefix.vni != b));
+    }
+
+    #[test]
+    fn output_is_sorted() {
+        for t in compile_all(&lab()).values() {
+            assert!(t.endpoints.windows(2).all(|w| w[0] < w[1]));
+            assert!(t.routes.windows(2).all(|w| w[0].prefix < w[1].prefix));
+            assert!(t.ports.windows(2).all(|w| w[0].ifname < w[1].ifname));
+            assert!(t.vnis.windows(2).all(|w| w[0] < w[1]));
+            assert!(t.remote_vteps.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    #[test]
+    fn lookup_prefers_the_longest_prefix() {
+        let i = lab();
+        let t = compile_host(&i, "h1");
+        let a = vni(&i, "tenant-a");
+        let kind = |addr: &str| lookup(&t.routes, a, ip(addr)).map(|r| r.next_hop.kind);
+        assert_eq!(kind("10.0.1.77"), Some(NextHopKind::Local as u32));
+        assert_eq!(kind("10.9.3.3"), Some(NextHopKind::Blackhole as u32));
+        assert_eq!(kind("8.8.8.8"), Some(NextHopKind::Nic as u32));
+        assert_eq!(lookup(&t.routes, vni(&i, "tenant-b"), ip("8.8.8.8")), None);
+    }
+
+    // ---- property tests ----
+
+    /// Brute force: every route of `vni` containing `ip`, the longest.
+    fn lookup_brute(routes: &[RouteEntry], vni: u32, ip: Ipv4) -> Option<&RouteEntry> {
+        let a = u32::from_be_bytes(ip);
+        routes
+            .iter()
+            .filter(|r| {
+                r.prefix.vni == vni && a & mask(r.prefix.len) == u32::from_be_bytes(r.prefix.ip)
+            })
+            .max_by_key(|r| r.prefix.len)
+    }
+
+    /// Two tenants with the same CIDR, subnets and NIC IPs on random hosts, random routes,
+    /// and optionally an accepted peering of tenant `a` with a third VPC.
+    #[derive(Clone, Debug)]
+    struct TwinSpec {
+        hosts: usize,
+        /// Per NIC: (host of a's copy, host of b's copy, subnet 0/1, last octet).
+        nics: Vec<(usize, usize, usize, u8)>,
+        /// Per route: (tenant 0/1, destination octet, prefix len, blackhole or nic index).
+        routes: Vec<(usize, u8, u8, Option<usize>)>,
+        peering: bool,
+    }
+
+    fn twin_spec() -> impl Strategy<Value = TwinSpec> {
+        (
+            1usize..4,
+            prop::collection::btree_map(4u8..250, (0usize..3, 0usize..3, 0usize..2), 1..8),
+        )
+            .prop_flat_map(|(hosts, nics)| {
+                let nics: Vec<_> = nics
+                    .into_iter()
+                    .map(|(last, (ha, hb, s))| (ha % hosts, hb % hosts, s, last))
+                    .collect();
+                let n = nics.len();
+                let routes = prop::collection::vec(
+                    (0usize..2, 0u8..=255, 0u8..=32, prop::option::of(0..n)),
+                    0..6,
+                );
+                (Just(hosts), Just(nics), routes, any::<bool>())
+            })
+            .prop_map(|(hosts, nics, routes, peering)| TwinSpec {
+                hosts,
+                nics,
+                routes,
+                peering,
+            })
+    }
+
+    fn build(spec: &TwinSpec) -> Intent {
+        let mut i = Intent::default();
+        for h in 0..spec.hosts {
+            i = i
+                .create_host(host(&format!("h{h}"), &format!("192.168.50.{}", h + 1)))
+                .unwrap()
+                .0;
+        }
+        for t in ["a", "b"] {
+            i = i.create_vpc(vpc(t, "10.0.0.0/16")).unwrap().0;
+            i = i.create_subnet(subnet(t, "s0", "10.0.1.0/24")).unwrap().0;
+            i = i.create_subnet(subnet(t, "s1", "10.0.2.0/24")).unwrap().0;
+        }
+        for (k, (ha, hb, s, last)) in spec.nics.iter().enumerate() {
+            for (t, h) in [("a", ha), ("b", hb)] {
+                let nic_spec = NicSpec {
+                    ip: Some(format!("10.0.{}.{last}", s + 1)),
+                    ifname: format!("{t}{k}"),
+                    ..nic(&format!("{t}-{k}"), t, &format!("s{s}"), &format!("h{h}"))
+                };
+                i = i.create_nic(nic_spec).unwrap().0;
+            }
+        }
+        if spec.peering {
+            i = i.create_vpc(vpc("c", "10.7.0.0/16")).unwrap().0;
+            i = i.create_subnet(subnet("c", "s0", "10.7.1.0/24")).unwrap().0;
+            i = i
+                .create_nic(NicSpec {
+                    ifname: "c0".into(),
+                    ..nic("c-0", "c", "s0", "h0")
+                })
+                .unwrap()
+                .0;
+            let p = PeeringSpec {
+                name: Some("ac".into()),
+                vpc: "a".into(),
+                peer_vpc: "c".into(),
+            };
+            i = i.create_peering(p).unwrap().0;
+            i = i.accept_peering("ac").unwrap().0;
+            let hop = NextHop::Peering {
+                peering: "ac".into(),
+            };
+            i = i
+                .put_route(RouteSpec {
+                    vpc: "a".into(),
+                    destination: "10.7.0.0/16".into(),
+                    next_hop: hop.clone(),
+                })
+                .unwrap()
+                .0;
+            i = i
+                .put_route(RouteSpec {
+                    vpc: "c".into(),
+                    destination: "10.0.0.0/16".into(),
+                    next_hop: hop,
+                })
+                .unwrap()
+                .0;
+        }
+        for (t, octet, len, target) in &spec.routes {
+            let tenant = ["a", "b"][*t];
+            let addr = u32::from(Ipv4Addr::new(10, *octet, 3, 0)) & mask(*len);
+            let destination = format!("{}/{len}", Ipv4Addr::from(addr));
+            let next_hop = match target {
+                Some(k) => NextHop::Nic {
+                    nic: format!("{tenant}-{k}"),
+                },
+                None => NextHop::Blackhole,
+            };
+            // Routes clashing with a subnet or a peering route are refused; skip them.
+            if let Ok((next, _)) = i.put_route(RouteSpec {
+                vpc: tenant.into(),
+                destination,
+                next_hop,
+            }) {
+                i = next;
+            }
+        }
+        i
+    }
+
+    /// Which VPC each (vni, ip) legitimately belongs to, from the intent.
+    fn owner_vni_ok(i: &Intent, e: &EndpointEntry) -> bool {
+        let nic = i
+            .nics()
+            .find(|n| n.mac.0 == e.mac)
+            .expect("endpoint of a known NIC");
+        let own = i.vpc(&nic.vpc).unwrap();
+        if e.flags & ENDPOINT_PEER_SOURCE != 0 {
+            // Valid only under the VNI of an accepted peer of the NIC's VPC.
+            i.peerings_of(&own.id).any(|p| {
+                p.is_active() && i.vpc(p.other_side(&own.id).unwrap()).unwrap().vni == e.vni
+            })
+        } else {
+            own.vni == e.vni && nic.ip.octets() == e.ip
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn tenants_with_identical_addresses_never_share_an_entry(spec in twin_spec()) {
+            let i = build(&spec);
+            let (a, b) = (vni(&i, "a"), vni(&i, "b"));
+            for (h, t) in compile_all(&i) {
+                let mut keys = std::collections::HashSet::new();
+                for e in &t.endpoints {
+                    prop_assert!(keys.insert((e.vni, e.ip)), "{h}: duplicate endpoint {e:?}");
+                    prop_assert!(owner_vni_ok(&i, e), "{h}: {e:?} under the wrong VNI");
+                }
+                for p in &t.ports {
+                    let nic = i.nics().find(|n| n.host == h && n.ifname == p.ifname).unwrap();
+                    prop_assert_eq!(p.port.vni, i.vpc(&nic.vpc).unwrap().vni);
+                }
+                for r in &t.routes {
+                    let kind = NextHopKind::from_u32(r.next_hop.kind).unwrap();
+                    match kind {
+                        NextHopKind::Peering => prop_assert_ne!(r.next_hop.vni, r.prefix.vni),
+                        _ => prop_assert_eq!(r.next_hop.vni, r.prefix.vni),
+                    }
+                    if kind == NextHopKind::Nic {
+                        // The appliance is an endpoint of the route's own VPC.
+                        prop_assert!(endpoint(&t, r.prefix.vni, &Ipv4Addr::from(r.next_hop.ip).to_string()).is_some());
+                    }
+                    prop_assert!(r.prefix.vni != a || r.next_hop.vni != b);
+                    prop_assert!(r.prefix.vni != b || r.next_hop.vni != a);
+                }
+            }
+        }
+
+        #[test]
+        fn hosts_only_see_present_vpcs_and_their_accepted_peers(spec in twin_spec()) {
+            let i = build(&spec);
+            for (h, t) in compile_all(&i) {
+                let present: BTreeSet<&str> =
+                    i.nics().filter(|n| n.host == h).map(|n| n.vpc.as_str()).collect();
+                let mut allowed: BTreeSet<u32> =
+                    present.iter().map(|v| i.vpc(v).unwrap().vni).collect();
+                prop_assert_eq!(t.vnis.iter().copied().collect::<BTreeSet<_>>(), allowed.clone());
+                for v in &present {
+                    for p in i.peerings_of(v).filter(|p| p.is_active()) {
+                        allowed.insert(i.vpc(p.other_side(v).unwrap()).unwrap().vni);
+                    }
+                }
+                for e in &t.endpoints {
+                    prop_assert!(allowed.contains(&e.vni), "{h}: {e:?}");
+                }
+                for r in &t.routes {
+                    prop_assert!(t.vnis.contains(&r.prefix.vni), "{h}: {r:?}");
+                    prop_assert!(allowed.contains(&r.next_hop.vni), "{h}: {r:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn lookup_agrees_with_a_brute_force_scan(
+            routes in prop::collection::btree_map((1u32..4, any::<u32>(), 0u8..=32), any::<u32>(), 0..40),
+            probes in prop::collection::vec((1u32..4, any::<u32>()), 1..40),
+        ) {
+            let table: BTreeMap<RoutePrefix, NextHopEntry> = routes
+                .into_iter()
+                .map(|((vni, ip, len), tag)| {
+                    let p = RoutePrefix { vni, ip: (ip & mask(len)).to_be_bytes(), len };
+                    (p, NextHopEntry { kind: NextHopKind::Blackhole as u32, vni, ip: tag.to_be_bytes() })
+                })
+                .collect();
+            let routes: Vec<RouteEntry> =
+                table.into_iter().map(|(prefix, next_hop)| RouteEntry { prefix, next_hop }).collect();
+            for (vni, ip) in probes {
+                // Probe near existing routes too, or random addresses rarely match.
+                let near = routes.get(ip as usize % routes.len().max(1)).map(|r| u32::from_be_bytes(r.prefix.ip) | (ip & 0xff));
+                for addr in [ip, near.unwrap_or(ip)] {
+                    let addr = addr.to_be_bytes();
+                    prop_assert_eq!(lookup(&routes, vni, addr), lookup_brute(&routes, vni, addr));
+                }
+            }
+        }
+
+        #[test]
+        fn compile_is_deterministic(spec in twin_spec()) {
+            let i = build(&spec);
+            let first = compile_all(&i);
+            prop_assert_eq!(&first, &compile_all(&i));
+            // The same intent reloaded from its records compiles identically too.
+            let reloaded = Intent::from_records(i.to_records());
+            prop_assert_eq!(&first, &compile_all(&reloaded));
+            for (h, t) in &first {
+                prop_assert_eq!(t, &compile_host(&i, h));
+            }
+        }
+    }
+}
