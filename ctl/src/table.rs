@@ -1,7 +1,12 @@
 //! Human-readable output: pure functions from the API's JSON types to text.
 
 use sluice_common::stats::Reason;
-use sluice_dataplane::api::{StatsJson, StatusJson};
+use sluice_dataplane::{
+    api::{StatsJson, StatusJson},
+    intent::{ApplySummary, Host, Nic, Peering, Route, RouteTableEntry, RouteTarget, Subnet, Vpc},
+};
+
+use crate::resource::next_hop_text;
 
 /// Columns aligned to their widest cell; numeric columns (`right[i]`) right-aligned.
 pub fn table(headers: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
@@ -91,6 +96,161 @@ pub fn status(status: &StatusJson) -> String {
         &["INTERFACE", "ROLE", "IFINDEX", "ATTACH"],
         &rows,
         &[false, false, true, false],
+    ));
+    out
+}
+
+pub fn hosts(hosts: &[Host]) -> String {
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.name.clone(),
+                h.underlay_ip.to_string(),
+                h.underlay_ifname.clone(),
+                h.router_mac.to_string(),
+                h.underlay_mtu.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "UNDERLAY-IP", "UNDERLAY-IF", "ROUTER-MAC", "MTU"],
+        &rows,
+        &[false, false, false, false, true],
+    )
+}
+
+pub fn vpcs(vpcs: &[Vpc]) -> String {
+    let rows: Vec<Vec<String>> = vpcs
+        .iter()
+        .map(|v| {
+            vec![
+                v.id.clone(),
+                v.name.clone(),
+                v.cidr.to_string(),
+                v.vni.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "CIDR", "VNI"],
+        &rows,
+        &[false, false, false, true],
+    )
+}
+
+pub fn subnets(subnets: &[Subnet]) -> String {
+    let rows: Vec<Vec<String>> = subnets
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.name.clone(),
+                s.vpc.clone(),
+                s.cidr.to_string(),
+                s.gateway.to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "VPC", "CIDR", "GATEWAY"], &rows, &[])
+}
+
+pub fn nics(nics: &[Nic]) -> String {
+    let rows: Vec<Vec<String>> = nics
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                n.name.clone(),
+                n.vpc.clone(),
+                n.subnet.clone(),
+                n.host.clone(),
+                n.ifname.clone(),
+                n.ip.to_string(),
+                n.mac.to_string(),
+                if n.source_check { "on" } else { "off" }.into(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "VPC",
+            "SUBNET",
+            "HOST",
+            "IFNAME",
+            "IP",
+            "MAC",
+            "SOURCE-CHECK",
+        ],
+        &rows,
+        &[],
+    )
+}
+
+pub fn routes(routes: &[Route]) -> String {
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.vpc.clone(),
+                r.destination.to_string(),
+                next_hop_text(&r.next_hop),
+            ]
+        })
+        .collect();
+    table(&["VPC", "DESTINATION", "NEXT-HOP"], &rows, &[])
+}
+
+pub fn peerings(peerings: &[Peering]) -> String {
+    let rows: Vec<Vec<String>> = peerings
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.name.clone(),
+                p.vpc.clone(),
+                p.peer_vpc.clone(),
+                json_word(&p.state),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "VPC", "PEER-VPC", "STATE"], &rows, &[])
+}
+
+/// System routes say `local:<subnet>`, custom ones their next hop as `--next-hop` takes it.
+pub fn route_table(entries: &[RouteTableEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let target = match &e.target {
+                RouteTarget::Local { subnet } => format!("local:{subnet}"),
+                RouteTarget::Nic { nic } => format!("nic:{nic}"),
+                RouteTarget::Peering { peering } => format!("peering:{peering}"),
+                RouteTarget::Blackhole => "blackhole".into(),
+            };
+            let origin = if e.system { "system" } else { "custom" };
+            vec![e.destination.to_string(), target, origin.into()]
+        })
+        .collect();
+    table(&["DESTINATION", "TARGET", "ORIGIN"], &rows, &[])
+}
+
+/// One line per created or updated resource, then the counts.
+pub fn apply_summary(s: &ApplySummary) -> String {
+    let mut out = String::new();
+    for c in &s.created {
+        out.push_str(&format!("created    {c}\n"));
+    }
+    for u in &s.updated {
+        out.push_str(&format!("updated    {u}\n"));
+    }
+    out.push_str(&format!(
+        "{} created, {} updated, {} unchanged\n",
+        s.created.len(),
+        s.updated.len(),
+        s.unchanged
     ));
     out
 }
@@ -208,6 +368,8 @@ TOTAL                1205  123720
                     attach: AttachJson::Replaced,
                 },
             ],
+            controller: None,
+            agent: None,
         };
         assert_eq!(
             status(&s),
@@ -230,8 +392,123 @@ ul0        underlay        3  replaced
             pin_dir: "/p".into(),
             uptime_secs: 0,
             interfaces: vec![],
+            controller: None,
+            agent: None,
         };
         assert!(status(&s).ends_with("\nno interfaces attached\n"));
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn host_and_vpc_tables() {
+        let h: Vec<Host> = parse(
+            serde_json::json!([{"name": "h1", "underlay_ip": "192.0.2.1",
+            "underlay_ifname": "ul0", "router_mac": "06:00:00:00:00:01", "underlay_mtu": 9000}]),
+        );
+        assert_eq!(
+            hosts(&h),
+            "\
+NAME  UNDERLAY-IP  UNDERLAY-IF  ROUTER-MAC          MTU
+h1    192.0.2.1    ul0          06:00:00:00:00:01  9000
+"
+        );
+        let v: Vec<Vpc> = parse(serde_json::json!([
+            {"id": "vpc-1", "name": "tenant-a", "cidr": "10.0.0.0/16", "vni": 1},
+            {"id": "vpc-12", "name": "b", "cidr": "10.0.0.0/16", "vni": 4096}]));
+        assert_eq!(
+            vpcs(&v),
+            "\
+ID      NAME      CIDR          VNI
+vpc-1   tenant-a  10.0.0.0/16     1
+vpc-12  b         10.0.0.0/16  4096
+"
+        );
+    }
+
+    #[test]
+    fn subnet_nic_and_peering_tables() {
+        let s: Vec<Subnet> = parse(serde_json::json!([{"id": "subnet-1", "vpc": "vpc-1",
+            "name": "web", "cidr": "10.0.1.0/24", "gateway": "10.0.1.1"}]));
+        assert_eq!(
+            subnets(&s),
+            "ID        NAME  VPC    CIDR         GATEWAY\nsubnet-1  web   vpc-1  10.0.1.0/24  10.0.1.1\n"
+        );
+        let n: Vec<Nic> = parse(
+            serde_json::json!([{"id": "nic-1", "name": "fw0", "vpc": "vpc-1",
+            "subnet": "subnet-1", "host": "h1", "ifname": "fw0", "ip": "10.0.1.10",
+            "mac": "02:73:6c:00:00:01", "source_check": false}]),
+        );
+        assert_eq!(
+            nics(&n),
+            "\
+ID     NAME  VPC    SUBNET    HOST  IFNAME  IP         MAC                SOURCE-CHECK
+nic-1  fw0   vpc-1  subnet-1  h1    fw0     10.0.1.10  02:73:6c:00:00:01  off
+"
+        );
+        let p: Vec<Peering> = parse(serde_json::json!([{"id": "pcx-1", "name": "a-b",
+            "vpc": "vpc-1", "peer_vpc": "vpc-2", "state": "pending"}]));
+        assert_eq!(
+            peerings(&p),
+            "ID     NAME  VPC    PEER-VPC  STATE\npcx-1  a-b   vpc-1  vpc-2     pending\n"
+        );
+    }
+
+    #[test]
+    fn routes_show_next_hops_as_the_flag_takes_them() {
+        let r: Vec<Route> = parse(serde_json::json!([
+            {"vpc": "vpc-1", "destination": "0.0.0.0/0", "next_hop": {"type": "nic", "nic": "nic-2"}},
+            {"vpc": "vpc-1", "destination": "10.1.0.0/16", "next_hop": {"type": "peering", "peering": "pcx-1"}},
+            {"vpc": "vpc-1", "destination": "10.9.0.0/16", "next_hop": {"type": "blackhole"}}]));
+        assert_eq!(
+            routes(&r),
+            "\
+VPC    DESTINATION  NEXT-HOP
+vpc-1  0.0.0.0/0    nic:nic-2
+vpc-1  10.1.0.0/16  peering:pcx-1
+vpc-1  10.9.0.0/16  blackhole
+"
+        );
+        let t: Vec<RouteTableEntry> = parse(serde_json::json!([
+            {"destination": "0.0.0.0/0", "target": {"type": "nic", "nic": "nic-2"}, "system": false},
+            {"destination": "10.0.1.0/24", "target": {"type": "local", "subnet": "subnet-1"}, "system": true},
+            {"destination": "10.9.0.0/16", "target": {"type": "blackhole"}, "system": false}]));
+        assert_eq!(
+            route_table(&t),
+            "\
+DESTINATION  TARGET          ORIGIN
+0.0.0.0/0    nic:nic-2       custom
+10.0.1.0/24  local:subnet-1  system
+10.9.0.0/16  blackhole       custom
+"
+        );
+    }
+
+    #[test]
+    fn apply_summary_lists_changes_then_counts() {
+        let s = ApplySummary {
+            created: vec!["vpc/a".into(), "subnet/a/web".into()],
+            updated: vec!["host/h1".into()],
+            unchanged: 4,
+        };
+        assert_eq!(
+            apply_summary(&s),
+            "\
+created    vpc/a
+created    subnet/a/web
+updated    host/h1
+2 created, 1 updated, 4 unchanged
+"
+        );
+        assert_eq!(
+            apply_summary(&ApplySummary {
+                unchanged: 9,
+                ..Default::default()
+            }),
+            "0 created, 0 updated, 9 unchanged\n"
+        );
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! The daemon's HTTP API (axum): health, Prometheus metrics, stats and status as JSON.
 //! The JSON types are shared with `sluicectl`, which deserializes them.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use axum::{
     extract::State,
@@ -15,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use sluice_common::stats::Reason;
 
 use crate::{
+    agent::AgentStatus,
+    controller::Controller,
     loader::{Attached, Role},
     metrics::{self, StatsSource},
     stats::{CounterJson, StatsSnapshot},
@@ -70,6 +77,18 @@ pub struct StatusJson {
     pub pin_dir: String,
     pub uptime_secs: u64,
     pub interfaces: Vec<InterfaceJson>,
+    /// Present when this daemon is a controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerStatusJson>,
+    /// Present when this daemon is a host agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerStatusJson {
+    /// The intent generation: bumped by every committed change.
+    pub generation: u64,
 }
 
 /// What the handlers share.
@@ -79,6 +98,8 @@ pub struct ApiState {
     pin_dir: PathBuf,
     interfaces: Vec<InterfaceJson>,
     started: Instant,
+    controller: Option<Arc<Controller>>,
+    agent: Option<Arc<Mutex<AgentStatus>>>,
 }
 
 impl ApiState {
@@ -93,7 +114,21 @@ impl ApiState {
             pin_dir,
             interfaces,
             started: Instant::now(),
+            controller: None,
+            agent: None,
         }
+    }
+
+    /// Serve the intent API of `controller` too, and report its generation.
+    pub fn with_controller(mut self, controller: Arc<Controller>) -> Self {
+        self.controller = Some(controller);
+        self
+    }
+
+    /// Report this host agent's status.
+    pub fn with_agent(mut self, status: Arc<Mutex<AgentStatus>>) -> Self {
+        self.agent = Some(status);
+        self
     }
 
     fn status(&self) -> StatusJson {
@@ -102,17 +137,29 @@ impl ApiState {
             pin_dir: self.pin_dir.display().to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
             interfaces: self.interfaces.clone(),
+            controller: self.controller.as_ref().map(|c| ControllerStatusJson {
+                generation: c.generation(),
+            }),
+            agent: self
+                .agent
+                .as_ref()
+                .map(|a| a.lock().expect("agent status").clone()),
         }
     }
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let intent = state.controller.clone().map(crate::controller::api::router);
+    let daemon = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_handler))
         .route("/v1/stats", get(stats_handler))
         .route("/v1/status", get(status_handler))
-        .with_state(state)
+        .with_state(state);
+    match intent {
+        Some(intent) => daemon.merge(intent),
+        None => daemon,
+    }
 }
 
 fn internal_error(what: &str, e: anyhow::Error) -> Response {

@@ -125,6 +125,40 @@ pub struct InterfaceConfig {
     pub role: Role,
 }
 
+/// `controller:`: this daemon holds the intent and serves the intent API.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// The embedded database file (redb); created if missing.
+    pub store: PathBuf,
+}
+
+/// `agent:`: this daemon programs its host's maps from the controller's intent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// This host's name in the intent.
+    pub host: String,
+    /// The controller's API; `None`: this daemon's own (it must have `controller:`).
+    pub controller: Option<ApiAddr>,
+    /// How often the tables are resolved again without an intent change, to pick up
+    /// underlay neighbour MACs and interfaces that appeared since.
+    pub resync_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgentConfig {
+    host: String,
+    #[serde(default)]
+    controller: Option<String>,
+    #[serde(default = "default_resync_secs")]
+    resync_secs: u64,
+}
+
+fn default_resync_secs() -> u64 {
+    5
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -132,7 +166,10 @@ pub struct Config {
     pub api: ApiAddr,
     pub xdp_mode: XdpModeConfig,
     pub on_exit: OnExit,
+    /// Attached at start; an agent attaches its host's NIC and underlay interfaces itself.
     pub interfaces: Vec<InterfaceConfig>,
+    pub controller: Option<ControllerConfig>,
+    pub agent: Option<AgentConfig>,
 }
 
 /// The file as written; `api` stays a string so its error can name the field.
@@ -146,7 +183,12 @@ struct RawConfig {
     xdp_mode: XdpModeConfig,
     #[serde(default)]
     on_exit: OnExit,
+    #[serde(default)]
     interfaces: Vec<InterfaceConfig>,
+    #[serde(default)]
+    controller: Option<ControllerConfig>,
+    #[serde(default)]
+    agent: Option<RawAgentConfig>,
 }
 
 fn default_api() -> String {
@@ -165,16 +207,30 @@ impl Config {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig =
             serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let config = Config {
-            api: raw
-                .api
-                .parse()
-                .map_err(|reason| ConfigError::invalid("api", reason))?,
-            pin_dir: raw.pin_dir,
-            xdp_mode: raw.xdp_mode,
-            on_exit: raw.on_exit,
-            interfaces: raw.interfaces,
-        };
+        let config =
+            Config {
+                api: raw
+                    .api
+                    .parse()
+                    .map_err(|reason| ConfigError::invalid("api", reason))?,
+                pin_dir: raw.pin_dir,
+                xdp_mode: raw.xdp_mode,
+                on_exit: raw.on_exit,
+                interfaces: raw.interfaces,
+                controller: raw.controller,
+                agent: raw
+                    .agent
+                    .map(|a| -> Result<AgentConfig, ConfigError> {
+                        Ok(AgentConfig {
+                            host: a.host,
+                            controller: a.controller.map(|c| c.parse()).transpose().map_err(
+                                |reason| ConfigError::invalid("agent.controller", reason),
+                            )?,
+                            resync_secs: a.resync_secs,
+                        })
+                    })
+                    .transpose()?,
+            };
         config.validate()?;
         Ok(config)
     }
@@ -190,11 +246,39 @@ impl Config {
                 ),
             ));
         }
-        if self.interfaces.is_empty() {
+        if self.interfaces.is_empty() && self.controller.is_none() && self.agent.is_none() {
             return Err(ConfigError::invalid(
                 "interfaces",
-                "must list at least one interface",
+                "must list at least one interface (or configure controller: or agent:)",
             ));
+        }
+        if let Some(c) = &self.controller {
+            if !c.store.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "controller.store",
+                    format!(
+                        "must be an absolute path, got {:?}",
+                        c.store.display().to_string()
+                    ),
+                ));
+            }
+        }
+        if let Some(a) = &self.agent {
+            if a.host.is_empty() {
+                return Err(ConfigError::invalid("agent.host", "must not be empty"));
+            }
+            if a.controller.is_none() && self.controller.is_none() {
+                return Err(ConfigError::invalid(
+                    "agent.controller",
+                    "must name the controller's API (this daemon has no controller: section)",
+                ));
+            }
+            if a.resync_secs == 0 {
+                return Err(ConfigError::invalid(
+                    "agent.resync_secs",
+                    "must be at least 1",
+                ));
+            }
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, iface) in self.interfaces.iter().enumerate() {
@@ -283,13 +367,57 @@ mod tests {
     #[test]
     fn empty_interface_list_is_rejected() {
         let e = err("pin_dir: /p\ninterfaces: []\n");
-        assert_eq!(e, "interfaces: must list at least one interface");
+        assert!(
+            e.starts_with("interfaces: must list at least one interface"),
+            "{e}"
+        );
     }
 
     #[test]
-    fn missing_interfaces_is_rejected() {
+    fn missing_interfaces_is_rejected_without_controller_or_agent() {
         let e = err("pin_dir: /p\n");
         assert!(e.contains("interfaces"), "{e}");
+    }
+
+    #[test]
+    fn controller_and_agent_sections_parse() {
+        let c = Config::from_yaml(
+            "pin_dir: /p\ncontroller: { store: /var/lib/sluice/intent.redb }\n\
+             agent: { host: h1 }\n",
+        )
+        .unwrap();
+        assert!(c.interfaces.is_empty());
+        assert_eq!(
+            c.controller.unwrap().store,
+            PathBuf::from("/var/lib/sluice/intent.redb")
+        );
+        let a = c.agent.unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.controller, a.resync_secs),
+            ("h1", None, 5)
+        );
+
+        let c = Config::from_yaml(
+            "pin_dir: /p\nagent: { host: h2, controller: \"unix:/run/c.sock\", resync_secs: 2 }\n",
+        )
+        .unwrap();
+        let a = c.agent.unwrap();
+        assert_eq!(a.controller, Some(ApiAddr::Unix("/run/c.sock".into())));
+        assert_eq!(a.resync_secs, 2);
+    }
+
+    #[test]
+    fn agent_and_controller_mistakes_name_the_field() {
+        let e = err("pin_dir: /p\nagent: { host: h2 }\n");
+        assert!(e.starts_with("agent.controller:"), "{e}");
+        let e = err("pin_dir: /p\nagent: { host: h2, controller: nonsense }\n");
+        assert!(e.starts_with("agent.controller:"), "{e}");
+        let e = err("pin_dir: /p\ncontroller: { store: rel.redb }\n");
+        assert!(e.starts_with("controller.store:"), "{e}");
+        let e = err("pin_dir: /p\ncontroller: { store: /s }\nagent: { host: \"\" }\n");
+        assert!(e.starts_with("agent.host:"), "{e}");
+        let e = err("pin_dir: /p\ncontroller: { store: /s, stor: /t }\n");
+        assert!(e.contains("stor"), "{e}");
     }
 
     #[test]

@@ -20,8 +20,10 @@ use tokio::{
 };
 
 use crate::{
+    agent::{Agent, AgentStatus},
     api::{self, ApiState, AttachJson, InterfaceJson},
     config::{ApiAddr, Config, OnExit},
+    controller::Controller,
     loader::{self, Dataplane},
 };
 
@@ -81,6 +83,14 @@ async fn serve(config: Config) -> Result<()> {
         ),
     };
 
+    // A controller whose store cannot be opened must not start half a daemon.
+    let controller = match &config.controller {
+        Some(c) => Some(Arc::new(Controller::open(&c.store).with_context(|| {
+            format!("controller: opening the intent store {}", c.store.display())
+        })?)),
+        None => None,
+    };
+
     let mut dataplane = Dataplane::load(Some(&config.pin_dir)).with_context(|| {
         format!(
             "loading the dataplane pinned at {}",
@@ -100,13 +110,44 @@ async fn serve(config: Config) -> Result<()> {
             i.role.program()
         );
     }
+    let configured = interfaces.iter().map(|i| i.name.clone()).collect();
     let dataplane = Arc::new(Mutex::new(dataplane));
-    let state = Arc::new(ApiState::new(
-        dataplane.clone(),
-        config.pin_dir.clone(),
-        interfaces,
-    ));
-    let app = api::router(state);
+    let mut state = ApiState::new(dataplane.clone(), config.pin_dir.clone(), interfaces);
+    if let Some(c) = &controller {
+        log::info!(
+            "controller: intent store {} at generation {}",
+            config
+                .controller
+                .as_ref()
+                .expect("controller config")
+                .store
+                .display(),
+            c.generation()
+        );
+        state = state.with_controller(c.clone());
+    }
+    let agent = config.agent.as_ref().map(|a| {
+        let controller = a.controller.clone().unwrap_or_else(|| config.api.clone());
+        let status = Arc::new(Mutex::new(AgentStatus {
+            host: a.host.clone(),
+            controller: controller.to_string(),
+            ..Default::default()
+        }));
+        Agent {
+            host: a.host.clone(),
+            controller,
+            resync: Duration::from_secs(a.resync_secs),
+            pin_dir: config.pin_dir.clone(),
+            xdp_mode: config.xdp_mode.into(),
+            configured,
+            dataplane: dataplane.clone(),
+            status,
+        }
+    });
+    if let Some(a) = &agent {
+        state = state.with_agent(a.status.clone());
+    }
+    let app = api::router(Arc::new(state));
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let shutdown = async move {
@@ -125,6 +166,14 @@ async fn serve(config: Config) -> Result<()> {
         ),
     };
     log::info!("serving the API on {}", config.api);
+    let agent_task = agent.map(|agent| {
+        log::info!(
+            "agent: programming host {} from the controller at {}",
+            agent.host,
+            agent.controller
+        );
+        tokio::spawn(agent.run(stop_tx.subscribe()))
+    });
     eprintln!("{READY_LINE}");
 
     let served = tokio::select! {
@@ -146,6 +195,13 @@ async fn serve(config: Config) -> Result<()> {
             }
         }
     };
+    let _ = stop_tx.send(true);
+    if let Some(task) = agent_task {
+        // An apply in progress finishes: the maps are never left half-written by us.
+        if let Err(e) = task.await {
+            log::warn!("agent task: {e}");
+        }
+    }
     drop(server);
     drop(socket_file);
 

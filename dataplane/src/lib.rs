@@ -1,9 +1,11 @@
 //! Sluice's userspace dataplane library: loading and pinning the XDP programs, typed map
 //! handles, metrics and the daemon's API. The daemon binary is `src/bin/sluiced.rs`.
 
+pub mod agent;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod daemon;
 pub mod fixture;
 pub mod intent;

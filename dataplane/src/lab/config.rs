@@ -43,6 +43,27 @@ pub struct DaemonConfig {
     pub xdp_mode: XdpModeSetting,
     pub on_exit: OnExit,
     pub interfaces: Vec<InterfaceConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerSetting>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSetting>,
+}
+
+/// `controller:`: the daemon serves the intent API from this store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ControllerSetting {
+    pub store: PathBuf,
+}
+
+/// `agent:`: the daemon programs host `host` from the controller at `controller`
+/// (`unix:<path>` or `host:port`; `None`: its own API).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentSetting {
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resync_secs: Option<u64>,
 }
 
 impl DaemonConfig {
@@ -57,6 +78,8 @@ pub struct DaemonSpec {
     pub interfaces: Vec<InterfaceConfig>,
     pub xdp_mode: XdpModeSetting,
     pub on_exit: OnExit,
+    pub controller: Option<ControllerSetting>,
+    pub agent: Option<AgentSetting>,
 }
 
 impl DaemonSpec {
@@ -83,6 +106,24 @@ impl DaemonSpec {
         self.xdp_mode = mode;
         self
     }
+
+    /// Serve the intent API, persisted in `store`.
+    pub fn controller(mut self, store: impl Into<PathBuf>) -> Self {
+        self.controller = Some(ControllerSetting {
+            store: store.into(),
+        });
+        self
+    }
+
+    /// Program host `host` from the controller at `controller` (`None`: this daemon).
+    pub fn agent(mut self, host: &str, controller: Option<String>) -> Self {
+        self.agent = Some(AgentSetting {
+            host: host.to_string(),
+            controller,
+            resync_secs: None,
+        });
+        self
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +140,8 @@ mod tests {
             xdp_mode: spec.xdp_mode,
             on_exit: spec.on_exit,
             interfaces: spec.interfaces,
+            controller: spec.controller,
+            agent: spec.agent,
         }
     }
 
@@ -136,6 +179,27 @@ mod tests {
                 ("sl0001-vm2", Role::Vm),
                 ("sl0001-ul", Role::Underlay)
             ]
+        );
+    }
+
+    #[test]
+    fn the_daemon_accepts_controller_and_agent_settings() {
+        let spec = DaemonSpec::default()
+            .controller("/run/sluice/sl0001/intent.redb")
+            .agent("h2", Some("unix:/run/sluice/sl0001/h1.sock".into()));
+        let mut c = sample();
+        c.controller = spec.controller;
+        c.agent = spec.agent;
+        let parsed = crate::config::Config::from_yaml(&c.render().unwrap()).unwrap();
+        assert_eq!(
+            parsed.controller.unwrap().store,
+            PathBuf::from("/run/sluice/sl0001/intent.redb")
+        );
+        let agent = parsed.agent.unwrap();
+        assert_eq!(agent.host, "h2");
+        assert_eq!(
+            agent.controller.unwrap().to_string(),
+            "unix:/run/sluice/sl0001/h1.sock"
         );
     }
 

@@ -34,7 +34,10 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 pub use capture::Capture;
-pub use config::{DaemonConfig, DaemonSpec, InterfaceConfig, OnExit, XdpModeSetting};
+pub use config::{
+    AgentSetting, ControllerSetting, DaemonConfig, DaemonSpec, InterfaceConfig, OnExit,
+    XdpModeSetting,
+};
 pub use daemon::Daemon;
 pub use overlay::{OverlayVm, UnderlayPort};
 pub use process::{Finished, LabProcess};
@@ -329,6 +332,8 @@ impl Lab {
             xdp_mode: spec.xdp_mode,
             on_exit: spec.on_exit,
             interfaces: spec.interfaces.clone(),
+            controller: spec.controller.clone(),
+            agent: spec.agent.clone(),
         };
         let config_path = self.run_dir.join(format!("{host}.yaml"));
         fs::write(&config_path, config.render()?)

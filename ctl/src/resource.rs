@@ -1,0 +1,690 @@
+//! The intent commands (`create`, `get`, `list`, `delete`, `accept`, `update`, `apply`):
+//! their arguments, and the pure mapping from arguments to one API request.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde::{de::DeserializeOwned, Serialize};
+use sluice_dataplane::{
+    client::{encode, Method},
+    intent::{
+        HostSpec, NextHop, NicSpec, NicUpdate, PeeringSpec, RouteSpec, SubnetSpec, Topology,
+        VpcSpec,
+    },
+};
+
+/// One API call and how to show its answer.
+#[derive(Debug, PartialEq)]
+pub struct ApiRequest {
+    pub method: Method,
+    pub path: String,
+    pub body: Option<serde_json::Value>,
+    pub expect: Expect,
+}
+
+/// What the answer holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    One(Kind),
+    List(Kind),
+    RouteTable,
+    Apply,
+    /// 204; the text says what went (`vpc/a`).
+    Deleted(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Host,
+    Vpc,
+    Subnet,
+    Nic,
+    Route,
+    Peering,
+}
+
+// ---------------------------------------------------------------------------------------
+// Arguments
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+pub enum CreateCmd {
+    /// Register a hypervisor host (its VTEP).
+    Host(HostArgs),
+    /// A tenant network; the controller allocates its ID and VNI.
+    Vpc(VpcArgs),
+    /// A subnet (vSwitch) inside a VPC.
+    Subnet(SubnetArgs),
+    /// A VM's network interface; IP and MAC are allocated when not given.
+    Nic(NicArgs),
+    /// A custom route of a VPC's route table.
+    Route(RouteArgs),
+    /// Request a peering between two VPCs (pending until accepted).
+    Peering(PeeringArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Read the HostSpec from this YAML/JSON file (`-` for stdin) instead of flags.
+    #[arg(short, long, value_name = "FILE",
+          conflicts_with_all = ["name", "underlay_ip", "underlay_ifname", "router_mac", "underlay_mtu"])]
+    pub file: Option<PathBuf>,
+    /// The host's name (its ID).
+    #[arg(long, required_unless_present = "file")]
+    pub name: Option<String>,
+    /// The host's VTEP address.
+    #[arg(long, required_unless_present = "file")]
+    pub underlay_ip: Option<String>,
+    /// The host's interface facing the fabric.
+    #[arg(long, required_unless_present = "file")]
+    pub underlay_ifname: Option<String>,
+    /// Default: derived from the name.
+    #[arg(long)]
+    pub router_mac: Option<String>,
+    #[arg(long)]
+    pub underlay_mtu: Option<u32>,
+    /// Create or update (PUT) instead of refusing an existing host.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VpcArgs {
+    /// Read the VpcSpec from this YAML/JSON file (`-` for stdin) instead of flags.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["name", "cidr"])]
+    pub file: Option<PathBuf>,
+    /// Default: the allocated ID.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// IPv4 CIDR, /8 to /28.
+    #[arg(long, required_unless_present = "file")]
+    pub cidr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubnetArgs {
+    /// Read the SubnetSpec from this YAML/JSON file (`-` for stdin) instead of flags.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["vpc", "name", "cidr"])]
+    pub file: Option<PathBuf>,
+    /// VPC ID or name.
+    #[arg(long, required_unless_present = "file")]
+    pub vpc: Option<String>,
+    /// Default: the allocated ID; unique within the VPC.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Inside the VPC's CIDR.
+    #[arg(long, required_unless_present = "file")]
+    pub cidr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NicArgs {
+    /// Read the NicSpec from this YAML/JSON file (`-` for stdin) instead of flags.
+    #[arg(short, long, value_name = "FILE",
+          conflicts_with_all = ["name", "vpc", "subnet", "host", "ifname", "ip", "mac", "source_check"])]
+    pub file: Option<PathBuf>,
+    /// Default: the allocated ID.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// VPC ID or name.
+    #[arg(long, required_unless_present = "file")]
+    pub vpc: Option<String>,
+    /// Subnet ID, or its name within the VPC.
+    #[arg(long, required_unless_present = "file")]
+    pub subnet: Option<String>,
+    /// The host the VM runs on.
+    #[arg(long, required_unless_present = "file")]
+    pub host: Option<String>,
+    /// The VM's interface on that host.
+    #[arg(long, required_unless_present = "file")]
+    pub ifname: Option<String>,
+    /// Default: the lowest free address of the subnet.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Default: allocated (02:73:6c:...).
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Drop packets not sourced from the NIC's own address (default true; false for appliances).
+    #[arg(long, value_name = "BOOL")]
+    pub source_check: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    /// Read the RouteSpec from this YAML/JSON file (`-` for stdin) instead of flags.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["vpc", "destination", "next_hop"])]
+    pub file: Option<PathBuf>,
+    /// VPC ID or name.
+    #[arg(long, required_unless_present = "file")]
+    pub vpc: Option<String>,
+    /// Destination CIDR.
+    #[arg(long, required_unless_present = "file")]
+    pub destination: Option<String>,
+    /// nic:<nic>, peering:<peering> or blackhole.
+    #[arg(long, required_unless_present = "file", value_parser = parse_next_hop)]
+    pub next_hop: Option<NextHop>,
+    /// Create or replace (PUT) instead of refusing an existing (VPC, destination).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PeeringArgs {
+    /// Read the PeeringSpec from this YAML/JSON file (`-` for stdin) instead of flags.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["name", "vpc", "peer_vpc"])]
+    pub file: Option<PathBuf>,
+    /// Default: the allocated ID.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Requester VPC (ID or name).
+    #[arg(long, required_unless_present = "file")]
+    pub vpc: Option<String>,
+    /// Accepter VPC (ID or name).
+    #[arg(long, required_unless_present = "file")]
+    pub peer_vpc: Option<String>,
+}
+
+/// One resource, as `get` and `delete` name it.
+#[derive(Debug, Subcommand)]
+pub enum ResourceRef {
+    /// A host, by name.
+    Host { name: String },
+    /// A VPC.
+    Vpc {
+        /// ID or name.
+        vpc: String,
+    },
+    /// A subnet.
+    Subnet {
+        /// ID, or name with --vpc.
+        subnet: String,
+        /// The VPC a subnet name is looked up in.
+        #[arg(long)]
+        vpc: Option<String>,
+    },
+    /// A NIC.
+    Nic {
+        /// ID or name.
+        nic: String,
+    },
+    /// A custom route, by VPC and destination.
+    Route {
+        /// Destination CIDR.
+        destination: String,
+        /// VPC ID or name.
+        #[arg(long)]
+        vpc: String,
+    },
+    /// A peering.
+    Peering {
+        /// ID or name.
+        peering: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCmd {
+    #[command(flatten)]
+    One(ResourceRef),
+    /// A VPC's whole route table: system routes (one per subnet) and custom routes.
+    RouteTable {
+        /// VPC ID or name.
+        vpc: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListCmd {
+    #[command(alias = "host")]
+    Hosts,
+    #[command(alias = "vpc")]
+    Vpcs,
+    #[command(alias = "subnet")]
+    Subnets {
+        /// Only this VPC's (ID or name).
+        #[arg(long)]
+        vpc: Option<String>,
+    },
+    #[command(alias = "nic")]
+    Nics {
+        /// Only this VPC's (ID or name).
+        #[arg(long)]
+        vpc: Option<String>,
+        /// Only those on this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Custom routes (see `get route-table` for the whole table).
+    #[command(alias = "route")]
+    Routes {
+        /// Only this VPC's (ID or name).
+        #[arg(long)]
+        vpc: Option<String>,
+    },
+    #[command(alias = "peering")]
+    Peerings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AcceptCmd {
+    /// Accept a pending peering: it starts carrying what the routes send into it.
+    Peering {
+        /// ID or name.
+        peering: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCmd {
+    /// Move a NIC to another host or interface, or switch its source check.
+    Nic {
+        /// ID or name.
+        nic: String,
+        #[command(flatten)]
+        change: NicChange,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct NicChange {
+    /// The host the VM now runs on.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// The VM's interface on that host.
+    #[arg(long)]
+    pub ifname: Option<String>,
+    #[arg(long, value_name = "BOOL")]
+    pub source_check: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The topology (YAML): hosts, vpcs (with subnets and routes), nics, peerings.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// `nic:<nic>`, `peering:<peering>` or `blackhole`.
+pub fn parse_next_hop(s: &str) -> Result<NextHop, String> {
+    let bad = || format!("{s:?}: expected nic:<nic>, peering:<peering> or blackhole");
+    if s == "blackhole" {
+        return Ok(NextHop::Blackhole);
+    }
+    let (kind, target) = s.split_once(':').ok_or_else(bad)?;
+    if target.is_empty() {
+        return Err(bad());
+    }
+    match kind {
+        "nic" => Ok(NextHop::Nic { nic: target.into() }),
+        "peering" => Ok(NextHop::Peering {
+            peering: target.into(),
+        }),
+        _ => Err(bad()),
+    }
+}
+
+/// How tables show a next hop: the same syntax `--next-hop` takes.
+pub fn next_hop_text(h: &NextHop) -> String {
+    match h {
+        NextHop::Nic { nic } => format!("nic:{nic}"),
+        NextHop::Peering { peering } => format!("peering:{peering}"),
+        NextHop::Blackhole => "blackhole".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Spec files
+// ---------------------------------------------------------------------------------------
+
+/// Parses `text` (YAML, so JSON too) as a `T`; errors name the file and, for unknown or
+/// missing fields, the field and its path.
+pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T> {
+    serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", file_name(file)))
+}
+
+fn file_name(file: &Path) -> String {
+    if file == Path::new("-") {
+        "<stdin>".into()
+    } else {
+        file.display().to_string()
+    }
+}
+
+/// Reads and parses a spec file (`-`: stdin).
+pub fn read_yaml<T: DeserializeOwned>(file: &Path) -> Result<T> {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the spec from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    parse_yaml(file, &text)
+}
+
+fn json(v: &impl Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(v).context("encoding the request body")
+}
+
+/// The spec from `-f`, or from the flags (clap has checked that the required ones are there).
+fn spec<T: DeserializeOwned>(file: &Option<PathBuf>, from_flags: impl FnOnce() -> T) -> Result<T> {
+    match file {
+        Some(f) => read_yaml(f),
+        None => Ok(from_flags()),
+    }
+}
+
+fn query(pairs: &[(&str, &Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn req(
+    method: Method,
+    path: String,
+    body: Option<serde_json::Value>,
+    expect: Expect,
+) -> ApiRequest {
+    ApiRequest {
+        method,
+        path,
+        body,
+        expect,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Arguments -> request
+// ---------------------------------------------------------------------------------------
+
+pub fn create(cmd: &CreateCmd) -> Result<ApiRequest> {
+    let some = |o: &Option<String>| o.clone().unwrap_or_default();
+    Ok(match cmd {
+        CreateCmd::Host(a) => {
+            let s: HostSpec = spec(&a.file, || HostSpec {
+                name: some(&a.name),
+                underlay_ip: some(&a.underlay_ip),
+                underlay_ifname: some(&a.underlay_ifname),
+                router_mac: a.router_mac.clone(),
+                underlay_mtu: a.underlay_mtu,
+            })?;
+            if a.replace {
+                let path = format!("/v1/hosts/{}", encode(&s.name));
+                req(Method::PUT, path, Some(json(&s)?), Expect::One(Kind::Host))
+            } else {
+                let path = "/v1/hosts".into();
+                req(Method::POST, path, Some(json(&s)?), Expect::One(Kind::Host))
+            }
+        }
+        CreateCmd::Vpc(a) => {
+            let s: VpcSpec = spec(&a.file, || VpcSpec {
+                name: a.name.clone(),
+                cidr: some(&a.cidr),
+            })?;
+            req(
+                Method::POST,
+                "/v1/vpcs".into(),
+                Some(json(&s)?),
+                Expect::One(Kind::Vpc),
+            )
+        }
+        CreateCmd::Subnet(a) => {
+            let s: SubnetSpec = spec(&a.file, || SubnetSpec {
+                vpc: some(&a.vpc),
+                name: a.name.clone(),
+                cidr: some(&a.cidr),
+            })?;
+            req(
+                Method::POST,
+                "/v1/subnets".into(),
+                Some(json(&s)?),
+                Expect::One(Kind::Subnet),
+            )
+        }
+        CreateCmd::Nic(a) => {
+            let s: NicSpec = spec(&a.file, || NicSpec {
+                name: a.name.clone(),
+                vpc: some(&a.vpc),
+                subnet: some(&a.subnet),
+                host: some(&a.host),
+                ifname: some(&a.ifname),
+                ip: a.ip.clone(),
+                mac: a.mac.clone(),
+                source_check: a.source_check,
+            })?;
+            req(
+                Method::POST,
+                "/v1/nics".into(),
+                Some(json(&s)?),
+                Expect::One(Kind::Nic),
+            )
+        }
+        CreateCmd::Route(a) => {
+            let s: RouteSpec = spec(&a.file, || RouteSpec {
+                vpc: some(&a.vpc),
+                destination: some(&a.destination),
+                next_hop: a.next_hop.clone().unwrap_or(NextHop::Blackhole),
+            })?;
+            let method = if a.replace { Method::PUT } else { Method::POST };
+            req(
+                method,
+                "/v1/routes".into(),
+                Some(json(&s)?),
+                Expect::One(Kind::Route),
+            )
+        }
+        CreateCmd::Peering(a) => {
+            let s: PeeringSpec = spec(&a.file, || PeeringSpec {
+                name: a.name.clone(),
+                vpc: some(&a.vpc),
+                peer_vpc: some(&a.peer_vpc),
+            })?;
+            req(
+                Method::POST,
+                "/v1/peerings".into(),
+                Some(json(&s)?),
+                Expect::One(Kind::Peering),
+            )
+        }
+    })
+}
+
+/// The path of one resource, its kind, and how `delete` reports it.
+fn resource_path(r: &ResourceRef) -> (String, Kind, String) {
+    match r {
+        ResourceRef::Host { name } => (
+            format!("/v1/hosts/{}", encode(name)),
+            Kind::Host,
+            format!("host/{name}"),
+        ),
+        ResourceRef::Vpc { vpc } => (
+            format!("/v1/vpcs/{}", encode(vpc)),
+            Kind::Vpc,
+            format!("vpc/{vpc}"),
+        ),
+        ResourceRef::Subnet { subnet, vpc } => (
+            format!("/v1/subnets/{}{}", encode(subnet), query(&[("vpc", vpc)])),
+            Kind::Subnet,
+            match vpc {
+                Some(v) => format!("subnet/{v}/{subnet}"),
+                None => format!("subnet/{subnet}"),
+            },
+        ),
+        ResourceRef::Nic { nic } => (
+            format!("/v1/nics/{}", encode(nic)),
+            Kind::Nic,
+            format!("nic/{nic}"),
+        ),
+        ResourceRef::Route { destination, vpc } => (
+            format!("/v1/vpcs/{}/routes/{}", encode(vpc), encode(destination)),
+            Kind::Route,
+            format!("route/{vpc}:{destination}"),
+        ),
+        ResourceRef::Peering { peering } => (
+            format!("/v1/peerings/{}", encode(peering)),
+            Kind::Peering,
+            format!("peering/{peering}"),
+        ),
+    }
+}
+
+pub fn get(cmd: &GetCmd) -> ApiRequest {
+    match cmd {
+        GetCmd::One(r) => {
+            let (path, kind, _) = resource_path(r);
+            req(Method::GET, path, None, Expect::One(kind))
+        }
+        GetCmd::RouteTable { vpc } => req(
+            Method::GET,
+            format!("/v1/vpcs/{}/route-table", encode(vpc)),
+            None,
+            Expect::RouteTable,
+        ),
+    }
+}
+
+pub fn delete(r: &ResourceRef) -> ApiRequest {
+    let (path, _, what) = resource_path(r);
+    req(Method::DELETE, path, None, Expect::Deleted(what))
+}
+
+pub fn list(cmd: &ListCmd) -> ApiRequest {
+    let (path, kind) = match cmd {
+        ListCmd::Hosts => ("/v1/hosts".to_string(), Kind::Host),
+        ListCmd::Vpcs => ("/v1/vpcs".to_string(), Kind::Vpc),
+        ListCmd::Subnets { vpc } => (
+            format!("/v1/subnets{}", query(&[("vpc", vpc)])),
+            Kind::Subnet,
+        ),
+        ListCmd::Nics { vpc, host } => (
+            format!("/v1/nics{}", query(&[("vpc", vpc), ("host", host)])),
+            Kind::Nic,
+        ),
+        ListCmd::Routes { vpc } => (format!("/v1/routes{}", query(&[("vpc", vpc)])), Kind::Route),
+        ListCmd::Peerings => ("/v1/peerings".to_string(), Kind::Peering),
+    };
+    req(Method::GET, path, None, Expect::List(kind))
+}
+
+pub fn accept(cmd: &AcceptCmd) -> ApiRequest {
+    let AcceptCmd::Peering { peering } = cmd;
+    req(
+        Method::POST,
+        format!("/v1/peerings/{}/accept", encode(peering)),
+        None,
+        Expect::One(Kind::Peering),
+    )
+}
+
+pub fn update(cmd: &UpdateCmd) -> Result<ApiRequest> {
+    let UpdateCmd::Nic { nic, change } = cmd;
+    let body = NicUpdate {
+        host: change.host.clone(),
+        ifname: change.ifname.clone(),
+        source_check: change.source_check,
+    };
+    Ok(req(
+        Method::PATCH,
+        format!("/v1/nics/{}", encode(nic)),
+        Some(json(&body)?),
+        Expect::One(Kind::Nic),
+    ))
+}
+
+pub fn apply(a: &ApplyArgs) -> Result<ApiRequest> {
+    let topology: Topology = read_yaml(&a.file)?;
+    Ok(req(
+        Method::POST,
+        "/v1/topology".into(),
+        Some(json(&topology)?),
+        Expect::Apply,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn next_hops_parse_and_print_the_same_way() {
+        for (text, hop) in [
+            ("nic:fw0", NextHop::Nic { nic: "fw0".into() }),
+            (
+                "peering:pcx-1",
+                NextHop::Peering {
+                    peering: "pcx-1".into(),
+                },
+            ),
+            ("blackhole", NextHop::Blackhole),
+        ] {
+            assert_eq!(parse_next_hop(text), Ok(hop.clone()));
+            assert_eq!(next_hop_text(&hop), text);
+        }
+        for bad in ["", "nic:", "nat:x", "fw0", "blackhole:x"] {
+            let e = parse_next_hop(bad).unwrap_err();
+            assert!(
+                e.contains("expected nic:<nic>, peering:<peering> or blackhole"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_values_are_encoded_and_absent_ones_left_out() {
+        assert_eq!(query(&[("vpc", &None)]), "");
+        assert_eq!(
+            query(&[
+                ("vpc", &Some("a b".into())),
+                ("host", &None),
+                ("x", &Some("h1".into()))
+            ]),
+            "?vpc=a%20b&x=h1"
+        );
+    }
+
+    #[test]
+    fn unknown_spec_fields_name_the_file_and_field() {
+        let e = parse_yaml::<VpcSpec>(
+            Path::new("vpc.yaml"),
+            "name: a\ncidr: 10.0.0.0/16\ncdir: x\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("vpc.yaml: "), "{e}");
+        assert!(e.contains("unknown field `cdir`"), "{e}");
+        let e = parse_yaml::<Topology>(
+            Path::new("t.yaml"),
+            "vpcs:\n  - name: a\n    cidr: 10.0.0.0/16\n    subnets:\n      - name: s\n        cidr: 10.0.1.0/24\n        zone: x\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("t.yaml: "), "{e}");
+        assert!(e.contains("vpcs[0].subnets[0]"), "{e}");
+        assert!(e.contains("unknown field `zone`"), "{e}");
+    }
+
+    #[test]
+    fn json_spec_files_parse_too() {
+        let s: RouteSpec = parse_yaml(
+            Path::new("r.json"),
+            r#"{"vpc": "a", "destination": "0.0.0.0/0", "next_hop": {"type": "nic", "nic": "fw0"}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.next_hop, NextHop::Nic { nic: "fw0".into() });
+    }
+}

@@ -1,0 +1,618 @@
+//! The real `sluicectl` binary against the real controller API (`controller::api::router`
+//! over a fresh redb store) on a temporary Unix socket: create, get, list, update, delete
+//! and apply, their outputs, and the exit status and message of every kind of error.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::Arc,
+};
+
+use serde_json::Value;
+use sluice_dataplane::controller::{api::router, Controller};
+
+/// A controller serving its API on a Unix socket under a temp dir, from its own thread
+/// and runtime; stopped and removed on drop.
+struct Api {
+    dir: PathBuf,
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Api {
+    fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sluicectl-it-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let controller = Arc::new(Controller::open(&dir.join("intent.redb")).unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sock = socket.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+                ready_tx.send(()).unwrap();
+                axum::serve(listener, router(controller))
+                    .with_graceful_shutdown(async {
+                        stopped.await.ok();
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        // Bound before the first request: connecting cannot race the bind.
+        ready_rx.recv().unwrap();
+        Api {
+            dir,
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    /// Runs `sluicectl --api <this> args...`.
+    fn ctl(&self, args: &[&str]) -> Output {
+        ctl_at(&self.addr(), args)
+    }
+
+    /// Runs it and requires success; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "sluicectl {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs it with `-o json` and parses the answer.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let text = self.ok(&a);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    /// Runs it, requires exit status `code`, empty stdout; its stderr.
+    fn fails(&self, code: i32, args: &[&str]) -> String {
+        fails_with(self.ctl(args), code, args)
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+fn ctl_at(addr: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+        .arg("--api")
+        .arg(addr)
+        .args(args)
+        .env_remove("SLUICE_API")
+        .output()
+        .expect("running sluicectl")
+}
+
+fn fails_with(out: Output, code: i32, args: &[&str]) -> String {
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "sluicectl {args:?}: stdout {:?} stderr {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// Cells of the table's data row whose first cell is `key`.
+fn row<'a>(table: &'a str, key: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&key))
+        .unwrap_or_else(|| panic!("no row {key:?} in\n{table}"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn resources_round_trip_through_the_real_api() {
+    let api = Api::start("crud");
+
+    // Hosts: table by default, columns as the API answered.
+    let out = api.ok(&[
+        "create",
+        "host",
+        "--name",
+        "h1",
+        "--underlay-ip",
+        "192.0.2.1",
+        "--underlay-ifname",
+        "ul0",
+    ]);
+    let h1 = row(&out, "h1");
+    assert_eq!(h1[1..3], ["192.0.2.1", "ul0"]);
+    assert!(out.starts_with("NAME "), "{out}");
+    api.ok(&[
+        "create",
+        "host",
+        "--name",
+        "h2",
+        "--underlay-ip",
+        "192.0.2.2",
+        "--underlay-ifname",
+        "ul0",
+        "--underlay-mtu",
+        "9000",
+    ]);
+    // --replace is PUT: updates in place.
+    let out = api.ok(&[
+        "create",
+        "host",
+        "--replace",
+        "--name",
+        "h2",
+        "--underlay-ip",
+        "192.0.2.22",
+        "--underlay-ifname",
+        "ul0",
+    ]);
+    assert_eq!(row(&out, "h2")[1], "192.0.2.22");
+    let hosts = api.ok(&["list", "hosts"]);
+    assert_eq!(hosts.lines().count(), 3, "{hosts}");
+
+    // VPCs: two tenants with the same CIDR, distinct VNIs.
+    let a = api.json(&["create", "vpc", "--name", "a", "--cidr", "10.0.0.0/16"]);
+    let b_yaml = api.ok(&[
+        "create",
+        "vpc",
+        "--name",
+        "b",
+        "--cidr",
+        "10.0.0.0/16",
+        "-o",
+        "yaml",
+    ]);
+    let b: Value = serde_yaml::from_str(&b_yaml).unwrap();
+    assert_eq!(
+        (a["name"].as_str(), b["name"].as_str()),
+        (Some("a"), Some("b"))
+    );
+    assert_ne!(a["vni"], b["vni"]);
+    let a_id = a["id"].as_str().unwrap().to_string();
+    let vpcs = api.ok(&["list", "vpcs"]);
+    assert_eq!(row(&vpcs, &a_id)[1..3], ["a", "10.0.0.0/16"]);
+    assert_eq!(api.json(&["get", "vpc", "a"]), a);
+    assert_eq!(api.json(&["get", "vpc", &a_id]), a);
+
+    // Subnets, looked up by name within their VPC.
+    let web = api.json(&[
+        "create",
+        "subnet",
+        "--vpc",
+        "a",
+        "--name",
+        "web",
+        "--cidr",
+        "10.0.1.0/24",
+    ]);
+    assert_eq!(web["gateway"], "10.0.1.1");
+    api.ok(&[
+        "create",
+        "subnet",
+        "--vpc",
+        "b",
+        "--name",
+        "web",
+        "--cidr",
+        "10.0.1.0/24",
+    ]);
+    assert_eq!(api.json(&["get", "subnet", "web", "--vpc", "a"]), web);
+    assert_eq!(
+        api.json(&["list", "subnets", "--vpc", "a"]),
+        Value::Array(vec![web.clone()])
+    );
+    assert_eq!(api.json(&["list", "subnets"]).as_array().unwrap().len(), 2);
+
+    // NICs: IP and MAC allocated; an appliance without source check.
+    let vm1 = api.json(&[
+        "create", "nic", "--name", "vm1", "--vpc", "a", "--subnet", "web", "--host", "h1",
+        "--ifname", "vm1",
+    ]);
+    assert_eq!(vm1["ip"], "10.0.1.4");
+    assert_eq!(vm1["source_check"], true);
+    let out = api.ok(&[
+        "create",
+        "nic",
+        "--name",
+        "fw0",
+        "--vpc",
+        "a",
+        "--subnet",
+        "web",
+        "--host",
+        "h2",
+        "--ifname",
+        "fw0",
+        "--ip",
+        "10.0.1.10",
+        "--source-check",
+        "false",
+    ]);
+    let fw0_id = api.json(&["get", "nic", "fw0"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fw0 = row(&out, &fw0_id);
+    assert_eq!(fw0[1], "fw0");
+    assert_eq!(fw0[6], "10.0.1.10");
+    assert_eq!(fw0[8], "off");
+    assert_eq!(
+        api.json(&["list", "nics", "--host", "h1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        api.json(&["list", "nics", "--vpc", "a"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let moved = api.json(&["update", "nic", "vm1", "--host", "h2", "--ifname", "vm1b"]);
+    assert_eq!(
+        (moved["host"].as_str(), moved["ifname"].as_str()),
+        (Some("h2"), Some("vm1b"))
+    );
+    assert_eq!(moved["ip"], vm1["ip"], "a NIC keeps its IP when it moves");
+
+    // Routes: next hops by flag, destinations with a '/' in the path.
+    let out = api.ok(&[
+        "create",
+        "route",
+        "--vpc",
+        "a",
+        "--destination",
+        "0.0.0.0/0",
+        "--next-hop",
+        "nic:fw0",
+    ]);
+    assert_eq!(
+        row(&out, &a_id)[1..],
+        ["0.0.0.0/0", &format!("nic:{fw0_id}")]
+    );
+    api.ok(&[
+        "create",
+        "route",
+        "--vpc",
+        "a",
+        "--destination",
+        "10.9.0.0/16",
+        "--next-hop",
+        "blackhole",
+    ]);
+    let r = api.json(&["get", "route", "--vpc", "a", "10.9.0.0/16"]);
+    assert_eq!(r["next_hop"]["type"], "blackhole");
+    let table = api.ok(&["get", "route-table", "a"]);
+    assert_eq!(row(&table, "10.0.1.0/24")[2], "system");
+    assert_eq!(
+        row(&table, "0.0.0.0/0")[1..],
+        [format!("nic:{fw0_id}").as_str(), "custom"]
+    );
+    assert_eq!(row(&table, "10.9.0.0/16")[1], "blackhole");
+    // PUT replaces.
+    api.ok(&[
+        "create",
+        "route",
+        "--replace",
+        "--vpc",
+        "a",
+        "--destination",
+        "10.9.0.0/16",
+        "--next-hop",
+        "nic:vm1",
+    ]);
+    assert_eq!(
+        api.json(&["get", "route", "--vpc", "a", "10.9.0.0/16"])["next_hop"]["type"],
+        "nic"
+    );
+    assert_eq!(
+        api.json(&["list", "routes", "--vpc", "a"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Peerings (disjoint CIDRs only): pending until accepted; a route into one from a
+    // spec file.
+    api.ok(&["create", "vpc", "--name", "c", "--cidr", "10.1.0.0/16"]);
+    let p = api.json(&[
+        "create",
+        "peering",
+        "--name",
+        "a-c",
+        "--vpc",
+        "a",
+        "--peer-vpc",
+        "c",
+    ]);
+    assert_eq!(p["state"], "pending");
+    let out = api.ok(&["accept", "peering", "a-c"]);
+    assert_eq!(row(&out, p["id"].as_str().unwrap())[4], "active");
+    let spec = write(
+        &api.dir,
+        "route.yaml",
+        "vpc: a\ndestination: 10.1.0.0/16\nnext_hop:\n  type: peering\n  peering: a-c\n",
+    );
+    let r = api.json(&["create", "route", "-f", &spec]);
+    assert_eq!(r["next_hop"]["peering"], p["id"]);
+    assert_eq!(api.json(&["list", "peerings"]).as_array().unwrap().len(), 1);
+
+    // Deletes, dependents first.
+    assert_eq!(
+        api.ok(&["delete", "route", "--vpc", "a", "10.1.0.0/16"]),
+        "deleted route/a:10.1.0.0/16\n"
+    );
+    api.ok(&["delete", "route", "--vpc", "a", "0.0.0.0/0"]);
+    api.ok(&["delete", "route", "--vpc", "a", "10.9.0.0/16"]);
+    api.fails(1, &["get", "route", "--vpc", "a", "10.9.0.0/16"]);
+    api.ok(&["delete", "peering", "a-c"]);
+    api.ok(&["delete", "nic", "vm1"]);
+    api.ok(&["delete", "nic", "fw0"]);
+    assert_eq!(
+        api.ok(&["delete", "subnet", "web", "--vpc", "a"]),
+        "deleted subnet/a/web\n"
+    );
+    assert_eq!(api.ok(&["delete", "vpc", "a"]), "deleted vpc/a\n");
+    api.ok(&["delete", "host", "h1"]);
+    let vpcs = api.json(&["list", "vpcs"]);
+    let names: Vec<&str> = vpcs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b", "c"]);
+}
+
+#[test]
+fn errors_name_the_field_and_exit_1_usage_errors_exit_2() {
+    let api = Api::start("errors");
+    api.ok(&["create", "vpc", "--name", "a", "--cidr", "10.0.0.0/16"]);
+    api.ok(&[
+        "create",
+        "subnet",
+        "--vpc",
+        "a",
+        "--name",
+        "web",
+        "--cidr",
+        "10.0.1.0/24",
+    ]);
+
+    let e = api.fails(
+        1,
+        &["create", "vpc", "--name", "x", "--cidr", "10.0.0.0/33"],
+    );
+    assert!(e.starts_with("sluicectl: error: cidr: "), "{e}");
+    let e = api.fails(
+        1,
+        &["create", "subnet", "--vpc", "nope", "--cidr", "10.0.2.0/24"],
+    );
+    assert!(e.starts_with("sluicectl: error: vpc: "), "{e}");
+    let e = api.fails(1, &["get", "vpc", "nope"]);
+    assert!(
+        e.starts_with("sluicectl: error: vpc: ") && e.contains("nope"),
+        "{e}"
+    );
+    // A refused delete lists what still depends on the VPC, and changes nothing.
+    let e = api.fails(1, &["delete", "vpc", "a"]);
+    assert!(e.starts_with("sluicectl: error: "), "{e}");
+    assert!(e.contains("dependents: subnet/"), "{e}");
+    assert_eq!(api.json(&["list", "vpcs"]).as_array().unwrap().len(), 1);
+    let e = api.fails(
+        1,
+        &[
+            "create",
+            "route",
+            "--vpc",
+            "a",
+            "--destination",
+            "10.0.9.0/24",
+            "--next-hop",
+            "nic:ghost",
+        ],
+    );
+    assert!(e.starts_with("sluicectl: error: next_hop"), "{e}");
+
+    // Usage errors are clap's: exit 2, nothing sent.
+    let e = api.fails(2, &["create", "vpc", "--name", "x"]);
+    assert!(e.contains("--cidr"), "{e}");
+    let e = api.fails(
+        2,
+        &[
+            "create",
+            "route",
+            "--vpc",
+            "a",
+            "--destination",
+            "0.0.0.0/0",
+            "--next-hop",
+            "gateway",
+        ],
+    );
+    assert!(
+        e.contains("expected nic:<nic>, peering:<peering> or blackhole"),
+        "{e}"
+    );
+    api.fails(2, &["delete", "frobs", "x"]);
+    assert_eq!(api.json(&["list", "vpcs"]).as_array().unwrap().len(), 1);
+
+    // A spec file with a field the spec does not have: named with its file.
+    let spec = write(
+        &api.dir,
+        "vpc.yaml",
+        "name: y\ncidr: 10.1.0.0/16\nregion: eu\n",
+    );
+    let e = api.fails(1, &["create", "vpc", "-f", &spec]);
+    assert!(
+        e.contains(&spec) && e.contains("unknown field `region`"),
+        "{e}"
+    );
+
+    // Nobody listening: the address is named.
+    let gone = format!("unix:{}", api.dir.join("nobody.sock").display());
+    let e = fails_with(ctl_at(&gone, &["list", "vpcs"]), 1, &["list", "vpcs"]);
+    assert!(
+        e.contains(&format!("cannot connect to sluiced at {gone}")),
+        "{e}"
+    );
+}
+
+const TOPOLOGY: &str = "\
+hosts:
+  - name: h1
+    underlay_ip: 192.0.2.1
+    underlay_ifname: ul0
+  - name: h2
+    underlay_ip: 192.0.2.2
+    underlay_ifname: ul0
+vpcs:
+  - name: tenant-a
+    cidr: 10.0.0.0/16
+    subnets:
+      - {name: web, cidr: 10.0.1.0/24}
+      - {name: db, cidr: 10.0.2.0/24}
+    routes:
+      - destination: 0.0.0.0/0
+        next_hop: {type: nic, nic: a-fw}
+  - name: tenant-b
+    cidr: 10.0.0.0/16
+    subnets:
+      - {name: web, cidr: 10.0.1.0/24}
+nics:
+  - {name: a-vm1, vpc: tenant-a, subnet: web, host: h1, ifname: a-vm1, ip: 10.0.1.10}
+  - {name: a-fw, vpc: tenant-a, subnet: db, host: h2, ifname: a-fw, source_check: false}
+  - {name: b-vm1, vpc: tenant-b, subnet: web, host: h2, ifname: b-vm1, ip: 10.0.1.10}
+";
+
+#[test]
+fn apply_creates_a_topology_once_and_then_changes_nothing() {
+    let api = Api::start("apply");
+    let file = write(&api.dir, "topology.yaml", TOPOLOGY);
+
+    let out = api.ok(&["apply", "-f", &file]);
+    let last = out.lines().last().unwrap();
+    // 2 hosts, 2 VPCs, 3 subnets, 1 route, 3 NICs.
+    assert!(last.starts_with("11 created, 0 updated, "), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["created", "vpc/tenant-a"])),
+        "{out}"
+    );
+
+    // Idempotent: the same file again changes nothing.
+    let out = api.ok(&["apply", "-f", &file]);
+    assert!(out.starts_with("0 created, 0 updated, "), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let summary = api.json(&["apply", "-f", &file]);
+    assert_eq!(summary["created"], Value::Array(vec![]));
+    assert_eq!(summary["updated"], Value::Array(vec![]));
+    assert!(summary["unchanged"].as_u64().unwrap() >= 11, "{summary}");
+
+    // What it built is there through the resource commands.
+    let nics = api.json(&["list", "nics", "--vpc", "tenant-b"]);
+    assert_eq!(nics.as_array().unwrap().len(), 1);
+    assert_eq!(nics[0]["ip"], "10.0.1.10");
+    let table = api.ok(&["get", "route-table", "tenant-a"]);
+    assert_eq!(row(&table, "0.0.0.0/0")[2], "custom");
+
+    // A changed field is an update.
+    let changed = TOPOLOGY.replace("underlay_ip: 192.0.2.2", "underlay_ip: 192.0.2.20");
+    let file2 = write(&api.dir, "topology2.yaml", &changed);
+    let out = api.ok(&["apply", "-f", &file2]);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["updated", "host/h2"])),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .starts_with("0 created, 1 updated, "),
+        "{out}"
+    );
+
+    // Unknown fields are refused before anything is sent, naming the file and the field.
+    let bad = write(
+        &api.dir,
+        "bad.yaml",
+        &TOPOLOGY.replace(
+            "{name: db, cidr: 10.0.2.0/24}",
+            "{name: db, cidr: 10.0.2.0/24, zone: x}",
+        ),
+    );
+    let e = api.fails(1, &["apply", "-f", &bad]);
+    assert!(e.starts_with(&format!("sluicectl: error: {bad}: ")), "{e}");
+    assert!(
+        e.contains("vpcs[0].subnets[1]") && e.contains("unknown field `zone`"),
+        "{e}"
+    );
+    // An invalid value is the API's error, with its field path, and nothing is applied.
+    let invalid = write(
+        &api.dir,
+        "invalid.yaml",
+        &format!("{TOPOLOGY}  - {{name: c-vm, vpc: tenant-c, subnet: web, host: h1, ifname: c}}\n"),
+    );
+    let e = api.fails(1, &["apply", "-f", &invalid]);
+    assert!(e.starts_with("sluicectl: error: nics[3]"), "{e}");
+    let e = api.fails(
+        1,
+        &[
+            "apply",
+            "-f",
+            &api.dir.join("missing.yaml").display().to_string(),
+        ],
+    );
+    assert!(e.contains("missing.yaml"), "{e}");
+}

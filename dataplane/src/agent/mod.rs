@@ -1,0 +1,284 @@
+//! The per-host agent: keeps this host's maps and XDP attachments equal to what the
+//! controller compiled for it.
+//!
+//! It long-polls the controller for its host's tables (only its own NICs and the VPCs
+//! present on it), resolves interface names and neighbour MACs on this host, applies the
+//! difference to the maps in hitless order ([`MapSync`]), and attaches `xdp_vm` to each
+//! local NIC interface and `xdp_underlay` to the fabric interface (detaching them when
+//! they go). Without an intent change it resolves again every `resync_secs`, so VM
+//! interfaces created after their NIC, and underlay MACs learnt later, are picked up.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::programs::XdpMode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{
+    client::{self, ApiAddr},
+    controller::api::AgentTables,
+    loader::{self, Dataplane, Role},
+    vpc::{
+        apply::{resolve_from_system, system_ifindex, MapSync},
+        tables::HostTables,
+    },
+};
+
+/// Longest long-poll; the client gives up on a request after 10 s.
+const MAX_POLL: Duration = Duration::from_secs(8);
+
+/// The agent's part of `GET /v1/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub host: String,
+    pub controller: String,
+    /// The intent generation the maps hold, once an apply succeeded.
+    pub applied_generation: Option<u64>,
+    /// Why the last fetch or apply failed; cleared by the next success.
+    pub last_error: Option<String>,
+    /// Interfaces this agent attached XDP to.
+    pub attached: Vec<String>,
+    /// NIC interfaces named by the intent that do not exist on this host (yet).
+    pub missing_interfaces: Vec<String>,
+    /// Remote VTEPs with no underlay MAC yet (their traffic is dropped and counted).
+    pub unresolved_neighbors: Vec<String>,
+}
+
+pub struct Agent {
+    pub host: String,
+    pub controller: ApiAddr,
+    pub resync: Duration,
+    pub pin_dir: PathBuf,
+    pub xdp_mode: XdpMode,
+    /// Interfaces the daemon attached from its config: never detached by the agent.
+    pub configured: BTreeSet<String>,
+    pub dataplane: Arc<Mutex<Dataplane>>,
+    pub status: Arc<Mutex<AgentStatus>>,
+}
+
+/// What one apply round keeps between rounds.
+#[derive(Default)]
+struct Applied {
+    sync: MapSync,
+    /// Interface -> role of the programs this agent is responsible for.
+    attached: BTreeMap<String, Role>,
+    /// Interfaces attached (or given this run's program) by this run, with their ifindex.
+    fresh: BTreeMap<String, u32>,
+    /// Stale link pins from an earlier run were looked for.
+    swept: bool,
+}
+
+impl Agent {
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let agent = Arc::new(self);
+        let applied = Arc::new(Mutex::new(Applied::default()));
+        let mut after: Option<u64> = None;
+        loop {
+            let fetched = tokio::select! {
+                r = agent.fetch(after) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let tables = match fetched {
+                Ok(t) => t,
+                Err(e) => {
+                    agent.failed(format!("fetching tables: {e:#}"));
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            };
+            let generation = tables.generation;
+            let (a, ap) = (agent.clone(), applied.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                a.apply(&mut ap.lock().expect("agent"), tables)
+            })
+            .await
+            .map_err(|e| anyhow!("apply task: {e}"))
+            .and_then(|r| r);
+            match done {
+                Ok(()) => after = Some(generation),
+                Err(e) => {
+                    agent.failed(format!("applying generation {generation}: {e:#}"));
+                    // Ask again at once next round, after a pause.
+                    after = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tables, once the generation is past `after` or the resync interval is up.
+    async fn fetch(&self, after: Option<u64>) -> Result<AgentTables> {
+        let mut path = format!("/v1/agent/hosts/{}/tables", client::encode(&self.host));
+        if let Some(g) = after {
+            // Shorter than the client's request timeout, so a quiet poll is not an error.
+            let wait = self.resync.min(MAX_POLL);
+            path += &format!("?after={g}&wait_ms={}", wait.as_millis());
+        }
+        client::get(&self.controller, &path)
+            .await?
+            .error_for_status()?
+            .json()
+    }
+
+    fn failed(&self, e: String) {
+        log::warn!("agent {}: {e}", self.host);
+        self.status.lock().expect("status").last_error = Some(e);
+    }
+
+    /// Brings maps and attachments to `t`: maps first (a new NIC's entries exist before
+    /// its program sees a packet), then attach what is new, then detach what is gone.
+    fn apply(&self, applied: &mut Applied, t: AgentTables) -> Result<()> {
+        let (tables, missing) = present_only(t.tables);
+        let resolved = resolve_from_system(&tables).context("resolving the tables")?;
+        let mut dp = self.dataplane.lock().expect("dataplane");
+        let counts = applied
+            .sync
+            .apply(&mut *dp, resolved.tables)
+            .context("writing the maps")?;
+
+        let mut wanted: BTreeMap<String, Role> = tables
+            .ports
+            .iter()
+            .map(|p| (p.ifname.clone(), Role::Vm))
+            .collect();
+        if let Some(u) = &tables.underlay {
+            wanted.insert(u.ifname.clone(), Role::Underlay);
+        }
+        if !applied.swept {
+            // Links pinned by an earlier run, for NICs deleted while we were down, are ours
+            // to remove; the ones still wanted get the new program (hitless restart).
+            for ifname in self.pinned_links() {
+                applied.attached.entry(ifname).or_insert(Role::Vm);
+            }
+            applied.swept = true;
+        }
+        for (ifname, role) in &wanted {
+            let ifindex = system_ifindex(ifname);
+            let current = applied.attached.get(ifname) == Some(role)
+                && applied.fresh.get(ifname) == ifindex.as_ref();
+            if current {
+                continue;
+            }
+            if applied.fresh.contains_key(ifname) {
+                // The interface was re-created (a VM restart): its old link went with it.
+                loader::detach_pinned(&self.pin_dir, ifname)
+                    .with_context(|| format!("detaching {ifname}"))?;
+            }
+            dp.attach(ifname, *role, self.xdp_mode)
+                .with_context(|| format!("attaching {} to {ifname}", role.program()))?;
+            applied.attached.insert(ifname.clone(), *role);
+            if let Some(i) = ifindex {
+                applied.fresh.insert(ifname.clone(), i);
+            }
+        }
+        let gone: Vec<String> = applied
+            .attached
+            .keys()
+            .filter(|i| !wanted.contains_key(*i))
+            .cloned()
+            .collect();
+        for ifname in gone {
+            if !self.configured.contains(&ifname) {
+                loader::detach_pinned(&self.pin_dir, &ifname)
+                    .with_context(|| format!("detaching {ifname}"))?;
+            }
+            applied.attached.remove(&ifname);
+            applied.fresh.remove(&ifname);
+        }
+        drop(dp);
+
+        if counts.upserts() + counts.deletes() > 0 {
+            log::info!("agent {}: generation {}: {counts}", self.host, t.generation);
+        }
+        let mut s = self.status.lock().expect("status");
+        s.applied_generation = Some(t.generation);
+        s.last_error = None;
+        s.attached = applied.attached.keys().cloned().collect();
+        s.missing_interfaces = missing;
+        s.unresolved_neighbors = resolved
+            .unresolved_neighbors
+            .iter()
+            .map(|v| std::net::Ipv4Addr::from(*v).to_string())
+            .collect();
+        Ok(())
+    }
+
+    /// Interfaces with a pinned link under this daemon's pin dir, except configured ones.
+    fn pinned_links(&self) -> Vec<String> {
+        let dir = self.pin_dir.join("links");
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !self.configured.contains(n))
+            .collect()
+    }
+}
+
+/// The tables without the NICs whose interface does not exist here (yet): one VM not
+/// created yet must not hold up the rest of the host. Returns them by interface name.
+pub fn present_only(mut t: HostTables) -> (HostTables, Vec<String>) {
+    let mut missing: Vec<String> = t
+        .ports
+        .iter()
+        .filter(|p| system_ifindex(&p.ifname).is_none())
+        .map(|p| p.ifname.clone())
+        .collect();
+    missing.sort();
+    missing.dedup();
+    let absent = |name: &Option<String>| name.as_ref().is_some_and(|n| missing.contains(n));
+    t.ports.retain(|p| !missing.contains(&p.ifname));
+    t.endpoints.retain(|e| !absent(&e.ifname));
+    (t, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vpc::tables::{EndpointEntry, LocalPort};
+    use sluice_common::vpc::Port;
+
+    #[test]
+    fn nics_without_an_interface_are_left_out_and_named() {
+        let port = |ifname: &str| LocalPort {
+            ifname: ifname.into(),
+            port: Port::default(),
+        };
+        let endpoint = |ifname: Option<&str>, last: u8| EndpointEntry {
+            vni: 1,
+            ip: [10, 0, 0, last],
+            mac: [2, 0, 0, 0, 0, last],
+            vtep: [192, 0, 2, 1],
+            flags: 0,
+            ifname: ifname.map(str::to_string),
+        };
+        let t = HostTables {
+            ports: vec![port("lo"), port("sl-nope0")],
+            endpoints: vec![
+                endpoint(Some("lo"), 4),
+                endpoint(Some("sl-nope0"), 5),
+                endpoint(None, 6),
+            ],
+            ..Default::default()
+        };
+        let (kept, missing) = present_only(t);
+        assert_eq!(missing, ["sl-nope0"]);
+        assert_eq!(kept.ports.len(), 1);
+        assert_eq!(kept.ports[0].ifname, "lo");
+        let ips: Vec<u8> = kept.endpoints.iter().map(|e| e.ip[3]).collect();
+        assert_eq!(ips, [4, 6], "remote endpoints stay");
+    }
+}

@@ -1,0 +1,633 @@
+//! The intent API's OpenAPI 3.0 description, served at `/v1/openapi.json`.
+//!
+//! Written out here (not derived) so it reads as documentation; the tests keep it honest:
+//! every documented operation is routed, every schema's example deserializes into the Rust
+//! type it describes, and real responses validate against their schemas.
+
+use std::sync::LazyLock;
+
+use serde_json::{json, Map, Value};
+
+/// The document, rendered once.
+pub static DOCUMENT: LazyLock<String> =
+    LazyLock::new(|| serde_json::to_string_pretty(&document()).expect("the document renders"));
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn string(description: &str) -> Value {
+    json!({ "type": "string", "description": description })
+}
+
+fn array_of(item: Value) -> Value {
+    json!({ "type": "array", "items": item })
+}
+
+/// A closed object: `required` fields must be there, nothing outside `properties` may be.
+fn object(required: &[&str], properties: Value, example: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": false,
+        "example": example,
+    })
+}
+
+fn json_body(schema: Value) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+}
+
+fn reply(description: &str, schema: Option<Value>) -> Value {
+    match schema {
+        Some(s) => json!({
+            "description": description,
+            "content": { "application/json": { "schema": s } },
+        }),
+        None => json!({ "description": description }),
+    }
+}
+
+fn errors() -> Value {
+    let e = |d: &str| reply(d, Some(schema_ref("Error")));
+    json!({
+        "400": e("Invalid request: `error.field` names the offending field"),
+        "404": e("The resource, or one the request refers to, does not exist"),
+        "409": e("Conflicts with existing state; `error.dependents` lists what is in the way"),
+        "500": e("The store failed; nothing changed"),
+    })
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" }, "description": description })
+}
+
+fn query_param(name: &str, description: &str, ty: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "schema": { "type": ty }, "description": description })
+}
+
+/// One operation; `ok` is the success status with its schema (`None`: no body).
+fn op(summary: &str, params: Vec<Value>, body: Option<&str>, ok: (&str, Option<Value>)) -> Value {
+    let mut responses = errors();
+    responses[ok.0] = reply(summary, ok.1);
+    let mut o = json!({ "summary": summary, "parameters": params, "responses": responses });
+    if let Some(b) = body {
+        o["requestBody"] = json_body(schema_ref(b));
+    }
+    o
+}
+
+fn document() -> Value {
+    let vpc = || path_param("vpc", "VPC ID or name");
+    let list = |s: &str| Some(array_of(schema_ref(s)));
+    let one = |s: &str| Some(schema_ref(s));
+    let paths = json!({
+        "/v1/openapi.json": { "get": {
+            "summary": "This document",
+            "responses": { "200": reply("The OpenAPI document", Some(json!({"type": "object"}))) },
+        }},
+        "/v1/hosts": {
+            "get": op("List hosts", vec![], None, ("200", list("Host"))),
+            "post": op("Register a host", vec![], Some("HostSpec"), ("201", one("Host"))),
+        },
+        "/v1/hosts/{name}": {
+            "get": op("Get a host", vec![path_param("name", "Host name")], None, ("200", one("Host"))),
+            "put": op("Register or update a host", vec![path_param("name", "Host name (must equal the body's)")], Some("HostSpec"), ("200", one("Host"))),
+            "delete": op("Remove a host without NICs", vec![path_param("name", "Host name")], None, ("204", None)),
+        },
+        "/v1/vpcs": {
+            "get": op("List VPCs", vec![], None, ("200", list("Vpc"))),
+            "post": op("Create a VPC (allocates its VNI and route table)", vec![], Some("VpcSpec"), ("201", one("Vpc"))),
+        },
+        "/v1/vpcs/{vpc}": {
+            "get": op("Get a VPC", vec![vpc()], None, ("200", one("Vpc"))),
+            "delete": op("Delete a VPC without subnets, NICs, routes or peerings", vec![vpc()], None, ("204", None)),
+        },
+        "/v1/vpcs/{vpc}/route-table": {
+            "get": op("A VPC's route table: system routes (one per subnet) and custom routes", vec![vpc()], None, ("200", list("RouteTableEntry"))),
+        },
+        "/v1/vpcs/{vpc}/routes/{destination}": {
+            "get": op("Get a custom route", vec![vpc(), path_param("destination", "Destination CIDR, `/` percent-encoded as %2F")], None, ("200", one("Route"))),
+            "delete": op("Delete a custom route", vec![vpc(), path_param("destination", "Destination CIDR, `/` percent-encoded as %2F")], None, ("204", None)),
+        },
+        "/v1/subnets": {
+            "get": op("List subnets", vec![query_param("vpc", "Only this VPC's (ID or name)", "string")], None, ("200", list("Subnet"))),
+            "post": op("Create a subnet", vec![], Some("SubnetSpec"), ("201", one("Subnet"))),
+        },
+        "/v1/subnets/{subnet}": {
+            "get": op("Get a subnet", vec![path_param("subnet", "Subnet ID, or name with ?vpc="), query_param("vpc", "The VPC a subnet name is looked up in", "string")], None, ("200", one("Subnet"))),
+            "delete": op("Delete a subnet without NICs", vec![path_param("subnet", "Subnet ID, or name with ?vpc="), query_param("vpc", "The VPC a subnet name is looked up in", "string")], None, ("204", None)),
+        },
+        "/v1/nics": {
+            "get": op("List NICs", vec![query_param("vpc", "Only this VPC's (ID or name)", "string"), query_param("host", "Only this host's", "string")], None, ("200", list("Nic"))),
+            "post": op("Create a NIC (IP and MAC allocated when absent)", vec![], Some("NicSpec"), ("201", one("Nic"))),
+        },
+        "/v1/nics/{nic}": {
+            "get": op("Get a NIC", vec![path_param("nic", "NIC ID or name")], None, ("200", one("Nic"))),
+            "patch": op("Move a NIC or change its source check", vec![path_param("nic", "NIC ID or name")], Some("NicUpdate"), ("200", one("Nic"))),
+            "delete": op("Delete a NIC and every dataplane entry naming it", vec![path_param("nic", "NIC ID or name")], None, ("204", None)),
+        },
+        "/v1/routes": {
+            "get": op("List custom routes", vec![query_param("vpc", "Only this VPC's (ID or name)", "string")], None, ("200", list("Route"))),
+            "post": op("Add a custom route (409 if the destination has one)", vec![], Some("RouteSpec"), ("201", one("Route"))),
+            "put": op("Add or replace a custom route", vec![], Some("RouteSpec"), ("200", one("Route"))),
+        },
+        "/v1/peerings": {
+            "get": op("List peerings", vec![], None, ("200", list("Peering"))),
+            "post": op("Request a peering (pending until accepted)", vec![], Some("PeeringSpec"), ("201", one("Peering"))),
+        },
+        "/v1/peerings/{pcx}": {
+            "get": op("Get a peering", vec![path_param("pcx", "Peering ID or name")], None, ("200", one("Peering"))),
+            "delete": op("Delete a peering no route uses", vec![path_param("pcx", "Peering ID or name")], None, ("204", None)),
+        },
+        "/v1/peerings/{pcx}/accept": {
+            "post": op("Accept a peering", vec![path_param("pcx", "Peering ID or name")], None, ("200", one("Peering"))),
+        },
+        "/v1/topology": {
+            "post": op("Create or update a whole declared topology (idempotent, never deletes)", vec![], Some("Topology"), ("200", one("ApplySummary"))),
+        },
+        "/v1/agent/hosts/{host}/tables": {
+            "get": op(
+                "A host's compiled tables (for its agent); long-polls with ?after=",
+                vec![
+                    path_param("host", "Host name"),
+                    query_param("after", "Answer once the intent generation is past this one", "integer"),
+                    query_param("wait_ms", "Longest wait with after= (default 30000, at most 300000)", "integer"),
+                ],
+                None,
+                ("200", one("AgentTables")),
+            ),
+        },
+    });
+
+    let next_hop = json!({
+        "description": "Where a custom route sends traffic",
+        "oneOf": [
+            object(&["type", "nic"], json!({"type": {"type": "string", "enum": ["nic"]}, "nic": string("Appliance NIC (ID or name)")}), json!({"type": "nic", "nic": "fw0"})),
+            object(&["type", "peering"], json!({"type": {"type": "string", "enum": ["peering"]}, "peering": string("Accepted peering (ID or name)")}), json!({"type": "peering", "peering": "pcx-1"})),
+            object(&["type"], json!({"type": {"type": "string", "enum": ["blackhole"]}}), json!({"type": "blackhole"})),
+        ],
+        "example": {"type": "nic", "nic": "fw0"},
+    });
+    let route_target = json!({
+        "description": "What a route-table line does",
+        "oneOf": [
+            object(&["type", "subnet"], json!({"type": {"type": "string", "enum": ["local"]}, "subnet": string("Subnet ID")}), json!({"type": "local", "subnet": "subnet-1"})),
+            object(&["type", "nic"], json!({"type": {"type": "string", "enum": ["nic"]}, "nic": string("NIC ID")}), json!({"type": "nic", "nic": "nic-1"})),
+            object(&["type", "peering"], json!({"type": {"type": "string", "enum": ["peering"]}, "peering": string("Peering ID")}), json!({"type": "peering", "peering": "pcx-1"})),
+            object(&["type"], json!({"type": {"type": "string", "enum": ["blackhole"]}}), json!({"type": "blackhole"})),
+        ],
+        "example": {"type": "local", "subnet": "subnet-1"},
+    });
+    let integer = |d: &str| json!({ "type": "integer", "description": d });
+    let boolean = |d: &str| json!({ "type": "boolean", "description": d });
+    let names = array_of(json!({"type": "string"}));
+
+    let schemas = json!({
+        "Error": object(&["error"], json!({"error": object(
+            &["kind", "field", "reason"],
+            json!({
+                "kind": {"type": "string", "enum": ["invalid", "not_found", "conflict", "internal"]},
+                "field": string("The offending field, e.g. `cidr` or `vpcs[0].subnets[1].cidr`"),
+                "reason": string("Why"),
+                "dependents": array_of(string("`kind/id` of a resource in the way")),
+            }),
+            json!({"kind": "invalid", "field": "cidr", "reason": "prefix length 7 is outside /8../28"}),
+        )}), json!({"error": {"kind": "conflict", "field": "vpc", "reason": "still in use", "dependents": ["subnet/subnet-1"]}})),
+        "HostSpec": object(&["name", "underlay_ip", "underlay_ifname"], json!({
+            "name": string("Host name (its ID)"),
+            "underlay_ip": string("The host's VTEP (IPv4)"),
+            "underlay_ifname": string("The host's interface toward the fabric"),
+            "router_mac": string("Virtual router MAC toward VMs (derived from the name when absent)"),
+            "underlay_mtu": integer("Fabric MTU (default 1500); VMs get 50 bytes less"),
+        }), json!({"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0"})),
+        "Host": object(&["name", "underlay_ip", "underlay_ifname", "router_mac", "underlay_mtu"], json!({
+            "name": string("Host name"),
+            "underlay_ip": string("VTEP address"),
+            "underlay_ifname": string("Fabric interface"),
+            "router_mac": string("Virtual router MAC"),
+            "underlay_mtu": integer("Fabric MTU"),
+        }), json!({"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0", "router_mac": "06:00:00:00:00:01", "underlay_mtu": 1500})),
+        "VpcSpec": object(&["cidr"], json!({
+            "name": string("Unique name (default: the ID)"),
+            "cidr": string("IPv4 CIDR, /8 to /28; may overlap other VPCs'"),
+        }), json!({"name": "tenant-a", "cidr": "10.0.0.0/16"})),
+        "Vpc": object(&["id", "name", "cidr", "vni"], json!({
+            "id": string("vpc-<n>"), "name": string("Name"), "cidr": string("IPv4 CIDR"),
+            "vni": integer("VXLAN network identifier, unique, never reused"),
+        }), json!({"id": "vpc-1", "name": "tenant-a", "cidr": "10.0.0.0/16", "vni": 1})),
+        "SubnetSpec": object(&["vpc", "cidr"], json!({
+            "vpc": string("VPC ID or name"), "name": string("Unique within the VPC"),
+            "cidr": string("Inside the VPC, overlapping no sibling, at most /28"),
+        }), json!({"vpc": "tenant-a", "name": "web", "cidr": "10.0.1.0/24"})),
+        "Subnet": object(&["id", "vpc", "name", "cidr", "gateway"], json!({
+            "id": string("subnet-<n>"), "vpc": string("VPC ID"), "name": string("Name"), "cidr": string("IPv4 CIDR"),
+            "gateway": string("First host address, answered by the virtual router"),
+        }), json!({"id": "subnet-1", "vpc": "vpc-1", "name": "web", "cidr": "10.0.1.0/24", "gateway": "10.0.1.1"})),
+        "NicSpec": object(&["vpc", "subnet", "host", "ifname"], json!({
+            "name": string("Unique name (default: the ID)"), "vpc": string("VPC ID or name"),
+            "subnet": string("Subnet ID or name within the VPC"), "host": string("Host name"),
+            "ifname": string("Host-side interface of the VM"),
+            "ip": string("Fixed IPv4 (lowest free address when absent)"), "mac": string("MAC (allocated when absent)"),
+            "source_check": boolean("Drop packets not from the NIC's own IP (default true; off for appliances)"),
+        }), json!({"name": "web1", "vpc": "tenant-a", "subnet": "web", "host": "h1", "ifname": "vm-web1"})),
+        "NicUpdate": object(&[], json!({
+            "host": string("Move to this host"), "ifname": string("New host-side interface"),
+            "source_check": boolean("Source check on or off"),
+        }), json!({"host": "h2", "ifname": "vm-web1"})),
+        "Nic": object(&["id", "name", "vpc", "subnet", "host", "ifname", "ip", "mac", "source_check"], json!({
+            "id": string("nic-<n>"), "name": string("Name"), "vpc": string("VPC ID"), "subnet": string("Subnet ID"),
+            "host": string("Host name"), "ifname": string("Host-side interface"), "ip": string("IPv4"), "mac": string("MAC"),
+            "source_check": boolean("Source check"),
+        }), json!({"id": "nic-1", "name": "web1", "vpc": "vpc-1", "subnet": "subnet-1", "host": "h1", "ifname": "vm-web1", "ip": "10.0.1.4", "mac": "02:73:6c:00:00:01", "source_check": true})),
+        "NextHop": next_hop,
+        "RouteSpec": object(&["vpc", "destination", "next_hop"], json!({
+            "vpc": string("VPC ID or name"), "destination": string("Destination CIDR"), "next_hop": schema_ref("NextHop"),
+        }), json!({"vpc": "tenant-a", "destination": "0.0.0.0/0", "next_hop": {"type": "nic", "nic": "fw0"}})),
+        "Route": object(&["vpc", "destination", "next_hop"], json!({
+            "vpc": string("VPC ID"), "destination": string("Destination CIDR"), "next_hop": schema_ref("NextHop"),
+        }), json!({"vpc": "vpc-1", "destination": "0.0.0.0/0", "next_hop": {"type": "nic", "nic": "nic-3"}})),
+        "RouteTarget": route_target,
+        "RouteTableEntry": object(&["destination", "target", "system"], json!({
+            "destination": string("Destination CIDR"), "target": schema_ref("RouteTarget"),
+            "system": boolean("A subnet's implicit route"),
+        }), json!({"destination": "10.0.1.0/24", "target": {"type": "local", "subnet": "subnet-1"}, "system": true})),
+        "PeeringSpec": object(&["vpc", "peer_vpc"], json!({
+            "name": string("Unique name (default: the ID)"), "vpc": string("Requester VPC"), "peer_vpc": string("Accepter VPC"),
+        }), json!({"name": "a-to-c", "vpc": "tenant-a", "peer_vpc": "tenant-c"})),
+        "Peering": object(&["id", "name", "vpc", "peer_vpc", "state"], json!({
+            "id": string("pcx-<n>"), "name": string("Name"), "vpc": string("Requester VPC ID"), "peer_vpc": string("Accepter VPC ID"),
+            "state": {"type": "string", "enum": ["pending", "active"]},
+        }), json!({"id": "pcx-1", "name": "a-to-c", "vpc": "vpc-1", "peer_vpc": "vpc-3", "state": "pending"})),
+        "TopologySubnet": object(&["name", "cidr"], json!({"name": string("Name"), "cidr": string("CIDR")}), json!({"name": "web", "cidr": "10.0.1.0/24"})),
+        "TopologyRoute": object(&["destination", "next_hop"], json!({"destination": string("CIDR"), "next_hop": schema_ref("NextHop")}), json!({"destination": "0.0.0.0/0", "next_hop": {"type": "blackhole"}})),
+        "TopologyVpc": object(&["name", "cidr"], json!({
+            "name": string("Name"), "cidr": string("CIDR"),
+            "subnets": array_of(schema_ref("TopologySubnet")), "routes": array_of(schema_ref("TopologyRoute")),
+        }), json!({"name": "tenant-a", "cidr": "10.0.0.0/16", "subnets": [{"name": "web", "cidr": "10.0.1.0/24"}]})),
+        "TopologyNic": object(&["name", "vpc", "subnet", "host", "ifname"], json!({
+            "name": string("Name"), "vpc": string("VPC name"), "subnet": string("Subnet name"), "host": string("Host"),
+            "ifname": string("Host-side interface"), "ip": string("Fixed IPv4"), "mac": string("MAC"),
+            "source_check": boolean("Source check (default true)"),
+        }), json!({"name": "web1", "vpc": "tenant-a", "subnet": "web", "host": "h1", "ifname": "vm-web1", "ip": "10.0.1.10"})),
+        "TopologyPeering": object(&["name", "vpc", "peer_vpc"], json!({
+            "name": string("Name"), "vpc": string("Requester VPC"), "peer_vpc": string("Accepter VPC"),
+            "accepted": boolean("Accept it too"),
+        }), json!({"name": "a-to-c", "vpc": "tenant-a", "peer_vpc": "tenant-c", "accepted": true})),
+        "Topology": object(&[], json!({
+            "hosts": array_of(schema_ref("HostSpec")), "vpcs": array_of(schema_ref("TopologyVpc")),
+            "nics": array_of(schema_ref("TopologyNic")), "peerings": array_of(schema_ref("TopologyPeering")),
+        }), json!({"hosts": [{"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0"}], "vpcs": [{"name": "tenant-a", "cidr": "10.0.0.0/16"}]})),
+        "ApplySummary": object(&["created", "updated", "unchanged"], json!({
+            "created": names.clone(), "updated": names, "unchanged": integer("Resources already as declared"),
+        }), json!({"created": ["vpc/tenant-a"], "updated": [], "unchanged": 3})),
+        "AgentTables": object(&["generation", "registered", "tables"], json!({
+            "generation": integer("Intent generation the tables were compiled from"),
+            "registered": boolean("Whether the host is in the intent (else the tables are empty)"),
+            "tables": {"type": "object", "description": "The host's map entries (HostTables): underlay, ports, endpoints, routes, VNIs, remote VTEPs"},
+        }), json!({"generation": 7, "registered": false, "tables": {"underlay": null, "ports": [], "endpoints": [], "routes": [], "vnis": [], "remote_vteps": []}})),
+    });
+
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Sluice intent API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "VPCs, subnets, hosts, NICs, routes and peerings. Every request is all or nothing; every change answers with the header `sluice-generation`, the intent generation it produced.",
+        },
+        "paths": paths,
+        "components": { "schemas": schemas },
+    })
+}
+
+/// Checks `value` against `schema` (the subset this document uses); returns what differs.
+pub fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    let schema = resolve(doc, schema);
+    if let Some(variants) = schema.get("oneOf").and_then(Value::as_array) {
+        let matching = variants
+            .iter()
+            .filter(|v| check(doc, v, value, at).is_empty())
+            .count();
+        return if matching == 1 {
+            vec![]
+        } else {
+            vec![format!("{at}: matches {matching} of the oneOf variants")]
+        };
+    }
+    let mut wrong = vec![];
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let Some(obj) = value.as_object() else {
+                return vec![format!("{at}: not an object")];
+            };
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for req in schema["required"].as_array().into_iter().flatten() {
+                    let req = req.as_str().unwrap_or_default();
+                    if !obj.contains_key(req) {
+                        wrong.push(format!("{at}.{req}: required but missing"));
+                    }
+                }
+                check_properties(doc, props, obj, at, &mut wrong);
+            }
+        }
+        Some("array") => match value.as_array() {
+            Some(items) => {
+                for (k, item) in items.iter().enumerate() {
+                    wrong.extend(check(doc, &schema["items"], item, &format!("{at}[{k}]")));
+                }
+            }
+            None => wrong.push(format!("{at}: not an array")),
+        },
+        Some("string") => match value.as_str() {
+            Some(s) => {
+                if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+                    if !allowed.iter().any(|a| a == s) {
+                        wrong.push(format!("{at}: {s:?} is not one of {allowed:?}"));
+                    }
+                }
+            }
+            None => wrong.push(format!("{at}: not a string")),
+        },
+        Some("integer") if !value.is_u64() && !value.is_i64() => {
+            wrong.push(format!("{at}: not an integer"))
+        }
+        Some("boolean") if !value.is_boolean() => wrong.push(format!("{at}: not a boolean")),
+        _ => {}
+    }
+    wrong
+}
+
+fn check_properties(
+    doc: &Value,
+    props: &Map<String, Value>,
+    obj: &Map<String, Value>,
+    at: &str,
+    wrong: &mut Vec<String>,
+) {
+    for (key, v) in obj {
+        match props.get(key) {
+            Some(p) => wrong.extend(check(doc, p, v, &format!("{at}.{key}"))),
+            None => wrong.push(format!("{at}.{key}: not in the schema")),
+        }
+    }
+}
+
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let name = r.trim_start_matches("#/components/schemas/");
+            &doc["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{api::router, tests::TempController};
+    use crate::intent::*;
+    use axum::{body::Body, http::StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn doc() -> Value {
+        serde_json::from_str(&DOCUMENT).unwrap()
+    }
+
+    /// Deserializes a schema's example into the Rust type of the same name.
+    fn parses_as(name: &str, example: &Value) -> Result<(), String> {
+        fn p<T: serde::de::DeserializeOwned>(v: &Value) -> Result<(), String> {
+            serde_json::from_value::<T>(v.clone())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        match name {
+            "Error" => p::<crate::controller::api::ErrorBody>(example),
+            "HostSpec" => p::<HostSpec>(example),
+            "Host" => p::<Host>(example),
+            "VpcSpec" => p::<VpcSpec>(example),
+            "Vpc" => p::<Vpc>(example),
+            "SubnetSpec" => p::<SubnetSpec>(example),
+            "Subnet" => p::<Subnet>(example),
+            "NicSpec" => p::<NicSpec>(example),
+            "NicUpdate" => p::<NicUpdate>(example),
+            "Nic" => p::<Nic>(example),
+            "NextHop" => p::<NextHop>(example),
+            "RouteSpec" => p::<RouteSpec>(example),
+            "Route" => p::<Route>(example),
+            "RouteTarget" => p::<RouteTarget>(example),
+            "RouteTableEntry" => p::<RouteTableEntry>(example),
+            "PeeringSpec" => p::<PeeringSpec>(example),
+            "Peering" => p::<Peering>(example),
+            "TopologySubnet" => p::<TopologySubnet>(example),
+            "TopologyRoute" => p::<TopologyRoute>(example),
+            "TopologyVpc" => p::<TopologyVpc>(example),
+            "TopologyNic" => p::<TopologyNic>(example),
+            "TopologyPeering" => p::<TopologyPeering>(example),
+            "Topology" => p::<Topology>(example),
+            "ApplySummary" => p::<ApplySummary>(example),
+            "AgentTables" => p::<crate::controller::api::AgentTables>(example),
+            other => Err(format!("no Rust type is known for schema {other}")),
+        }
+    }
+
+    #[test]
+    fn every_example_is_the_rust_type_and_matches_its_schema() {
+        let d = doc();
+        assert_eq!(d["openapi"], "3.0.3");
+        let schemas = d["components"]["schemas"].as_object().unwrap();
+        assert!(schemas.len() >= 25, "{}", schemas.len());
+        for (name, schema) in schemas {
+            let example = &schema["example"];
+            assert!(!example.is_null(), "{name} has no example");
+            parses_as(name, example).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let wrong = check(&d, schema, example, name);
+            assert!(wrong.is_empty(), "{name}: {wrong:?}");
+        }
+    }
+
+    #[test]
+    fn every_reference_points_at_a_schema() {
+        let d = doc();
+        let text = DOCUMENT.as_str();
+        for r in text.split("\"$ref\": \"#/components/schemas/").skip(1) {
+            let name = &r[..r.find('"').unwrap()];
+            assert!(d["components"]["schemas"].get(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_checker_catches_missing_extra_and_mistyped_fields() {
+        let d = doc();
+        let s = schema_ref("Vpc");
+        let good = json!({"id": "vpc-1", "name": "a", "cidr": "10.0.0.0/16", "vni": 1});
+        assert!(check(&d, &s, &good, "vpc").is_empty());
+        let mut missing = good.clone();
+        missing.as_object_mut().unwrap().remove("vni");
+        assert_eq!(
+            check(&d, &s, &missing, "vpc"),
+            ["vpc.vni: required but missing"]
+        );
+        let mut extra = good.clone();
+        extra["colour"] = json!("red");
+        assert_eq!(
+            check(&d, &s, &extra, "vpc"),
+            ["vpc.colour: not in the schema"]
+        );
+        let mut typed = good;
+        typed["vni"] = json!("1");
+        assert_eq!(check(&d, &s, &typed, "vpc"), ["vpc.vni: not an integer"]);
+    }
+
+    fn concrete(path: &str) -> String {
+        path.replace("{name}", "h1")
+            .replace("{vpc}", "a")
+            .replace("{destination}", "0.0.0.0%2F0")
+            .replace("{subnet}", "s1")
+            .replace("{nic}", "fw0")
+            .replace("{pcx}", "ac")
+            .replace("{host}", "h1")
+    }
+
+    /// Documented operations are served (answers come from a handler, not the router's
+    /// fallback), methods the document does not list are not, and every successful answer
+    /// validates against its documented schema.
+    #[tokio::test]
+    async fn the_router_serves_exactly_what_is_documented() {
+        let t = TempController::new("openapi");
+        let app = router(t.controller.clone());
+        let d = doc();
+        let examples = |name: &str| d["components"]["schemas"][name]["example"].to_string();
+        // A cloud to talk about: host h1, VPCs a and c, subnet s1, NIC fw0, route, peering ac.
+        let setup = [
+            ("POST", "/v1/hosts", examples("HostSpec")),
+            (
+                "POST",
+                "/v1/vpcs",
+                r#"{"name":"a","cidr":"10.0.0.0/16"}"#.to_string(),
+            ),
+            (
+                "POST",
+                "/v1/vpcs",
+                r#"{"name":"c","cidr":"10.1.0.0/16"}"#.to_string(),
+            ),
+            (
+                "POST",
+                "/v1/subnets",
+                r#"{"vpc":"a","name":"s1","cidr":"10.0.1.0/24"}"#.to_string(),
+            ),
+            (
+                "POST",
+                "/v1/nics",
+                r#"{"name":"fw0","vpc":"a","subnet":"s1","host":"h1","ifname":"vm-fw0"}"#
+                    .to_string(),
+            ),
+            (
+                "POST",
+                "/v1/routes",
+                r#"{"vpc":"a","destination":"0.0.0.0/0","next_hop":{"type":"nic","nic":"fw0"}}"#
+                    .to_string(),
+            ),
+            (
+                "POST",
+                "/v1/peerings",
+                r#"{"name":"ac","vpc":"a","peer_vpc":"c"}"#.to_string(),
+            ),
+        ];
+        for (method, path, body) in setup {
+            let (status, body) = send(&app, method, path, Some(body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{path}: {body}");
+        }
+
+        let all = ["get", "post", "put", "patch", "delete"];
+        let paths = d["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), 17, "documented paths");
+        // Reads and idempotent bodies first; deletes last (in an order dependents allow).
+        let mut ops: Vec<(String, String, Value)> = vec![];
+        for (path, item) in paths {
+            for m in all {
+                match item.get(m) {
+                    Some(o) => ops.push((m.to_string(), path.clone(), o.clone())),
+                    None => {
+                        let (status, _) =
+                            send(&app, &m.to_uppercase(), &concrete(path), None).await;
+                        assert_eq!(
+                            status,
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "{m} {path} is served but not documented"
+                        );
+                    }
+                }
+            }
+        }
+        let rank = |m: &str, p: &str| match (m, p) {
+            ("delete", p) if p.contains("routes") => 10,
+            ("delete", p) if p.contains("peerings") => 11,
+            ("delete", p) if p.contains("nics") => 12,
+            ("delete", p) if p.contains("subnets") => 13,
+            ("delete", p) if p.contains("vpcs") => 14,
+            ("delete", _) => 15,
+            _ => 0,
+        };
+        ops.sort_by_key(|(m, p, _)| rank(m, p));
+        for (method, path, o) in ops {
+            let body = o["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                .as_str()
+                .map(|r| examples(r.trim_start_matches("#/components/schemas/")));
+            let body = match (method.as_str(), path.as_str()) {
+                // Examples that need the setup's names.
+                ("patch", _) => Some(r#"{"source_check":false}"#.to_string()),
+                ("put", "/v1/routes") | ("post", "/v1/routes") => Some(
+                    r#"{"vpc":"a","destination":"10.9.0.0/16","next_hop":{"type":"blackhole"}}"#
+                        .to_string(),
+                ),
+                ("put", _) => Some(examples("HostSpec")),
+                ("post", "/v1/nics") => {
+                    Some(r#"{"vpc":"a","subnet":"s1","host":"h1","ifname":"vm-x"}"#.to_string())
+                }
+                ("post", "/v1/subnets") => Some(r#"{"vpc":"a","cidr":"10.0.2.0/24"}"#.to_string()),
+                ("post", "/v1/peerings") => Some(r#"{"vpc":"c","peer_vpc":"vpc-9"}"#.to_string()),
+                _ => body,
+            };
+            let (status, reply) = send(&app, &method.to_uppercase(), &concrete(&path), body).await;
+            let documented = o["responses"].get(status.as_str());
+            assert!(
+                documented.is_some(),
+                "{method} {path}: status {status} is not documented: {reply}"
+            );
+            // The router's own 404/405 have no JSON error body: only handlers answer here.
+            assert!(status != StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            if let Some(schema) = documented.unwrap()["content"]["application/json"].get("schema") {
+                let v: Value = serde_json::from_str(&reply)
+                    .unwrap_or_else(|e| panic!("{method} {path}: {e}: {reply}"));
+                let wrong = check(&d, schema, &v, &format!("{method} {path}"));
+                assert!(wrong.is_empty(), "{wrong:?}");
+            } else {
+                assert!(
+                    reply.is_empty(),
+                    "{method} {path}: undocumented body {reply}"
+                );
+            }
+        }
+    }
+
+    async fn send(
+        app: &axum::Router,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> (StatusCode, String) {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map(Body::from).unwrap_or_default())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into())
+    }
+}
