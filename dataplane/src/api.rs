@@ -125,8 +125,14 @@ impl ApiState {
         self
     }
 
-    /// Report this host agent's status.
-    pub fn with_agent(mut self, status: Arc<Mutex<AgentStatus>>) -> Self {
+    /// Report this host agent's status and metrics.
+    pub fn with_agent(
+        mut self,
+        status: Arc<Mutex<AgentStatus>>,
+        m: &metrics::AgentMetrics,
+    ) -> Self {
+        m.register(&self.registry)
+            .expect("agent metrics register once, with names of their own");
         self.agent = Some(status);
         self
     }
@@ -275,6 +281,35 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("sluice_interfaces_attached 1\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_adds_its_status_and_metrics() {
+        let m = metrics::AgentMetrics::new();
+        let status = Arc::new(Mutex::new(AgentStatus {
+            host: "h1".into(),
+            applied_generation: Some(7),
+            ..Default::default()
+        }));
+        let state =
+            ApiState::new(Arc::new(FakeStats(None)), "/p".into(), vec![]).with_agent(status, &m);
+        let app = router(Arc::new(state));
+        m.applied_generation.set(7);
+        m.map_entries.with_label_values(&["SLUICE_ROUTES"]).set(3);
+        let (_, body) = get(app.clone(), "/v1/status").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["agent"]["host"], "h1");
+        assert_eq!(v["agent"]["applied_generation"], 7);
+        assert!(v.get("controller").is_none(), "{v}");
+        let (_, text) = get(app, "/metrics").await;
+        assert!(
+            text.contains("sluice_agent_applied_generation 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_vpc_map_entries{map=\"SLUICE_ROUTES\"} 3\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

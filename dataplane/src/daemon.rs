@@ -142,10 +142,11 @@ async fn serve(config: Config) -> Result<()> {
             configured,
             dataplane: dataplane.clone(),
             status,
+            metrics: Default::default(),
         }
     });
     if let Some(a) = &agent {
-        state = state.with_agent(a.status.clone());
+        state = state.with_agent(a.status.clone(), &a.metrics);
     }
     let app = api::router(Arc::new(state));
 

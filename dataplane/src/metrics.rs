@@ -137,6 +137,61 @@ pub fn registry(source: Arc<dyn StatsSource>, interfaces_attached: usize) -> Reg
     registry
 }
 
+/// The host agent's health: what generation the maps hold, how long applies take, how
+/// often they fail (a full map is one such failure), and how full each VPC map is.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub applied_generation: prometheus::IntGauge,
+    pub apply_errors: prometheus::IntCounter,
+    pub apply_seconds: prometheus::Histogram,
+    pub map_entries: prometheus::IntGaugeVec,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> Self {
+        use prometheus::{histogram_opts, opts, Histogram, IntCounter, IntGauge, IntGaugeVec};
+        Self {
+            applied_generation: IntGauge::with_opts(opts!(
+                "sluice_agent_applied_generation",
+                "The intent generation this host's maps hold."
+            ))
+            .expect("valid metric"),
+            apply_errors: IntCounter::with_opts(opts!(
+                "sluice_agent_apply_errors_total",
+                "Fetches or applies of this host's tables that failed (maps full included)."
+            ))
+            .expect("valid metric"),
+            apply_seconds: Histogram::with_opts(histogram_opts!(
+                "sluice_agent_apply_seconds",
+                "Time to resolve and write one generation of this host's tables.",
+                vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+            ))
+            .expect("valid metric"),
+            map_entries: IntGaugeVec::new(
+                opts!(
+                    "sluice_vpc_map_entries",
+                    "Entries this agent keeps in each VPC map."
+                ),
+                &["map"],
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.applied_generation.clone()))?;
+        registry.register(Box::new(self.apply_errors.clone()))?;
+        registry.register(Box::new(self.apply_seconds.clone()))?;
+        registry.register(Box::new(self.map_entries.clone()))
+    }
+}
+
 /// The Prometheus text exposition of everything in `registry`.
 pub fn render(registry: &Registry) -> Result<String> {
     let mut buf = Vec::new();

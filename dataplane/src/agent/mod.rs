@@ -24,8 +24,10 @@ use crate::{
     client::{self, ApiAddr},
     controller::api::AgentTables,
     loader::{self, Dataplane, Role},
+    metrics::AgentMetrics,
     vpc::{
         apply::{resolve_from_system, system_ifindex, MapSync},
+        diff::VpcMap,
         tables::HostTables,
     },
 };
@@ -60,6 +62,7 @@ pub struct Agent {
     pub configured: BTreeSet<String>,
     pub dataplane: Arc<Mutex<Dataplane>>,
     pub status: Arc<Mutex<AgentStatus>>,
+    pub metrics: AgentMetrics,
 }
 
 /// What one apply round keeps between rounds.
@@ -134,15 +137,21 @@ impl Agent {
 
     fn failed(&self, e: String) {
         log::warn!("agent {}: {e}", self.host);
+        self.metrics.apply_errors.inc();
         self.status.lock().expect("status").last_error = Some(e);
     }
 
     /// Brings maps and attachments to `t`: maps first (a new NIC's entries exist before
     /// its program sees a packet), then attach what is new, then detach what is gone.
     fn apply(&self, applied: &mut Applied, t: AgentTables) -> Result<()> {
+        let _timer = self.metrics.apply_seconds.start_timer();
         let (tables, missing) = present_only(t.tables);
         let resolved = resolve_from_system(&tables).context("resolving the tables")?;
         let mut dp = self.dataplane.lock().expect("dataplane");
+        let entries: Vec<(&str, usize)> = VpcMap::ALL
+            .into_iter()
+            .map(|m| (m.name(), resolved.tables.entries(m)))
+            .collect();
         let counts = applied
             .sync
             .apply(&mut *dp, resolved.tables)
@@ -201,6 +210,13 @@ impl Agent {
 
         if counts.upserts() + counts.deletes() > 0 {
             log::info!("agent {}: generation {}: {counts}", self.host, t.generation);
+        }
+        self.metrics.applied_generation.set(t.generation as i64);
+        for (map, n) in entries {
+            self.metrics
+                .map_entries
+                .with_label_values(&[map])
+                .set(n as i64);
         }
         let mut s = self.status.lock().expect("status");
         s.applied_generation = Some(t.generation);
