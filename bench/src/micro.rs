@@ -510,7 +510,12 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
             out.push(run_once(dp_for(path), path, params)?);
         }
     }
-    for dp in std::iter::once(&plain).chain(instances.iter().map(|(_, dp)| dp)) {
+    // Instances no selected path ran on (`--only`) counted nothing, rightly.
+    let used = instances
+        .iter()
+        .filter(|(scale, _)| paths.iter().any(|p| p.scale == Some(*scale)))
+        .map(|(_, dp)| dp);
+    for dp in std::iter::once(&plain).chain(used) {
         check_all_counted_on(dp, params.cpu)?;
     }
 

@@ -7,8 +7,14 @@
 //! so is every measured destination's, so the MAC rewrite (dst = endpoint MAC, src = router
 //! MAC) writes the bytes already there and anti-spoofing still passes next time. Paths that
 //! cannot be made so (TTL decrement, ARP reply) use a fresh frame per test run instead.
+//!
+//! Endpoints carry what the agent would derive for them: `ENDPOINT_DIRECT` where their own
+//! address resolves to a `Local` route (computed by the agent's own code), and the
+//! underlay MAC of their host. The measured destinations are all direct, so `vpc_local`
+//! and `vpc_encap` measure the shortcut that skips the route lookup; the drop paths (no
+//! route, blackhole) still measure the lookup.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie};
@@ -21,7 +27,10 @@ use sluice_common::{
     stats::Reason,
     vpc::*,
 };
-use sluice_dataplane::loader::Dataplane;
+use sluice_dataplane::{
+    loader::Dataplane,
+    vpc::{diff::mark_direct, tables::RoutePrefix},
+};
 
 use crate::micro::{Method, PathSpec, XDP_DROP, XDP_REDIRECT, XDP_TX};
 
@@ -242,10 +251,11 @@ fn generated_routes(vni: u32, existing: &[Route], count: usize, avoid: &[Ipv4]) 
     out
 }
 
+/// `vtep_mac` and `ENDPOINT_DIRECT` are filled in by [`tables`], as the agent would.
 fn endpoint(mac: Mac, vtep: Ipv4, local: bool) -> Endpoint {
     Endpoint {
         mac,
-        _pad: [0; 2],
+        vtep_mac: [0; 6],
         vtep,
         ifindex: if local { LO } else { 0 },
         flags: if local { ENDPOINT_LOCAL } else { 0 },
@@ -329,7 +339,7 @@ pub fn tables(scale: Scale) -> Tables {
             vnis.push(vni);
         }
     }
-    let neighbors = (0..REMOTE_HOSTS as usize)
+    let neighbors: Vec<(Ipv4, UnderlayNeighbor)> = (0..REMOTE_HOSTS as usize)
         .map(|i| {
             let vtep = remote_host(i);
             let mac = if vtep == PEER_VTEP {
@@ -340,6 +350,7 @@ pub fn tables(scale: Scale) -> Tables {
             (vtep, UnderlayNeighbor { mac, _pad: [0; 2] })
         })
         .collect();
+    let endpoints = as_the_agent_resolves(endpoints, &routes, &neighbors);
     Tables {
         scale,
         host,
@@ -351,17 +362,47 @@ pub fn tables(scale: Scale) -> Tables {
     }
 }
 
+/// The endpoints with what the agent derives: the underlay MAC of remote ones' host, and
+/// `ENDPOINT_DIRECT` by the agent's own rule.
+fn as_the_agent_resolves(
+    endpoints: Vec<(EndpointKey, Endpoint)>,
+    routes: &[Route],
+    neighbors: &[(Ipv4, UnderlayNeighbor)],
+) -> Vec<(EndpointKey, Endpoint)> {
+    let trie: BTreeMap<RoutePrefix, NextHop> = routes
+        .iter()
+        .map(|r| {
+            let p = RoutePrefix {
+                vni: r.vni,
+                ip: r.prefix,
+                len: r.len,
+            };
+            (p, r.hop)
+        })
+        .collect();
+    let mut eps: BTreeMap<EndpointKey, Endpoint> = endpoints.into_iter().collect();
+    for e in eps.values_mut() {
+        if e.flags & ENDPOINT_LOCAL == 0 {
+            if let Some((_, n)) = neighbors.iter().find(|(v, _)| *v == e.vtep) {
+                e.vtep_mac = n.mac;
+            }
+        }
+    }
+    mark_direct(&mut eps, &trie);
+    eps.into_iter().collect()
+}
+
 /// Writes `t` into `dp`'s maps (one syscall per entry: a few seconds for 100k routes).
 pub fn install(dp: &mut Dataplane, t: &Tables) -> Result<()> {
     let what = t.scale.label();
     let mut host: Array<_, HostConfig> = Array::try_from(dp.map_mut(maps::HOST)?)?;
     host.set(0, t.host, 0)
         .with_context(|| format!("{what}: writing {}", maps::HOST))?;
-    let mut ports: HashMap<_, PortKey, Port> = HashMap::try_from(dp.map_mut(maps::PORTS)?)?;
+    let mut ports: Array<_, Port> = Array::try_from(dp.map_mut(maps::PORTS)?)?;
     for (k, v) in &t.ports {
         ports
-            .insert(k, v, 0)
-            .with_context(|| format!("{what}: inserting port {k} into {}", maps::PORTS))?;
+            .set(*k, v, 0)
+            .with_context(|| format!("{what}: writing port {k} into {}", maps::PORTS))?;
     }
     let mut eps: HashMap<_, EndpointKey, Endpoint> =
         HashMap::try_from(dp.map_mut(maps::ENDPOINTS)?)?;
@@ -651,6 +692,29 @@ mod tests {
     }
 
     #[test]
+    fn measured_destinations_take_the_direct_shortcut_at_both_scales() {
+        for scale in Scale::ALL {
+            let t = tables(scale);
+            for dst in [VM, LOCAL_PEER, REMOTE_PEER, ROUTED_LOCAL, ROUTED_REMOTE] {
+                let ep = t
+                    .endpoints
+                    .iter()
+                    .find(|(k, _)| k.vni == VNI && k.ip == dst)
+                    .unwrap()
+                    .1;
+                assert_ne!(ep.flags & ENDPOINT_DIRECT, 0, "{scale:?} {dst:?}");
+            }
+        }
+        // Some generated route is more specific than a filler NIC's subnet route: that
+        // NIC is not direct (the rule is applied, not assumed).
+        let large = tables(Scale::Routes100k);
+        assert!(large
+            .endpoints
+            .iter()
+            .any(|(_, e)| e.flags & ENDPOINT_DIRECT == 0));
+    }
+
+    #[test]
     fn generated_routes_sit_next_to_the_measured_ones() {
         // The trie must be deep where the measured lookups go, not only elsewhere.
         let large = tables(Scale::Routes100k);
@@ -678,6 +742,7 @@ mod tests {
             let remote = ep.flags & ENDPOINT_LOCAL == 0;
             if remote {
                 assert!(t.neighbors.iter().any(|(v, _)| *v == ep.vtep));
+                assert_ne!(ep.vtep_mac, [0; 6], "{dst:?}: underlay MAC copied in");
             }
         }
         let f = from_vm(REMOTE_PEER);

@@ -9,10 +9,14 @@ pub type Mac = [u8; 6];
 /// An IPv4 address, network order.
 pub type Ipv4 = [u8; 4];
 
-/// Key of [`crate::maps::PORTS`]: the ifindex of the host side of a VM's interface.
+/// Index into [`crate::maps::PORTS`] (an array of [`MAX_PORTS`] slots): the ifindex of the
+/// host side of a VM's interface. An array, not a hash: its lookup is inlined by the
+/// verifier, and every VM packet does one. Interfaces with ifindex >= [`MAX_PORTS`] cannot
+/// be VM ports (the agent refuses them).
 pub type PortKey = u32;
 
-/// A VM NIC attached to this host, seen from the host side of its interface.
+/// A VM NIC attached to this host, seen from the host side of its interface. A slot with
+/// `vni == 0` is empty (VNI 0 is never allocated): its interface is not a VM port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Port {
@@ -47,13 +51,27 @@ pub const ENDPOINT_LOCAL: u32 = 1;
 /// The endpoint belongs to a peered VPC: valid as the source of traffic arriving under this
 /// VNI, never as a destination (delivery into a peer always routes through its own VNI).
 pub const ENDPOINT_PEER_SOURCE: u32 = 2;
+/// The longest-prefix match for this endpoint's own (VNI, address) is a `Local` route, so
+/// a packet to it in its VNI is forwarded to it without the route lookup: the result would
+/// be the same. Derived by the agent from the routes (never set on peer sources); an
+/// endpoint covered by a more specific custom route (a /32 to an appliance, a blackhole)
+/// lacks it and takes the route lookup. Absent means "look the route up": always safe.
+pub const ENDPOINT_DIRECT: u32 = 4;
+/// The NIC is an appliance (source check off, or some route's next hop): it may forward
+/// packets with any source address. The agent turns these into
+/// [`crate::maps::APPLIANCE_VTEPS`] entries; the datapath does not read the flag.
+pub const ENDPOINT_APPLIANCE: u32 = 8;
 
 /// Where a NIC lives.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoint {
     pub mac: Mac,
-    pub _pad: [u8; 2],
+    /// For a remote endpoint: the underlay next-hop MAC toward `vtep` (copied from the
+    /// agent's neighbour table, so encapsulation needs no second lookup); all zero while
+    /// unresolved (the packet is then dropped as `drop_no_underlay_neighbor`). Zero for
+    /// local endpoints and peer sources.
+    pub vtep_mac: Mac,
     /// Underlay address of the host the NIC is on (this host's own for local NICs).
     pub vtep: Ipv4,
     /// Host-side ifindex when `ENDPOINT_LOCAL`, else 0.
@@ -148,6 +166,23 @@ pub struct UnderlayNeighbor {
     pub _pad: [u8; 2],
 }
 
+/// Key of [`crate::maps::APPLIANCE_VTEPS`]: a host (`vtep`) with an appliance NIC that may
+/// forward traffic into VNI `vni` (an appliance of that VPC, or of an accepted peer that
+/// routes into the peering).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ApplianceVtepKey {
+    pub vni: u32,
+    pub vtep: Ipv4,
+}
+
+/// Value of [`crate::maps::APPLIANCE_VTEPS`] (presence is what counts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplianceVtep {
+    pub flags: u32,
+}
+
 /// Value of [`crate::maps::VNIS`]: a VPC present on this host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -182,18 +217,21 @@ pub const MAX_ENDPOINTS: u32 = 1 << 20;
 pub const MAX_ROUTES: u32 = 1 << 20;
 pub const MAX_VNIS: u32 = 1 << 16;
 pub const MAX_UNDERLAY_NEIGHBORS: u32 = 1 << 16;
+pub const MAX_APPLIANCE_VTEPS: u32 = 1 << 16;
 /// VXLAN's UDP source port range (RFC 7348 recommends the dynamic range), spread by flow hash.
 pub const VXLAN_SPORT_MIN: u16 = 49152;
 
 const _: () = assert!(core::mem::size_of::<Port>() == 32);
 const _: () = assert!(core::mem::align_of::<Port>() == 4);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 24);
 const _: () = assert!(core::mem::size_of::<RouteKey>() == 8);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 12);
 const _: () = assert!(core::mem::size_of::<HostConfig>() == 28);
 const _: () = assert!(core::mem::size_of::<UnderlayNeighbor>() == 8);
 const _: () = assert!(core::mem::size_of::<VniInfo>() == 4);
+const _: () = assert!(core::mem::size_of::<ApplianceVtepKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ApplianceVtep>() == 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -206,6 +244,8 @@ mod pod {
     unsafe impl aya::Pod for HostConfig {}
     unsafe impl aya::Pod for UnderlayNeighbor {}
     unsafe impl aya::Pod for VniInfo {}
+    unsafe impl aya::Pod for ApplianceVtepKey {}
+    unsafe impl aya::Pod for ApplianceVtep {}
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use aya::maps::LpmTrie;
 use sluice_common::{
     maps,
     vpc::{
-        Ipv4, Mac, NextHop, NextHopKind, Port, RouteKey, ENDPOINT_LOCAL, ENDPOINT_PEER_SOURCE,
-        MAX_PORTS,
+        ApplianceVtepKey, Ipv4, Mac, NextHop, NextHopKind, Port, RouteKey, VniInfo,
+        ENDPOINT_APPLIANCE, ENDPOINT_DIRECT, ENDPOINT_LOCAL, ENDPOINT_PEER_SOURCE, MAX_PORTS,
+        MAX_VNIS,
     },
 };
 use sluice_dataplane::{
@@ -58,6 +59,13 @@ fn endpoint(vni: u32, ip: Ipv4, vtep: Ipv4, ifname: Option<&str>) -> EndpointEnt
     }
 }
 
+fn appliance(e: EndpointEntry) -> EndpointEntry {
+    EndpointEntry {
+        flags: e.flags | ENDPOINT_APPLIANCE,
+        ..e
+    }
+}
+
 fn port(vni: u32, ip: Ipv4) -> Port {
     Port {
         vni,
@@ -76,7 +84,7 @@ fn local_route(vni: u32, ip: Ipv4, len: u8) -> RouteEntry {
 }
 
 /// Two tenants with identical addresses (VNIs 100 and 200), a local and a remote NIC
-/// each, an appliance route in tenant 100.
+/// each, an appliance route in tenant 100 (to its remote NIC, an appliance).
 fn tables_v1() -> HostTables {
     HostTables {
         underlay: Some(HostUnderlay {
@@ -97,7 +105,7 @@ fn tables_v1() -> HostTables {
         ],
         endpoints: vec![
             endpoint(100, [10, 0, 0, 5], VTEP_SELF, Some("vm1")),
-            endpoint(100, [10, 0, 1, 9], VTEP_A, None),
+            appliance(endpoint(100, [10, 0, 1, 9], VTEP_A, None)),
             endpoint(200, [10, 0, 0, 5], VTEP_SELF, Some("vm2")),
             endpoint(200, [10, 0, 1, 9], VTEP_A, None),
         ],
@@ -125,7 +133,7 @@ fn tables_v2() -> HostTables {
     });
     t.endpoints = vec![
         endpoint(100, [10, 0, 0, 5], VTEP_SELF, Some("vm1")),
-        endpoint(100, [10, 0, 1, 9], VTEP_B, None),
+        appliance(endpoint(100, [10, 0, 1, 9], VTEP_B, None)),
         EndpointEntry {
             flags: ENDPOINT_PEER_SOURCE | ENDPOINT_LOCAL,
             ..endpoint(100, [10, 1, 0, 7], VTEP_SELF, Some("vm3"))
@@ -201,9 +209,21 @@ fn apply_converges_on_changed_tables_with_exact_step_counts() {
 
     let v1 = resolved(&tables_v1());
     let counts = apply(&mut dp, &v1).expect("apply v1");
-    // HOST 1, UNDERLAY 1, VNIS 2, ENDPOINTS 4, PORTS 2, ROUTES 5.
-    assert_eq!((counts.upserts(), counts.deletes()), (15, 0), "{counts}");
+    // HOST 1, UNDERLAY 1, VNIS 2, APPLIANCE_VTEPS 1, ENDPOINTS 4, PORTS 2, ROUTES 5.
+    assert_eq!((counts.upserts(), counts.deletes()), (16, 0), "{counts}");
     assert_eq!(read_tables(&dp).expect("read v1"), v1);
+    let key = |vtep| ApplianceVtepKey { vni: 100, vtep };
+    assert_eq!(
+        v1.appliance_vteps.keys().copied().collect::<Vec<_>>(),
+        vec![key(VTEP_A)]
+    );
+    // Every endpoint here is in a Local /24 with nothing more specific: all direct.
+    assert!(v1
+        .endpoints
+        .values()
+        .all(|e| e.flags & ENDPOINT_DIRECT != 0));
+    let remote = v1.endpoints[&sluice_dataplane::vpc::tables::endpoint_key(100, [10, 0, 1, 9])];
+    assert_eq!(remote.vtep_mac, fake_neighbor(VTEP_A).unwrap());
 
     // The kernel's longest-prefix match sees the same table, per tenant.
     let appliance = kernel_route(&dp, 100, [8, 8, 8, 8]).expect("default route");
@@ -227,6 +247,8 @@ fn apply_converges_on_changed_tables_with_exact_step_counts() {
         // VTEP_B learnt, VTEP_A no longer needed.
         (VpcMap::UnderlayNeighbors, 1, 1),
         (VpcMap::Vnis, 1, 1),
+        // The appliance moved from VTEP_A to VTEP_B.
+        (VpcMap::ApplianceVteps, 1, 1),
         // 100/10.0.1.9 moved; 100/10.1.0.7 (peer source) and 300/10.1.0.7 new; both of
         // tenant 200's gone.
         (VpcMap::Endpoints, 3, 2),
@@ -278,6 +300,35 @@ fn apply_converges_on_changed_tables_with_exact_step_counts() {
 }
 
 #[test]
+fn a_port_beyond_the_array_is_refused_naming_it() {
+    if !support::privileged("a_port_beyond_the_array_is_refused_naming_it") {
+        return;
+    }
+    let mut dp = Dataplane::load(None).expect("load the eBPF object");
+    let v1 = resolved(&tables_v1());
+    apply(&mut dp, &v1).expect("apply v1");
+    // The last slot holds a port; one past it cannot exist.
+    let mut last = v1.clone();
+    last.ports.insert(MAX_PORTS - 1, port(100, [10, 0, 0, 6]));
+    apply(&mut dp, &last).expect("the last slot");
+    assert_eq!(read_tables(&dp).expect("read back"), last);
+    let mut beyond = v1.clone();
+    beyond.ports.insert(MAX_PORTS, port(100, [10, 0, 0, 7]));
+    let err = apply(&mut dp, &beyond).expect_err("ifindex beyond the array");
+    assert!(
+        matches!(&err, ApplyError::PortOutOfRange { map, ifindex, capacity }
+            if *map == maps::PORTS && *ifindex == MAX_PORTS && *capacity == MAX_PORTS as usize),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ifindex 4096"), "{err}");
+    let err = MapSync::new()
+        .apply(&mut dp, beyond)
+        .expect_err("MapSync refuses it too");
+    assert!(matches!(err, ApplyError::PortOutOfRange { .. }), "{err:?}");
+    assert_eq!(read_tables(&dp).expect("nothing written"), last);
+}
+
+#[test]
 fn a_full_map_aborts_naming_it_and_the_next_apply_recovers() {
     if !support::privileged("a_full_map_aborts_naming_it_and_the_next_apply_recovers") {
         return;
@@ -286,12 +337,10 @@ fn a_full_map_aborts_naming_it_and_the_next_apply_recovers() {
     let v1 = resolved(&tables_v1());
     apply(&mut dp, &v1).expect("apply v1");
 
-    // One port more than PORTS holds, plus a route that would come after the ports.
+    // More VNIs than VNIS holds, plus a route that would come after them.
     let mut too_big = v1.clone();
-    for i in 0..MAX_PORTS {
-        too_big
-            .ports
-            .insert(1000 + i, port(100, [10, 0, (i >> 8) as u8, i as u8]));
+    for vni in 1000..1000 + MAX_VNIS {
+        too_big.vnis.insert(vni, VniInfo::default());
     }
     too_big.routes.insert(
         RoutePrefix {
@@ -307,31 +356,32 @@ fn a_full_map_aborts_naming_it_and_the_next_apply_recovers() {
         .into(),
     );
     // apply() refuses tables that cannot fit before writing anything.
-    let err = apply(&mut dp, &too_big).expect_err("too many ports");
+    let err = apply(&mut dp, &too_big).expect_err("too many VNIs");
     assert!(
         matches!(&err, ApplyError::TooLarge { map, capacity, .. }
-            if *map == maps::PORTS && *capacity == MAX_PORTS as usize),
+            if *map == maps::VNIS && *capacity == MAX_VNIS as usize),
         "{err:?}"
     );
     assert_eq!(read_tables(&dp).expect("read after refusal"), v1);
 
     // Run blindly, the plan fails at the insert the map has no room for.
     let plan = diff(&v1, &too_big);
-    let err = execute(&mut dp, &plan).expect_err("PORTS overflows");
+    let err = execute(&mut dp, &plan).expect_err("VNIS overflows");
     assert!(
-        matches!(&err, ApplyError::MapFull { map, .. } if *map == maps::PORTS),
+        matches!(&err, ApplyError::MapFull { map, .. } if *map == maps::VNIS),
         "{err:?}"
     );
-    assert!(err.to_string().contains(maps::PORTS), "{err}");
+    assert!(err.to_string().contains(maps::VNIS), "{err}");
 
-    // Stopped in the PORTS phase: earlier entries intact, PORTS full, no route written.
+    // Stopped in the VNIS phase: earlier entries intact, VNIS full, nothing after written.
     let now = read_tables(&dp).expect("read after the failure");
-    assert_eq!(now.ports.len(), MAX_PORTS as usize);
+    assert_eq!(now.vnis.len(), MAX_VNIS as usize);
     assert_eq!(now.endpoints, v1.endpoints);
+    assert_eq!(now.ports, v1.ports);
     assert_eq!(now.routes, v1.routes);
 
-    // A desired state that fits converges from there, though PORTS is full: the plan
-    // removes a stale port before it adds vm3's.
+    // A desired state that fits converges from there, though VNIS is full: the plan
+    // removes stale VNIs before it adds VNI 300.
     let v2 = resolved(&tables_v2());
     apply(&mut dp, &v2).expect("apply v2 after the failure");
     assert_eq!(read_tables(&dp).expect("read v2"), v2);

@@ -3,6 +3,12 @@
 //! delivered to a local NIC or VXLAN-encapsulated toward the host of a remote one; the
 //! underlay side verifies and decapsulates. ARP for addresses in the VPC is answered here
 //! with the router MAC, so nothing floods the overlay.
+//!
+//! Fast paths (same result as the full lookups, fewer map lookups): the port is an array
+//! slot; a destination that is an endpoint of the sender's VNI marked `ENDPOINT_DIRECT`
+//! (its longest-prefix match is a `Local` route, per the agent) skips the route lookup;
+//! decapsulation to such an endpoint skips the VNI lookup (a local endpoint of a VNI means
+//! the VNI is present). Every check happens before the first write to the packet.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -19,8 +25,8 @@ use sluice_common::{
 
 use crate::parse::{Packet, Vxlan};
 
-#[map(name = "SLUICE_PORTS")]
-static PORTS: HashMap<PortKey, Port> = HashMap::with_max_entries(MAX_PORTS, 0);
+#[map(name = "SLUICE_PORT_ARRAY")]
+static PORTS: Array<Port> = Array::with_max_entries(MAX_PORTS, 0);
 #[map(name = "SLUICE_ENDPOINTS")]
 static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 #[map(name = "SLUICE_ROUTES")]
@@ -29,9 +35,13 @@ static ROUTES: LpmTrie<RouteKey, NextHop> = LpmTrie::with_max_entries(MAX_ROUTES
 static VNIS: HashMap<u32, VniInfo> = HashMap::with_max_entries(MAX_VNIS, 0);
 #[map(name = "SLUICE_HOST")]
 static HOST: Array<HostConfig> = Array::with_max_entries(1, 0);
+/// Not read here (remote endpoints carry their neighbour's MAC); the agent's record.
 #[map(name = "SLUICE_UNDERLAY")]
 static UNDERLAY_NEIGHBORS: HashMap<Ipv4, UnderlayNeighbor> =
     HashMap::with_max_entries(MAX_UNDERLAY_NEIGHBORS, 0);
+#[map(name = "SLUICE_APPLIANCE_VTEPS")]
+static APPLIANCE_VTEPS: HashMap<ApplianceVtepKey, ApplianceVtep> =
+    HashMap::with_max_entries(MAX_APPLIANCE_VTEPS, 0);
 
 const ETH_LEN: usize = 14;
 const IP_LEN: usize = 20;
@@ -81,7 +91,7 @@ fn in_net(ip: Ipv4, net: Ipv4, mask: Ipv4) -> bool {
 #[inline(always)]
 pub fn vm_egress(ctx: &XdpContext, pkt: &Packet) -> Option<Outcome> {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let port = unsafe { PORTS.get(&ifindex) }?;
+    let port = PORTS.get(ifindex).filter(|p| p.vni != 0)?;
     let host = host()?;
     Some(vm_egress_port(ctx, pkt, port, host))
 }
@@ -161,6 +171,19 @@ fn arp_reply(ctx: &XdpContext, port: &Port, host: &HostConfig) -> Outcome {
 }
 
 #[inline(always)]
+fn endpoint(vni: u32, ip: Ipv4) -> Option<&'static Endpoint> {
+    unsafe { ENDPOINTS.get(&EndpointKey { vni, ip }) }
+}
+
+#[inline(always)]
+fn lookup_route(vni: u32, dst: Ipv4) -> Option<&'static NextHop> {
+    ROUTES.get(&Key::new(
+        RouteKey::trie_prefix_len(32),
+        RouteKey::new(vni, dst),
+    ))
+}
+
+#[inline(always)]
 fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outcome {
     let Some(ip) = ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN) else {
         return drop(Reason::DropIpv4Truncated);
@@ -171,35 +194,44 @@ fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outc
     if src != port.ip && port.flags & PORT_NO_SOURCE_CHECK == 0 {
         return drop(Reason::DropSpoofedIp);
     }
-    let key = Key::new(RouteKey::trie_prefix_len(32), RouteKey::new(port.vni, dst));
-    let Some(nh) = ROUTES.get(&key) else {
-        return drop(Reason::DropNoRoute);
-    };
-    let (vni, target, same_subnet) = match NextHopKind::from_u32(nh.kind) {
-        Some(NextHopKind::Local) => (port.vni, dst, in_net(dst, port.subnet, port.subnet_mask)),
-        Some(NextHopKind::Nic) => (port.vni, nh.ip, false),
-        Some(NextHopKind::Peering) => (nh.vni, dst, false),
-        Some(NextHopKind::Blackhole) => return drop(Reason::DropBlackhole),
-        None => return drop(Reason::DropNoRoute),
-    };
-    let Some(ep) = (unsafe { ENDPOINTS.get(&EndpointKey { vni, ip: target }) }) else {
-        return drop(Reason::DropNoEndpoint);
+    let own = endpoint(port.vni, dst);
+    let (vni, ep, same_subnet) = match own {
+        // Its route is Local (the agent says so): what the route lookup would give.
+        Some(ep) if ep.flags & ENDPOINT_DIRECT != 0 => {
+            (port.vni, ep, in_net(dst, port.subnet, port.subnet_mask))
+        }
+        _ => {
+            let Some(nh) = lookup_route(port.vni, dst) else {
+                return drop(Reason::DropNoRoute);
+            };
+            let (vni, ep, same_subnet) = match NextHopKind::from_u32(nh.kind) {
+                Some(NextHopKind::Local) => {
+                    (port.vni, own, in_net(dst, port.subnet, port.subnet_mask))
+                }
+                Some(NextHopKind::Nic) => (port.vni, endpoint(port.vni, nh.ip), false),
+                Some(NextHopKind::Peering) => (nh.vni, endpoint(nh.vni, dst), false),
+                Some(NextHopKind::Blackhole) => return drop(Reason::DropBlackhole),
+                None => return drop(Reason::DropNoRoute),
+            };
+            let Some(ep) = ep else {
+                return drop(Reason::DropNoEndpoint);
+            };
+            (vni, ep, same_subnet)
+        }
     };
     if ep.flags & ENDPOINT_PEER_SOURCE != 0 {
         return drop(Reason::DropNoEndpoint);
     }
     // Every check before the first write: a dropped frame leaves untouched.
     let remote = ep.flags & ENDPOINT_LOCAL == 0;
-    let mut neigh_mac = [0u8; 6];
     if remote {
         let inner_len = ctx.data_end() - ctx.data();
         // Never truncate: a frame that does not fit the underlay is dropped and counted.
         if inner_len + OUTER_LEN - ETH_LEN > host.underlay_mtu as usize {
             return drop(Reason::DropMtuExceeded);
         }
-        match unsafe { UNDERLAY_NEIGHBORS.get(&ep.vtep) } {
-            Some(n) => neigh_mac = n.mac,
-            None => return drop(Reason::DropNoUnderlayNeighbor),
+        if ep.vtep_mac == [0; 6] {
+            return drop(Reason::DropNoUnderlayNeighbor);
         }
     }
     if !same_subnet && h[8] <= 1 {
@@ -216,7 +248,7 @@ fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outc
         return drop(Reason::DropEthTruncated);
     }
     if remote {
-        return encap(ctx, pkt, host, vni, ep.vtep, neigh_mac);
+        return encap(ctx, pkt, host, vni, ep.vtep, ep.vtep_mac);
     }
     redirect(ep.ifindex, Reason::FwdLocal)
 }
@@ -253,7 +285,8 @@ fn encap(
     let outer_ip_len = ctx.data_end() - ctx.data() + OUTER_LEN - ETH_LEN;
     let sport = vxlan_source_port(flow_hash(ctx, pkt));
 
-    let mut hdr = [0u8; OUTER_LEN];
+    // Ethernet + IPv4 + UDP; the VXLAN header follows.
+    let mut hdr = [0u8; OUTER_LEN - 8];
     hdr[0..6].copy_from_slice(&neigh_mac);
     hdr[6..12].copy_from_slice(&host.underlay_mac);
     hdr[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
@@ -272,9 +305,8 @@ fn encap(
     udp[2..4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
     udp[4..6].copy_from_slice(&((outer_ip_len - IP_LEN) as u16).to_be_bytes());
     // UDP checksum 0: allowed for VXLAN over IPv4 (RFC 7348), the inner frame has its own.
-    let vx = &mut hdr[42..50];
-    vx[0] = 0x08;
-    vx[4..8].copy_from_slice(&(vni << 8).to_be_bytes());
+    let vx = (vni << 8).to_be_bytes();
+    let vxlan = [0x08, 0, 0, 0, vx[0], vx[1], vx[2], vx[3]];
 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER_LEN as i32)) } != 0 {
         return drop(Reason::DropEncapFailed);
@@ -282,7 +314,15 @@ fn encap(
     let Some(out) = ptr_mut::<[u8; OUTER_LEN]>(ctx, 0) else {
         return drop(Reason::DropEncapFailed);
     };
-    unsafe { core::ptr::write_unaligned(out, hdr) };
+    unsafe {
+        core::ptr::write_unaligned(out as *mut [u8; OUTER_LEN - 8], hdr);
+        // Volatile, byte by byte: LLVM would otherwise fold the zero bytes into a memset,
+        // an out-of-line BPF subprogram call (a call and a return on every packet).
+        let vx_out = (out as *mut u8).add(OUTER_LEN - 8);
+        for (i, b) in vxlan.iter().enumerate() {
+            core::ptr::write_volatile(vx_out.add(i), *b);
+        }
+    }
     redirect(host.underlay_ifindex, Reason::FwdEncap)
 }
 
@@ -333,39 +373,44 @@ pub fn underlay_ingress(ctx: &XdpContext, outer: &Packet, vx: &Vxlan) -> Option<
     Some(decap(ctx, vx, outer_src, host))
 }
 
+/// Decapsulation rules (all checked before the first write):
+/// - destination: a local NIC of the VNI with the inner destination address; or, when the
+///   VNI's route for that address is a `nic` next hop, the appliance NIC it names if that
+///   is local (the sending host routed the packet to the appliance, keeping its address);
+///   an address covered by any other custom route is not delivered.
+/// - source: the inner source is an endpoint of the VNI (its own NIC or an accepted peer's)
+///   living on the sending host (outer source = its VTEP); or the sending host holds an
+///   appliance NIC that may forward into this VNI (`APPLIANCE_VTEPS`), which may send any
+///   source: an appliance forwards others' packets, and its host could send them anyway.
 #[inline(always)]
 fn decap(ctx: &XdpContext, vx: &Vxlan, outer_src: Ipv4, host: &HostConfig) -> Outcome {
-    if unsafe { VNIS.get(&vx.vni) }.is_none() {
-        return drop(Reason::DropUnknownVni);
-    }
+    let vni = vx.vni;
     if vx.inner.ethertype != ETH_P_IP || vx.inner.l3_off != OUTER_LEN + ETH_LEN {
-        return drop(Reason::DropVxlanInnerNotIpv4);
+        return drop_in_vni(vni, Reason::DropVxlanInnerNotIpv4);
     }
     let Some(ip) = ptr_mut::<[u8; IP_LEN]>(ctx, OUTER_LEN + ETH_LEN) else {
-        return drop(Reason::DropIpv4Truncated);
+        return drop_in_vni(vni, Reason::DropIpv4Truncated);
     };
     let src: Ipv4 = unsafe { [(*ip)[12], (*ip)[13], (*ip)[14], (*ip)[15]] };
     let dst: Ipv4 = unsafe { [(*ip)[16], (*ip)[17], (*ip)[18], (*ip)[19]] };
-    let dst_ep = unsafe {
-        ENDPOINTS.get(&EndpointKey {
-            vni: vx.vni,
-            ip: dst,
-        })
+    let own = endpoint(vni, dst);
+    let target = match own {
+        Some(e) if e.flags & DELIVERABLE_DIRECT == ENDPOINT_LOCAL | ENDPOINT_DIRECT => e,
+        _ => {
+            if unsafe { VNIS.get(&vni) }.is_none() {
+                return drop(Reason::DropUnknownVni);
+            }
+            match routed_target(vni, dst, own) {
+                Some(e) => e,
+                None => return drop(Reason::DropVxlanUnknownDest),
+            }
+        }
     };
-    let Some(dst_ep) = dst_ep.filter(|e| e.flags & ENDPOINT_LOCAL != 0) else {
-        return drop(Reason::DropVxlanUnknownDest);
-    };
-    // The inner source must be a NIC of this VPC (or an accepted peer's) on the sending host.
-    let src_ep = unsafe {
-        ENDPOINTS.get(&EndpointKey {
-            vni: vx.vni,
-            ip: src,
-        })
-    };
-    if !src_ep.is_some_and(|e| e.vtep == outer_src) {
+    let from_its_host = endpoint(vni, src).is_some_and(|e| e.vtep == outer_src);
+    if !from_its_host && !from_appliance_host(vni, outer_src) {
         return drop(Reason::DropVxlanSpoofedSource);
     }
-    let (mac, ifindex) = (dst_ep.mac, dst_ep.ifindex);
+    let (mac, ifindex) = (target.mac, target.ifindex);
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
         return drop(Reason::DropEncapFailed);
     }
@@ -373,4 +418,33 @@ fn decap(ctx: &XdpContext, vx: &Vxlan, outer_src: Ipv4, host: &HostConfig) -> Ou
         return drop(Reason::DropEthTruncated);
     }
     redirect(ifindex, Reason::FwdDecap)
+}
+
+/// Flags that decide whether an endpoint is delivered to without the route lookup.
+const DELIVERABLE_DIRECT: u32 = ENDPOINT_LOCAL | ENDPOINT_DIRECT | ENDPOINT_PEER_SOURCE;
+
+/// A failure reason, unless the VNI itself is unknown here (that is reported first).
+#[inline(always)]
+fn drop_in_vni(vni: u32, reason: Reason) -> Outcome {
+    if unsafe { VNIS.get(&vni) }.is_none() {
+        return drop(Reason::DropUnknownVni);
+    }
+    drop(reason)
+}
+
+/// The local NIC that `dst` in `vni` routes to, when the route is Local or a `nic` hop.
+#[inline(always)]
+fn routed_target(vni: u32, dst: Ipv4, own: Option<&'static Endpoint>) -> Option<&'static Endpoint> {
+    let nh = lookup_route(vni, dst)?;
+    let ep = match NextHopKind::from_u32(nh.kind) {
+        Some(NextHopKind::Local) => own?,
+        Some(NextHopKind::Nic) => endpoint(vni, nh.ip)?,
+        _ => return None,
+    };
+    (ep.flags & (ENDPOINT_LOCAL | ENDPOINT_PEER_SOURCE) == ENDPOINT_LOCAL).then_some(ep)
+}
+
+#[inline(always)]
+fn from_appliance_host(vni: u32, vtep: Ipv4) -> bool {
+    unsafe { APPLIANCE_VTEPS.get(&ApplianceVtepKey { vni, vtep }) }.is_some()
 }

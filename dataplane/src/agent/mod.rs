@@ -244,13 +244,25 @@ impl Agent {
     }
 }
 
-/// The tables without the NICs whose interface does not exist here (yet): one VM not
-/// created yet must not hold up the rest of the host. Returns them by interface name.
+/// The tables without the NICs whose interface does not exist here (yet), or whose ifindex
+/// does not fit the port array: one such VM must not hold up the rest of the host.
+/// Returns them by interface name.
 pub fn present_only(mut t: HostTables) -> (HostTables, Vec<String>) {
+    let unusable = |ifname: &str| match system_ifindex(ifname) {
+        None => true,
+        Some(ifindex) if ifindex >= sluice_common::vpc::MAX_PORTS => {
+            log::warn!(
+                "{ifname}: ifindex {ifindex} does not fit the port array (< {}); NIC left out",
+                sluice_common::vpc::MAX_PORTS
+            );
+            true
+        }
+        Some(_) => false,
+    };
     let mut missing: Vec<String> = t
         .ports
         .iter()
-        .filter(|p| system_ifindex(&p.ifname).is_none())
+        .filter(|p| unusable(&p.ifname))
         .map(|p| p.ifname.clone())
         .collect();
     missing.sort();

@@ -17,8 +17,8 @@ use std::{
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError};
 use sluice_common::vpc::{
-    Endpoint, EndpointKey, HostConfig, Ipv4, Mac, NextHop, Port, PortKey, RouteKey,
-    UnderlayNeighbor, VniInfo,
+    ApplianceVtep, ApplianceVtepKey, Endpoint, EndpointKey, HostConfig, Ipv4, Mac, NextHop, Port,
+    RouteKey, UnderlayNeighbor, VniInfo,
 };
 
 use super::{
@@ -57,7 +57,7 @@ impl PinnedVpcMaps {
         for m in VpcMap::ALL {
             let data = open_pinned_map(pin_dir, m.name())?;
             let map = match m {
-                VpcMap::Host => Map::Array(data),
+                VpcMap::Host | VpcMap::Ports => Map::Array(data),
                 VpcMap::Routes => Map::LpmTrie(data),
                 _ => Map::HashMap(data),
             };
@@ -99,6 +99,15 @@ pub enum ApplyError {
         entries: usize,
         capacity: usize,
     },
+    #[error(
+        "map {map} has {capacity} slots: no port at ifindex {ifindex} (its interface needs a \
+         smaller ifindex); nothing was applied"
+    )]
+    PortOutOfRange {
+        map: &'static str,
+        ifindex: u32,
+        capacity: usize,
+    },
     #[error("map {map} holds a key this agent never writes: {key}")]
     UnexpectedKey { map: &'static str, key: String },
     #[error(
@@ -134,8 +143,18 @@ pub fn read_tables(maps: &impl VpcMaps) -> Result<ResolvedTables, ApplyError> {
 
     t.underlay_neighbors = read_hash::<Ipv4, UnderlayNeighbor>(maps, VpcMap::UnderlayNeighbors)?;
     t.vnis = read_hash::<u32, VniInfo>(maps, VpcMap::Vnis)?;
+    t.appliance_vteps = read_hash::<ApplianceVtepKey, ApplianceVtep>(maps, VpcMap::ApplianceVteps)?;
     t.endpoints = read_hash::<EndpointKey, Endpoint>(maps, VpcMap::Endpoints)?;
-    t.ports = read_hash::<PortKey, Port>(maps, VpcMap::Ports)?;
+
+    // Every slot of the array; VNI 0 marks an empty one.
+    let name = VpcMap::Ports.name();
+    let ports: Array<&MapData, Port> = typed(maps, name)?;
+    for (i, port) in ports.iter().enumerate() {
+        let port = port.map_err(|source| ApplyError::Read { map: name, source })?;
+        if port.vni != 0 {
+            t.ports.insert(i as u32, port);
+        }
+    }
 
     let name = VpcMap::Routes.name();
     let routes: LpmTrie<&MapData, RouteKey, NextHop> = typed(maps, name)?;
@@ -217,6 +236,17 @@ pub fn execute(maps: &mut impl VpcMaps, plan: &TableDiff) -> Result<DiffCounts, 
                     }
                 }
             }
+            VpcMap::ApplianceVteps => {
+                let mut h: HashMap<&mut MapData, ApplianceVtepKey, ApplianceVtep> =
+                    HashMap::try_from(m).map_err(ty)?;
+                for s in run {
+                    match s {
+                        Step::UpsertApplianceVtep(k, v) => write(s, h.insert(k, v, 0))?,
+                        Step::DeleteApplianceVtep(k) => write(s, remove_idempotent(h.remove(k)))?,
+                        _ => unreachable!("steps are grouped by map"),
+                    }
+                }
+            }
             VpcMap::Endpoints => {
                 let mut h: HashMap<&mut MapData, EndpointKey, Endpoint> =
                     HashMap::try_from(m).map_err(ty)?;
@@ -229,12 +259,12 @@ pub fn execute(maps: &mut impl VpcMaps, plan: &TableDiff) -> Result<DiffCounts, 
                 }
             }
             VpcMap::Ports => {
-                let mut h: HashMap<&mut MapData, PortKey, Port> =
-                    HashMap::try_from(m).map_err(ty)?;
+                // An array: deleting is writing the empty (VNI 0) value.
+                let mut a: Array<&mut MapData, Port> = Array::try_from(m).map_err(ty)?;
                 for s in run {
                     match s {
-                        Step::UpsertPort(k, v) => write(s, h.insert(k, v, 0))?,
-                        Step::DeletePort(k) => write(s, remove_idempotent(h.remove(k)))?,
+                        Step::UpsertPort(k, v) => write(s, a.set(*k, v, 0))?,
+                        Step::DeletePort(k) => write(s, a.set(*k, Port::default(), 0))?,
                         _ => unreachable!("steps are grouped by map"),
                     }
                 }
@@ -265,7 +295,7 @@ pub fn apply(maps: &mut impl VpcMaps, desired: &ResolvedTables) -> Result<DiffCo
     let current = read_tables(maps)?;
     execute(
         maps,
-        &diff_within(&current, desired, |m| capacity[m as usize]),
+        &diff_within(&current, desired, |m| plan_capacity(&capacity, m)),
     )
 }
 
@@ -276,7 +306,7 @@ pub fn apply(maps: &mut impl VpcMaps, desired: &ResolvedTables) -> Result<DiffCo
 #[derive(Debug, Default)]
 pub struct MapSync {
     known: Option<ResolvedTables>,
-    capacity: Option<[usize; 6]>,
+    capacity: Option<[usize; 7]>,
 }
 
 impl MapSync {
@@ -309,7 +339,7 @@ impl MapSync {
             Some(t) => t,
             None => read_tables(maps)?,
         };
-        let plan = diff_within(&current, &desired, |m| capacity[m as usize]);
+        let plan = diff_within(&current, &desired, |m| plan_capacity(&capacity, m));
         // On error `known` stays empty: the maps hold some prefix of the plan.
         let done = execute(maps, &plan)?;
         self.known = Some(desired);
@@ -317,7 +347,24 @@ impl MapSync {
     }
 }
 
-fn check_fits(desired: &ResolvedTables, capacity: &[usize; 6]) -> Result<(), ApplyError> {
+/// Room the plan must respect: an array has a slot for every key below its size, so it
+/// never needs deletions first.
+fn plan_capacity(capacity: &[usize; 7], map: VpcMap) -> usize {
+    match map {
+        VpcMap::Ports => usize::MAX,
+        _ => capacity[map as usize],
+    }
+}
+
+fn check_fits(desired: &ResolvedTables, capacity: &[usize; 7]) -> Result<(), ApplyError> {
+    let slots = capacity[VpcMap::Ports as usize];
+    if let Some(&ifindex) = desired.ports.keys().find(|&&i| i as usize >= slots) {
+        return Err(ApplyError::PortOutOfRange {
+            map: VpcMap::Ports.name(),
+            ifindex,
+            capacity: slots,
+        });
+    }
     for map in VpcMap::ALL {
         let entries = desired.entries(map);
         if entries > capacity[map as usize] {
@@ -332,8 +379,8 @@ fn check_fits(desired: &ResolvedTables, capacity: &[usize; 6]) -> Result<(), App
 }
 
 /// Each VPC map's `max_entries`, as the kernel reports it.
-pub fn capacities(maps: &impl VpcMaps) -> Result<[usize; 6], ApplyError> {
-    let mut caps = [0; 6];
+pub fn capacities(maps: &impl VpcMaps) -> Result<[usize; 7], ApplyError> {
+    let mut caps = [0; 7];
     for map in VpcMap::ALL {
         let name = map.name();
         let m = maps

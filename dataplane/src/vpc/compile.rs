@@ -14,13 +14,19 @@
 //!   present VPC's VNI with `ENDPOINT_PEER_SOURCE` (so decapsulation can check the source);
 //! - the VTEPs of the remote hosts it may send to.
 //!
+//! Appliance NICs (source check off, or some route's next hop) carry `ENDPOINT_APPLIANCE`
+//! wherever they appear (own VPC and as peer sources): decapsulation accepts any inner
+//! source from their host under that VNI (see `ebpf/src/vpc.rs`; the agent derives the
+//! `(VNI, VTEP)` pairs). `ENDPOINT_DIRECT` is not compiled: the agent derives it.
+//!
 //! Nothing of a VPC that is neither present nor an accepted peer of a present VPC appears,
 //! and a peer's peers never do (peerings are not transitive). Output is sorted.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sluice_common::vpc::{
-    Ipv4, NextHopKind, Port, ENDPOINT_LOCAL, ENDPOINT_PEER_SOURCE, PORT_NO_SOURCE_CHECK,
+    Ipv4, NextHopKind, Port, ENDPOINT_APPLIANCE, ENDPOINT_LOCAL, ENDPOINT_PEER_SOURCE,
+    PORT_NO_SOURCE_CHECK,
 };
 
 use super::tables::{
@@ -137,18 +143,24 @@ impl<'a> Index<'a> {
                 return;
             };
             let local = nic.host == host && !peer_source;
+            let place = if peer_source {
+                ENDPOINT_PEER_SOURCE
+            } else if local {
+                ENDPOINT_LOCAL
+            } else {
+                0
+            };
+            let appliance = if self.is_appliance(nic) {
+                ENDPOINT_APPLIANCE
+            } else {
+                0
+            };
             let e = EndpointEntry {
                 vni,
                 ip: nic.ip.octets(),
                 mac: nic.mac.0,
                 vtep,
-                flags: if peer_source {
-                    ENDPOINT_PEER_SOURCE
-                } else if local {
-                    ENDPOINT_LOCAL
-                } else {
-                    0
-                },
+                flags: place | appliance,
                 ifname: local.then(|| nic.ifname.clone()),
             };
             let prev = endpoints.insert((vni, e.ip), e.clone());
@@ -234,9 +246,14 @@ impl<'a> Index<'a> {
         out
     }
 
+    /// Forwards others' packets: its source check is off, or a route names it.
+    fn is_appliance(&self, nic: &Nic) -> bool {
+        !nic.source_check || self.appliances.contains(nic.id.as_str())
+    }
+
     fn port(&self, vpc: &Vpc, nic: &Nic) -> Option<LocalPort> {
         let subnet = self.intent.subnet(None, &nic.subnet).map(|s| s.cidr)?;
-        let appliance = !nic.source_check || self.appliances.contains(nic.id.as_str());
+        let appliance = self.is_appliance(nic);
         Some(LocalPort {
             ifname: nic.ifname.clone(),
             port: Port {
@@ -275,6 +292,8 @@ mod tests {
 
     use proptest::prelude::*;
 
+    use sluice_common::vpc::ENDPOINT_DIRECT;
+
     use super::*;
     use crate::intent::{
         validate::tests::{host, lab, nic, subnet, vpc},
@@ -301,6 +320,18 @@ mod tests {
             .iter()
             .find(|r| r.prefix == prefix(vni, c))
             .map(|r| r.next_hop)
+    }
+
+    /// `t` resolved as an agent would, with made-up ifindexes and MACs.
+    fn resolved(t: &HostTables) -> crate::vpc::diff::ResolvedTables {
+        let names: Vec<String> = t.ports.iter().map(|p| p.ifname.clone()).collect();
+        let ifindex = |n: &str| {
+            let port = names.iter().position(|x| x == n).map(|k| k as u32 + 10);
+            port.or((n == "ul0").then_some(2))
+        };
+        crate::vpc::diff::resolve(t, ifindex, |_| Some([2; 6]), |_| Some([4; 6]))
+            .expect("compiled tables resolve")
+            .tables
     }
 
     #[test]
@@ -387,6 +418,106 @@ mod tests {
                 .port
                 .flags,
             PORT_NO_SOURCE_CHECK
+        );
+    }
+
+    #[test]
+    fn appliance_nics_are_marked_wherever_they_appear() {
+        let i = lab();
+        let (a, s) = (vni(&i, "tenant-a"), vni(&i, "shared"));
+        // h1: a-fw (a route's next hop) is a remote endpoint on h2, marked.
+        let t1 = compile_host(&i, "h1");
+        let fw = endpoint(&t1, a, "10.0.1.20").unwrap();
+        assert_eq!(
+            (fw.flags, fw.vtep),
+            (ENDPOINT_APPLIANCE, ip("192.168.50.2"))
+        );
+        // Ordinary NICs are not.
+        for e in t1.endpoints.iter().filter(|e| e.ip != ip("10.0.1.20")) {
+            assert_eq!(e.flags & ENDPOINT_APPLIANCE, 0, "{e:?}");
+        }
+        // h2: a-fw is local there, and a peer source under shared's VNI (shared routes
+        // into the peering), marked both times.
+        let t2 = compile_host(&i, "h2");
+        assert_eq!(
+            endpoint(&t2, a, "10.0.1.20").unwrap().flags,
+            ENDPOINT_LOCAL | ENDPOINT_APPLIANCE
+        );
+        assert_eq!(
+            endpoint(&t2, s, "10.0.1.20").unwrap().flags,
+            ENDPOINT_PEER_SOURCE | ENDPOINT_APPLIANCE
+        );
+        assert_eq!(
+            endpoint(&t2, s, "10.0.1.10").unwrap().flags,
+            ENDPOINT_PEER_SOURCE
+        );
+    }
+
+    #[test]
+    fn a_nic_with_source_check_off_is_an_appliance_even_without_routes() {
+        let i = lab();
+        let b = vni(&i, "tenant-b");
+        let off = crate::intent::NicUpdate {
+            source_check: Some(false),
+            ..Default::default()
+        };
+        let (i, _) = i.update_nic("b-vm1", off).unwrap();
+        // b-vm1 is on h2; h1 (b-vm2) sees it as a remote appliance.
+        let t1 = compile_host(&i, "h1");
+        assert_eq!(
+            endpoint(&t1, b, "10.0.1.10").unwrap().flags,
+            ENDPOINT_APPLIANCE
+        );
+        assert_eq!(endpoint(&t1, b, "10.0.2.10").unwrap().flags, ENDPOINT_LOCAL);
+    }
+
+    /// The (VNI, VTEP) pairs the agent derives: decapsulation accepts any inner source from
+    /// these hosts under these VNIs, and from no other.
+    #[test]
+    fn appliance_vteps_cover_the_appliances_vpc_and_the_peers_it_reaches() {
+        let i = lab();
+        let (a, b, s) = (vni(&i, "tenant-a"), vni(&i, "tenant-b"), vni(&i, "shared"));
+        let (i, _) = i.put_host(host("h3", "192.168.50.3")).unwrap();
+        let (i, _) = i.create_nic(nic("s-vm3", "shared", "svc", "h3")).unwrap();
+        let (i, _) = i.create_nic(nic("a-vm3", "tenant-a", "web", "h3")).unwrap();
+        let (i, _) = i.create_nic(nic("b-vm3", "tenant-b", "web", "h3")).unwrap();
+        let t3 = compile_host(&i, "h3");
+        let r = resolved(&t3);
+        let h2 = ip("192.168.50.2");
+        let keys: Vec<(u32, Ipv4)> = r.appliance_vteps.keys().map(|k| (k.vni, k.vtep)).collect();
+        // a-fw on h2: for tenant-a, and for shared (tenant-a's NICs are its peer sources).
+        let mut expected = vec![(a, h2), (s, h2)];
+        expected.sort();
+        assert_eq!(keys, expected);
+        assert!(
+            keys.iter().all(|(v, _)| *v != b),
+            "tenant-b has no appliance"
+        );
+    }
+
+    #[test]
+    fn a_route_over_a_nics_address_takes_it_off_the_shortcut() {
+        let i = lab();
+        let a = vni(&i, "tenant-a");
+        let direct = |i: &Intent, host: &str, addr: &str| {
+            let r = resolved(&compile_host(i, host));
+            r.endpoints[&crate::vpc::tables::endpoint_key(a, ip(addr))].flags & ENDPOINT_DIRECT != 0
+        };
+        assert!(direct(&i, "h1", "10.0.1.10"));
+        assert!(direct(&i, "h1", "10.0.2.10"), "remote NICs too");
+        // a-vm1's traffic goes through the firewall now: on every host.
+        let (i, _) = i
+            .create_route(RouteSpec {
+                vpc: "tenant-a".into(),
+                destination: "10.0.1.10/32".into(),
+                next_hop: NextHop::Nic { nic: "a-fw".into() },
+            })
+            .unwrap();
+        assert!(!direct(&i, "h1", "10.0.1.10"));
+        assert!(!direct(&i, "h2", "10.0.1.10"));
+        assert!(
+            direct(&i, "h2", "10.0.1.20"),
+            "the firewall itself still is"
         );
     }
 
@@ -861,6 +992,52 @@ mod tests {
                 for addr in [ip, near.unwrap_or(ip)] {
                     let addr = addr.to_be_bytes();
                     prop_assert_eq!(lookup(&routes, vni, addr), lookup_brute(&routes, vni, addr));
+                }
+            }
+        }
+
+        /// Routes more specific than a subnet's, over NIC addresses, to an appliance or a
+        /// blackhole: after resolving, an endpoint is direct exactly when the route lookup
+        /// for its own address gives its subnet's Local route, so the datapath's shortcut
+        /// never decides differently from the lookup.
+        #[test]
+        fn direct_endpoints_are_exactly_those_the_lookup_sends_to_local(
+            extra in prop::collection::vec((0usize..6, 25u8..=32, any::<bool>()), 0..8),
+        ) {
+            let mut i = lab();
+            let nics: Vec<(String, Ipv4Addr)> =
+                i.nics().map(|n| (n.vpc.clone(), n.ip)).collect();
+            for (k, len, to_fw) in extra {
+                let (vpc, addr) = &nics[k % nics.len()];
+                let net = Ipv4Addr::from(u32::from(*addr) & mask(len));
+                let next_hop = if to_fw && vpc == "tenant-a" {
+                    NextHop::Nic { nic: "a-fw".into() }
+                } else {
+                    NextHop::Blackhole
+                };
+                let spec = RouteSpec {
+                    vpc: vpc.clone(),
+                    destination: format!("{net}/{len}"),
+                    next_hop,
+                };
+                if let Ok((next, _)) = i.put_route(spec) {
+                    i = next;
+                }
+            }
+            for (h, t) in compile_all(&i) {
+                let r = resolved(&t);
+                for (key, e) in &r.endpoints {
+                    let local = lookup(&t.routes, key.vni, key.ip)
+                        .is_some_and(|r| r.next_hop.kind == NextHopKind::Local as u32);
+                    let expected = local && e.flags & ENDPOINT_PEER_SOURCE == 0;
+                    prop_assert_eq!(
+                        e.flags & ENDPOINT_DIRECT != 0,
+                        expected,
+                        "{}: {:?} {:?}",
+                        h,
+                        key,
+                        e
+                    );
                 }
             }
         }

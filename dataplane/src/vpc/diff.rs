@@ -2,13 +2,21 @@
 //! [`ResolvedTables`] (exactly the keys and values the maps hold), and [`diff`] plans the
 //! map writes that take the maps from what they hold to what they should hold.
 //!
+//! Resolving also derives what the datapath's shortcuts rely on: `ENDPOINT_DIRECT` on every
+//! endpoint whose own (VNI, address) resolves to a `Local` route (so the datapath may skip
+//! the route lookup for it), the underlay MAC copied into each remote endpoint, and the
+//! appliance VTEPs (hosts of `ENDPOINT_APPLIANCE` NICs) per VNI.
+//!
 //! The plan is hitless. Upserts come first, things that are pointed to before the things
-//! that point to them (HOST, UNDERLAY, VNIS, ENDPOINTS, PORTS, ROUTES); deletions follow in
-//! the reverse order (ROUTES, PORTS, ENDPOINTS, VNIS, UNDERLAY, HOST). A changed value is one
+//! that point to them (HOST, UNDERLAY, VNIS, APPLIANCE_VTEPS, ENDPOINTS, PORTS, ROUTES);
+//! deletions follow in the reverse order. A changed value is one
 //! upsert (hash and LPM updates replace a value atomically), never delete + insert. Route
 //! upserts go most specific first and route deletions least specific first, so while the
 //! plan runs every destination is routed either as before or as after, never by a third
 //! route; a destination forwarded the same before and after keeps being forwarded so.
+//! `ENDPOINT_DIRECT` follows that rule too: endpoints change before routes, and a direct
+//! endpoint is forwarded exactly as its `Local` route would forward it, so while a route
+//! over it appears or goes, it is forwarded as before or as after.
 //! Only a map too full to hold its old and new entries together ([`diff_within`]) makes
 //! some of its deletions go first.
 
@@ -18,8 +26,9 @@ use serde::Serialize;
 use sluice_common::{
     maps,
     vpc::{
-        Endpoint, EndpointKey, HostConfig, Ipv4, Mac, NextHop, NextHopKind, Port, PortKey,
-        UnderlayNeighbor, VniInfo, ENDPOINT_LOCAL,
+        ApplianceVtep, ApplianceVtepKey, Endpoint, EndpointKey, HostConfig, Ipv4, Mac, NextHop,
+        NextHopKind, Port, PortKey, UnderlayNeighbor, VniInfo, ENDPOINT_APPLIANCE, ENDPOINT_DIRECT,
+        ENDPOINT_LOCAL, ENDPOINT_PEER_SOURCE, MAX_PORTS,
     },
 };
 
@@ -32,7 +41,9 @@ pub struct ResolvedTables {
     pub host: Option<HostConfig>,
     pub underlay_neighbors: BTreeMap<Ipv4, UnderlayNeighbor>,
     pub vnis: BTreeMap<u32, VniInfo>,
+    pub appliance_vteps: BTreeMap<ApplianceVtepKey, ApplianceVtep>,
     pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// By ifindex (an index into the PORTS array: below its capacity).
     pub ports: BTreeMap<PortKey, Port>,
     /// Keyed by prefix with the host bits cleared: the trie treats keys that differ only in
     /// host bits as one key.
@@ -46,6 +57,7 @@ impl ResolvedTables {
             VpcMap::Host => usize::from(self.host.is_some()),
             VpcMap::UnderlayNeighbors => self.underlay_neighbors.len(),
             VpcMap::Vnis => self.vnis.len(),
+            VpcMap::ApplianceVteps => self.appliance_vteps.len(),
             VpcMap::Endpoints => self.endpoints.len(),
             VpcMap::Ports => self.ports.len(),
             VpcMap::Routes => self.routes.len(),
@@ -78,6 +90,17 @@ pub enum ResolveError {
     MissingInterface { ifname: String, used_by: String },
     #[error("no MAC address for underlay interface {ifname}")]
     MissingMac { ifname: String },
+    #[error(
+        "interface {ifname} has ifindex {ifindex}: a VM port's ifindex must be below {capacity} \
+         (the PORTS array's size); re-create the interface so it gets a smaller one"
+    )]
+    PortIfindexTooLarge {
+        ifname: String,
+        ifindex: u32,
+        capacity: u32,
+    },
+    #[error("the port on interface {ifname} has VNI 0, which marks an empty PORTS slot")]
+    PortWithoutVni { ifname: String },
     #[error("two ports on interface {ifname} (ifindex {ifindex}) with different values")]
     DuplicatePort { ifname: String, ifindex: u32 },
     #[error("endpoint {key} is listed twice with different values")]
@@ -144,7 +167,14 @@ pub fn resolve(
             }
             None => 0,
         };
-        let value = e.to_endpoint(idx);
+        let remote = e.flags & (ENDPOINT_LOCAL | ENDPOINT_PEER_SOURCE) == 0;
+        let vtep_mac = match out.underlay_neighbors.get(&e.vtep) {
+            Some(n) if remote => n.mac,
+            _ => [0; 6],
+        };
+        let mut value = e.to_endpoint(idx, vtep_mac);
+        // Derived below from the routes, whatever the input says.
+        value.flags &= !ENDPOINT_DIRECT;
         if out.endpoints.insert(key, value).is_some_and(|v| v != value) {
             return Err(ResolveError::DuplicateEndpoint {
                 key: fmt_endpoint_key(&key),
@@ -161,6 +191,18 @@ pub fn resolve(
                 port.vni
             )
         })?;
+        if idx >= MAX_PORTS {
+            return Err(ResolveError::PortIfindexTooLarge {
+                ifname: p.ifname.clone(),
+                ifindex: idx,
+                capacity: MAX_PORTS,
+            });
+        }
+        if port.vni == 0 {
+            return Err(ResolveError::PortWithoutVni {
+                ifname: p.ifname.clone(),
+            });
+        }
         if out.ports.insert(idx, port).is_some_and(|v| v != port) {
             return Err(ResolveError::DuplicatePort {
                 ifname: p.ifname.clone(),
@@ -191,10 +233,76 @@ pub fn resolve(
         }
     }
 
+    mark_direct(&mut out.endpoints, &out.routes);
+    out.appliance_vteps = appliance_vteps(&out.endpoints, &out.vnis);
+
     Ok(Resolved {
         tables: out,
         unresolved_neighbors,
     })
+}
+
+/// Sets `ENDPOINT_DIRECT` on exactly the endpoints (peer sources aside) whose own (VNI,
+/// address) resolves to a `Local` route in `routes`: for them the datapath's shortcut
+/// (deliver without the route lookup) gives what the lookup would.
+pub fn mark_direct(
+    endpoints: &mut BTreeMap<EndpointKey, Endpoint>,
+    routes: &BTreeMap<RoutePrefix, NextHop>,
+) {
+    // Prefix lengths in use per VNI, longest first: an LPM probes only those.
+    let mut lens: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    for p in routes.keys() {
+        lens.entry(p.vni).or_default().push(p.len);
+    }
+    for l in lens.values_mut() {
+        l.sort_unstable_by(|a, b| b.cmp(a));
+        l.dedup();
+    }
+    for (k, e) in endpoints.iter_mut() {
+        let local_route = e.flags & ENDPOINT_PEER_SOURCE == 0
+            && lens.get(&k.vni).is_some_and(|lens| {
+                lens.iter()
+                    .find_map(|&len| {
+                        routes.get(&normalize(RoutePrefix {
+                            vni: k.vni,
+                            ip: k.ip,
+                            len,
+                        }))
+                    })
+                    .is_some_and(|h| h.kind == NextHopKind::Local as u32)
+            });
+        if local_route {
+            e.flags |= ENDPOINT_DIRECT;
+        } else {
+            e.flags &= !ENDPOINT_DIRECT;
+        }
+    }
+}
+
+/// (VNI, VTEP) of every remote appliance NIC under a VNI decapsulated here: its host may
+/// send any inner source under that VNI (under a peer's VNI too, where the appliance
+/// appears as a peer source).
+pub fn appliance_vteps(
+    endpoints: &BTreeMap<EndpointKey, Endpoint>,
+    vnis: &BTreeMap<u32, VniInfo>,
+) -> BTreeMap<ApplianceVtepKey, ApplianceVtep> {
+    endpoints
+        .iter()
+        .filter(|(k, e)| {
+            e.flags & ENDPOINT_APPLIANCE != 0
+                && e.flags & ENDPOINT_LOCAL == 0
+                && vnis.contains_key(&k.vni)
+        })
+        .map(|(k, e)| {
+            (
+                ApplianceVtepKey {
+                    vni: k.vni,
+                    vtep: e.vtep,
+                },
+                ApplianceVtep::default(),
+            )
+        })
+        .collect()
 }
 
 /// The prefix with its host bits cleared (as the trie matches it).
@@ -215,16 +323,18 @@ pub enum VpcMap {
     Host,
     UnderlayNeighbors,
     Vnis,
+    ApplianceVteps,
     Endpoints,
     Ports,
     Routes,
 }
 
 impl VpcMap {
-    pub const ALL: [VpcMap; 6] = [
+    pub const ALL: [VpcMap; 7] = [
         VpcMap::Host,
         VpcMap::UnderlayNeighbors,
         VpcMap::Vnis,
+        VpcMap::ApplianceVteps,
         VpcMap::Endpoints,
         VpcMap::Ports,
         VpcMap::Routes,
@@ -236,6 +346,7 @@ impl VpcMap {
             VpcMap::Host => maps::HOST,
             VpcMap::UnderlayNeighbors => maps::UNDERLAY_NEIGHBORS,
             VpcMap::Vnis => maps::VNIS,
+            VpcMap::ApplianceVteps => maps::APPLIANCE_VTEPS,
             VpcMap::Endpoints => maps::ENDPOINTS,
             VpcMap::Ports => maps::PORTS,
             VpcMap::Routes => maps::ROUTES,
@@ -262,6 +373,8 @@ pub enum Step {
     DeleteNeighbor(Ipv4),
     UpsertVni(u32, VniInfo),
     DeleteVni(u32),
+    UpsertApplianceVtep(ApplianceVtepKey, ApplianceVtep),
+    DeleteApplianceVtep(ApplianceVtepKey),
     UpsertEndpoint(EndpointKey, Endpoint),
     DeleteEndpoint(EndpointKey),
     UpsertPort(PortKey, Port),
@@ -276,6 +389,7 @@ impl Step {
             Step::SetHost(_) => VpcMap::Host,
             Step::UpsertNeighbor(..) | Step::DeleteNeighbor(_) => VpcMap::UnderlayNeighbors,
             Step::UpsertVni(..) | Step::DeleteVni(_) => VpcMap::Vnis,
+            Step::UpsertApplianceVtep(..) | Step::DeleteApplianceVtep(_) => VpcMap::ApplianceVteps,
             Step::UpsertEndpoint(..) | Step::DeleteEndpoint(_) => VpcMap::Endpoints,
             Step::UpsertPort(..) | Step::DeletePort(_) => VpcMap::Ports,
             Step::UpsertRoute(..) | Step::DeleteRoute(_) => VpcMap::Routes,
@@ -289,6 +403,7 @@ impl Step {
             Step::SetHost(None)
                 | Step::DeleteNeighbor(_)
                 | Step::DeleteVni(_)
+                | Step::DeleteApplianceVtep(_)
                 | Step::DeleteEndpoint(_)
                 | Step::DeletePort(_)
                 | Step::DeleteRoute(_)
@@ -303,6 +418,9 @@ impl Step {
                 format!("vtep {}", Ipv4Addr::from(*vtep))
             }
             Step::UpsertVni(vni, _) | Step::DeleteVni(vni) => format!("vni {vni}"),
+            Step::UpsertApplianceVtep(k, _) | Step::DeleteApplianceVtep(k) => {
+                format!("vni {} vtep {}", k.vni, Ipv4Addr::from(k.vtep))
+            }
             Step::UpsertEndpoint(k, _) | Step::DeleteEndpoint(k) => fmt_endpoint_key(k),
             Step::UpsertPort(ifindex, _) | Step::DeletePort(ifindex) => {
                 format!("ifindex {ifindex}")
@@ -326,6 +444,12 @@ impl Step {
             }
             Step::DeleteVni(k) => {
                 t.vnis.remove(&k);
+            }
+            Step::UpsertApplianceVtep(k, v) => {
+                t.appliance_vteps.insert(k, v);
+            }
+            Step::DeleteApplianceVtep(k) => {
+                t.appliance_vteps.remove(&k);
             }
             Step::UpsertEndpoint(k, v) => {
                 t.endpoints.insert(k, v);
@@ -365,7 +489,7 @@ pub struct OpCounts {
 
 /// [`OpCounts`] per map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DiffCounts([OpCounts; 6]);
+pub struct DiffCounts([OpCounts; 7]);
 
 impl DiffCounts {
     pub fn get(&self, map: VpcMap) -> OpCounts {
@@ -419,7 +543,7 @@ impl fmt::Display for DiffCounts {
 impl Serialize for DiffCounts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(6))?;
+        let mut m = s.serialize_map(Some(VpcMap::ALL.len()))?;
         for (map, c) in self.by_map() {
             m.serialize_entry(map.name(), &c)?;
         }
@@ -483,6 +607,13 @@ pub fn diff_within(
             Step::DeleteVni,
         ),
         MapPlan::of(
+            VpcMap::ApplianceVteps,
+            &current.appliance_vteps,
+            &desired.appliance_vteps,
+            Step::UpsertApplianceVtep,
+            Step::DeleteApplianceVtep,
+        ),
+        MapPlan::of(
             VpcMap::Endpoints,
             &current.endpoints,
             &desired.endpoints,
@@ -504,7 +635,10 @@ pub fn diff_within(
             Step::DeleteRoute,
         ),
     ];
-    let routes = &mut plans[4];
+    let routes = plans
+        .iter_mut()
+        .find(|p| p.map == VpcMap::Routes)
+        .expect("a routes plan");
     // Most specific upsert first: a destination never falls to a less specific route that
     // is about to be replaced by a more specific one.
     routes.upserts.sort_by_key(|s| match s {
@@ -598,8 +732,6 @@ mod tests {
     use crate::vpc::tables::{
         EndpointEntry, HostUnderlay, LocalPort, NextHopEntry, RouteEntry, RoutePrefix,
     };
-    use sluice_common::vpc::ENDPOINT_PEER_SOURCE;
-
     const VTEP_SELF: Ipv4 = [192, 0, 2, 1];
     const VTEP_A: Ipv4 = [192, 0, 2, 2];
     const VTEP_B: Ipv4 = [192, 0, 2, 3];
@@ -708,7 +840,10 @@ mod tests {
         assert_eq!(host.vtep, VTEP_SELF);
         assert_eq!(t.ports.keys().copied().collect::<Vec<_>>(), vec![11]);
         let local = t.endpoints[&endpoint_key(7, [10, 0, 0, 5])];
-        assert_eq!((local.ifindex, local.flags), (11, ENDPOINT_LOCAL));
+        assert_eq!(
+            (local.ifindex, local.flags),
+            (11, ENDPOINT_LOCAL | ENDPOINT_DIRECT)
+        );
         let remote = t.endpoints[&endpoint_key(7, [10, 0, 1, 9])];
         assert_eq!((remote.ifindex, remote.vtep), (0, VTEP_A));
         assert!(t.routes.contains_key(&RoutePrefix {
@@ -830,6 +965,149 @@ mod tests {
     }
 
     #[test]
+    fn resolve_refuses_ports_the_array_cannot_hold() {
+        let big = |name: &str| match name {
+            "vm1" => Some(MAX_PORTS),
+            other => ifindex_of(other),
+        };
+        let err = resolve(&host_tables(), big, mac_of, neighbor_mac).unwrap_err();
+        assert_eq!(
+            err,
+            ResolveError::PortIfindexTooLarge {
+                ifname: "vm1".into(),
+                ifindex: MAX_PORTS,
+                capacity: MAX_PORTS
+            }
+        );
+        assert!(err.to_string().contains("vm1"), "{err}");
+        assert!(err.to_string().contains("4096"), "{err}");
+        // The last slot is fine.
+        let last = |name: &str| match name {
+            "vm1" => Some(MAX_PORTS - 1),
+            other => ifindex_of(other),
+        };
+        let t = resolve(&host_tables(), last, mac_of, neighbor_mac).unwrap();
+        assert!(t.tables.ports.contains_key(&(MAX_PORTS - 1)));
+
+        let mut t = host_tables();
+        t.ports[0].port.vni = 0;
+        let err = resolve(&t, ifindex_of, mac_of, neighbor_mac).unwrap_err();
+        assert_eq!(
+            err,
+            ResolveError::PortWithoutVni {
+                ifname: "vm1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn resolve_marks_endpoints_whose_route_is_local_as_direct() {
+        let mut t = host_tables();
+        // 10.0.1.9 gets a /32 to an appliance: the route lookup must decide for it.
+        t.routes.push(route(
+            7,
+            [10, 0, 1, 9],
+            32,
+            hop(NextHopKind::Nic, 7, [10, 0, 0, 5]),
+        ));
+        // Covered only by the default route (to the appliance).
+        t.endpoints.push(endpoint(7, [10, 5, 0, 1], VTEP_A, None));
+        // A peer source inside a Local route: never a destination, never direct.
+        t.endpoints.push(EndpointEntry {
+            flags: ENDPOINT_PEER_SOURCE,
+            ..endpoint(7, [10, 0, 0, 77], VTEP_B, None)
+        });
+        // A DIRECT flag given in the input does not count.
+        t.endpoints[0].flags |= ENDPOINT_DIRECT;
+        let mut u = t.clone();
+        u.endpoints[0].flags &= !ENDPOINT_DIRECT;
+        let r = resolved(&t);
+        assert_eq!(r, resolved(&u));
+        let direct = |ip: Ipv4| r.endpoints[&endpoint_key(7, ip)].flags & ENDPOINT_DIRECT != 0;
+        assert!(direct([10, 0, 0, 5]), "its /24 is Local");
+        assert!(!direct([10, 0, 1, 9]), "a /32 custom route covers it");
+        assert!(!direct([10, 5, 0, 1]), "only the default route covers it");
+        assert!(!direct([10, 0, 0, 77]), "peer source");
+        // Without the /32 the remote NIC is direct again.
+        t.routes.pop();
+        let r = resolved(&t);
+        assert_ne!(
+            r.endpoints[&endpoint_key(7, [10, 0, 1, 9])].flags & ENDPOINT_DIRECT,
+            0
+        );
+    }
+
+    #[test]
+    fn remote_endpoints_carry_their_vteps_underlay_mac() {
+        let mut t = host_tables();
+        t.endpoints.push(endpoint(7, [10, 0, 1, 10], VTEP_B, None));
+        t.endpoints.push(EndpointEntry {
+            flags: ENDPOINT_PEER_SOURCE,
+            ..endpoint(7, [10, 0, 0, 77], VTEP_A, None)
+        });
+        let r = resolve(&t, ifindex_of, mac_of, neighbor_mac).unwrap();
+        let mac = |ip: Ipv4| r.tables.endpoints[&endpoint_key(7, ip)].vtep_mac;
+        assert_eq!(mac([10, 0, 1, 9]), MAC_A, "VTEP_A answered");
+        assert_eq!(
+            mac([10, 0, 1, 10]),
+            [0; 6],
+            "VTEP_B did not: dropped, counted"
+        );
+        assert_eq!(mac([10, 0, 0, 5]), [0; 6], "local");
+        assert_eq!(mac([10, 0, 0, 77]), [0; 6], "peer source");
+        assert_eq!(r.unresolved_neighbors, vec![VTEP_B]);
+    }
+
+    #[test]
+    fn remote_appliances_give_their_vni_and_vtep() {
+        let mut t = host_tables();
+        t.endpoints[1].flags |= ENDPOINT_APPLIANCE;
+        // A local appliance sends locally: no VXLAN from it to accept.
+        t.endpoints[0].flags |= ENDPOINT_APPLIANCE;
+        t.endpoints.push(EndpointEntry {
+            flags: ENDPOINT_PEER_SOURCE | ENDPOINT_APPLIANCE,
+            ..endpoint(8, [10, 1, 0, 1], VTEP_B, None)
+        });
+        // A VNI not decapsulated here (a peer this host only sends to) needs none.
+        t.endpoints.push(EndpointEntry {
+            flags: ENDPOINT_APPLIANCE,
+            ..endpoint(9, [10, 2, 0, 1], VTEP_B, None)
+        });
+        t.vnis.push(8);
+        let r = resolved(&t);
+        let keys: Vec<ApplianceVtepKey> = r.appliance_vteps.keys().copied().collect();
+        assert_eq!(
+            keys,
+            vec![
+                ApplianceVtepKey {
+                    vni: 7,
+                    vtep: VTEP_A
+                },
+                ApplianceVtepKey {
+                    vni: 8,
+                    vtep: VTEP_B
+                },
+            ]
+        );
+        let plan = diff(&ResolvedTables::default(), &r);
+        let first_endpoint = plan
+            .steps
+            .iter()
+            .position(|s| s.map() == VpcMap::Endpoints)
+            .unwrap();
+        let appliance = plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::UpsertApplianceVtep(..)))
+            .unwrap();
+        assert!(appliance < first_endpoint, "{:?}", plan.steps);
+        assert_eq!(
+            Step::DeleteApplianceVtep(keys[0]).to_string(),
+            "delete SLUICE_APPLIANCE_VTEPS vni 7 vtep 192.0.2.2"
+        );
+    }
+
+    #[test]
     fn no_underlay_means_unconfigured_host() {
         let mut t = host_tables();
         t.underlay = None;
@@ -934,7 +1212,7 @@ mod tests {
         assert_eq!(
             counts.to_string(),
             "SLUICE_HOST +1 -0, SLUICE_UNDERLAY +1 -0, SLUICE_VNIS +1 -0, \
-             SLUICE_ENDPOINTS +2 -0, SLUICE_PORTS +1 -0, SLUICE_ROUTES +3 -0"
+             SLUICE_ENDPOINTS +2 -0, SLUICE_PORT_ARRAY +1 -0, SLUICE_ROUTES +3 -0"
         );
         assert_eq!(DiffCounts::default().to_string(), "no changes");
     }
@@ -1024,17 +1302,22 @@ mod tests {
             prop::sample::select(vec![VTEP_SELF, VTEP_A, VTEP_B]),
             prop::sample::select(vec![0, 0, ENDPOINT_LOCAL, ENDPOINT_PEER_SOURCE]),
             11u32..13,
+            prop::sample::select(vec![[0; 6], MAC_A, MAC_B]),
+            prop::bool::weighted(0.2),
         )
-            .prop_map(|(vni, ip, mac, vtep, flags, ifindex)| {
-                let ep = Endpoint {
-                    mac,
-                    _pad: [0; 2],
-                    vtep,
-                    ifindex: if flags == ENDPOINT_LOCAL { ifindex } else { 0 },
-                    flags,
-                };
-                (endpoint_key(vni, ip), ep)
-            })
+            .prop_map(
+                |(vni, ip, mac, vtep, flags, ifindex, vtep_mac, appliance)| {
+                    let remote = flags & (ENDPOINT_LOCAL | ENDPOINT_PEER_SOURCE) == 0;
+                    let ep = Endpoint {
+                        mac,
+                        vtep_mac: if remote { vtep_mac } else { [0; 6] },
+                        vtep,
+                        ifindex: if flags == ENDPOINT_LOCAL { ifindex } else { 0 },
+                        flags: flags | if appliance { ENDPOINT_APPLIANCE } else { 0 },
+                    };
+                    (endpoint_key(vni, ip), ep)
+                },
+            )
     }
 
     fn route_entry() -> impl Strategy<Value = (RoutePrefix, NextHop)> {
@@ -1069,8 +1352,8 @@ mod tests {
             vec((11u32..15, some_vni(), some_ip()), 0..5),
             vec(route_entry(), 0..12),
         )
-            .prop_map(
-                |(host, neighbors, vnis, endpoints, ports, routes)| ResolvedTables {
+            .prop_map(|(host, neighbors, vnis, endpoints, ports, routes)| {
+                consistent(ResolvedTables {
                     host: host.map(|underlay_ifindex| HostConfig {
                         configured: 1,
                         underlay_ifindex,
@@ -1088,8 +1371,16 @@ mod tests {
                         .map(|(ifindex, vni, ip)| (ifindex, port(vni, ip)))
                         .collect(),
                     routes: routes.into_iter().collect(),
-                },
-            )
+                    ..Default::default()
+                })
+            })
+    }
+
+    /// What resolve derives, derived again (after entries were mixed from two tables).
+    fn consistent(mut t: ResolvedTables) -> ResolvedTables {
+        mark_direct(&mut t.endpoints, &t.routes);
+        t.appliance_vteps = appliance_vteps(&t.endpoints, &t.vnis);
+        t
     }
 
     /// `other`, with the entries of `base` whose keep bit is set copied over: usually a
@@ -1120,7 +1411,7 @@ mod tests {
         copy(&mut keep, &base.endpoints, &mut t.endpoints);
         copy(&mut keep, &base.ports, &mut t.ports);
         copy(&mut keep, &base.routes, &mut t.routes);
-        t
+        consistent(t)
     }
 
     fn current_and_desired() -> impl Strategy<Value = (ResolvedTables, ResolvedTables)> {
@@ -1150,25 +1441,30 @@ mod tests {
         })
     }
 
-    /// Where the datapath sends a packet for `(vni, ip)`; `None` is a drop.
-    fn forward(
-        t: &ResolvedTables,
-        vni: u32,
-        ip: Ipv4,
-    ) -> Option<(EndpointKey, Endpoint, Option<UnderlayNeighbor>)> {
-        let (_, hop) = decision(t, vni, ip)?;
-        let key = match NextHopKind::from_u32(hop.kind)? {
-            NextHopKind::Local => endpoint_key(vni, ip),
-            NextHopKind::Nic => endpoint_key(vni, hop.ip),
-            NextHopKind::Peering => endpoint_key(hop.vni, ip),
-            NextHopKind::Blackhole => return None,
+    /// Where the datapath sends a packet for `(vni, ip)` (as `ebpf/src/vpc.rs` does it,
+    /// the `ENDPOINT_DIRECT` shortcut included); `None` is a drop.
+    fn forward(t: &ResolvedTables, vni: u32, ip: Ipv4) -> Option<(EndpointKey, Endpoint)> {
+        let own = endpoint_key(vni, ip);
+        let key = match t.endpoints.get(&own) {
+            Some(e) if e.flags & ENDPOINT_DIRECT != 0 => own,
+            _ => {
+                let (_, hop) = decision(t, vni, ip)?;
+                match NextHopKind::from_u32(hop.kind)? {
+                    NextHopKind::Local => own,
+                    NextHopKind::Nic => endpoint_key(vni, hop.ip),
+                    NextHopKind::Peering => endpoint_key(hop.vni, ip),
+                    NextHopKind::Blackhole => return None,
+                }
+            }
         };
         let ep = *t.endpoints.get(&key)?;
-        if ep.flags & ENDPOINT_LOCAL != 0 {
-            return Some((key, ep, None));
+        if ep.flags & ENDPOINT_PEER_SOURCE != 0 {
+            return None;
         }
-        let neighbor = *t.underlay_neighbors.get(&ep.vtep)?;
-        Some((key, ep, Some(neighbor)))
+        if ep.flags & ENDPOINT_LOCAL == 0 && ep.vtep_mac == [0; 6] {
+            return None;
+        }
+        Some((key, ep))
     }
 
     /// The value `step`'s key has in `t`, printed (comparable across maps).
@@ -1182,6 +1478,9 @@ mod tests {
                 show(t.underlay_neighbors.get(k))
             }
             Step::UpsertVni(k, _) | Step::DeleteVni(k) => show(t.vnis.get(k)),
+            Step::UpsertApplianceVtep(k, _) | Step::DeleteApplianceVtep(k) => {
+                show(t.appliance_vteps.get(k))
+            }
             Step::UpsertEndpoint(k, _) | Step::DeleteEndpoint(k) => show(t.endpoints.get(k)),
             Step::UpsertPort(k, _) | Step::DeletePort(k) => show(t.ports.get(k)),
             Step::UpsertRoute(k, _) | Step::DeleteRoute(k) => show(t.routes.get(k)),
@@ -1319,6 +1618,7 @@ mod tests {
             VpcMap::Host => usize::from(cur.host.is_some() || des.host.is_some()),
             VpcMap::UnderlayNeighbors => union(&cur.underlay_neighbors, &des.underlay_neighbors),
             VpcMap::Vnis => union(&cur.vnis, &des.vnis),
+            VpcMap::ApplianceVteps => union(&cur.appliance_vteps, &des.appliance_vteps),
             VpcMap::Endpoints => union(&cur.endpoints, &des.endpoints),
             VpcMap::Ports => union(&cur.ports, &des.ports),
             VpcMap::Routes => union(&cur.routes, &des.routes),
@@ -1338,7 +1638,7 @@ mod tests {
         #[test]
         fn plans_fit_maps_with_little_room(
             (cur, des) in current_and_desired(),
-            slack in vec(0usize..3, 6),
+            slack in vec(0usize..3, 7),
         ) {
             // Both tables fit (the kernel holds `cur`; the caller checks `des`).
             let cap = |map: VpcMap| {

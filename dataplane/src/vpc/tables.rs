@@ -27,6 +27,8 @@ pub struct LocalPort {
 }
 
 /// An endpoint; `ifname` is set for local NICs (the agent resolves it into `Endpoint::ifindex`).
+/// `flags`: `ENDPOINT_LOCAL`, `ENDPOINT_PEER_SOURCE`, `ENDPOINT_APPLIANCE` as compiled;
+/// `ENDPOINT_DIRECT` is derived from the routes when resolving (a given value is ignored).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EndpointEntry {
     pub vni: u32,
@@ -91,11 +93,12 @@ pub struct HostTables {
 }
 
 impl EndpointEntry {
-    /// The map value, given the ifindex the agent resolved (0 for remote endpoints).
-    pub fn to_endpoint(&self, ifindex: u32) -> Endpoint {
+    /// The map value, given the ifindex the agent resolved (0 for remote endpoints) and the
+    /// underlay MAC toward its VTEP (zero for local endpoints, peer sources, or unresolved).
+    pub fn to_endpoint(&self, ifindex: u32, vtep_mac: Mac) -> Endpoint {
         Endpoint {
             mac: self.mac,
-            _pad: [0; 2],
+            vtep_mac,
             vtep: self.vtep,
             ifindex,
             flags: self.flags,
