@@ -618,7 +618,6 @@ pub fn apply(a: &ApplyArgs) -> Result<ApiRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn next_hops_parse_and_print_the_same_way() {

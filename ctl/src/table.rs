@@ -76,6 +76,39 @@ pub fn status(status: &StatusJson) -> String {
         status.pin_dir,
         uptime(status.uptime_secs)
     );
+    // Before the blank line that ends the header.
+    out.pop();
+    if let Some(c) = &status.controller {
+        out.push_str(&format!(
+            "intent:   generation {} (controller)\n",
+            c.generation
+        ));
+    }
+    if let Some(a) = &status.agent {
+        let applied = a
+            .applied_generation
+            .map_or("nothing applied yet".to_string(), |g| {
+                format!("applied generation {g}")
+            });
+        out.push_str(&format!(
+            "agent:    host {}, controller {}, {applied}\n",
+            a.host, a.controller
+        ));
+        let lists = [
+            ("attached", &a.attached),
+            ("missing interfaces", &a.missing_interfaces),
+            ("unresolved neighbors", &a.unresolved_neighbors),
+        ];
+        for (what, list) in lists {
+            if !list.is_empty() {
+                out.push_str(&format!("          {what}: {}\n", list.join(", ")));
+            }
+        }
+        if let Some(e) = &a.last_error {
+            out.push_str(&format!("          last error: {e}\n"));
+        }
+    }
+    out.push('\n');
     if status.interfaces.is_empty() {
         out.push_str("no interfaces attached\n");
         return out;
@@ -396,6 +429,41 @@ ul0        underlay        3  replaced
             agent: None,
         };
         assert!(status(&s).ends_with("\nno interfaces attached\n"));
+    }
+
+    #[test]
+    fn status_shows_controller_and_agent_when_present() {
+        let s = StatusJson {
+            version: "0.1.0".into(),
+            pin_dir: "/p".into(),
+            uptime_secs: 5,
+            interfaces: vec![],
+            controller: Some(sluice_dataplane::api::ControllerStatusJson { generation: 12 }),
+            agent: Some(sluice_dataplane::agent::AgentStatus {
+                host: "h1".into(),
+                controller: "unix:/run/c.sock".into(),
+                applied_generation: Some(11),
+                last_error: Some("fetch failed".into()),
+                attached: vec!["ul0".into(), "vm1".into()],
+                missing_interfaces: vec![],
+                unresolved_neighbors: vec!["192.0.2.2".into()],
+            }),
+        };
+        assert_eq!(
+            status(&s),
+            "\
+version:  0.1.0
+pin dir:  /p
+uptime:   5s
+intent:   generation 12 (controller)
+agent:    host h1, controller unix:/run/c.sock, applied generation 11
+          attached: ul0, vm1
+          unresolved neighbors: 192.0.2.2
+          last error: fetch failed
+
+no interfaces attached
+"
+        );
     }
 
     fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {

@@ -114,6 +114,9 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Response, ApiError>;
 type Ctl = State<Arc<Controller>>;
 
+/// The largest request body the controller accepts.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
 pub fn router(controller: Arc<Controller>) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi))
@@ -151,6 +154,9 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/peerings/{pcx}/accept", post(accept_peering))
         .route("/v1/topology", post(apply_topology))
         .route("/v1/agent/hosts/{host}/tables", get(agent_tables))
+        // A whole-cloud `apply -f` (1,000 VPCs x 100 routes) is ~7 MB of JSON; axum's
+        // default 2 MiB limit would refuse it with 413.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(controller)
 }
 

@@ -9,7 +9,8 @@
 //! - [`store`]: the intent in redb, one write transaction per committed change.
 //!
 //! IDs. Hosts are identified by their name. Every other resource gets an allocated ID that
-//! is never reused: `vpc-<n>`, `subnet-<n>`, `nic-<n>`, `pcx-<n>` (peerings), and a name
+//! is never reused: `vpc-<n>`, `subnet-<n>`, `nic-<n>`, `pcx-<n>` (peerings), `sg-<n>`
+//! (security groups, [`sg`]; their rules `sgr-<n>`), and a name
 //! (given, or the ID). Requests may refer to a resource by ID or by name. VPC, NIC and
 //! peering names are unique across the cloud, subnet names within their VPC; a name may
 //! not look like an ID. A custom route is identified by its VPC and destination CIDR (its
@@ -28,9 +29,14 @@
 //! shared and not reused until the 24-bit space wraps.
 
 pub mod model;
+pub mod sg;
 pub mod store;
 pub mod validate;
 
 pub use model::*;
+pub use sg::{
+    Action, Direction, PortRange, Protocol, Remote, SecurityGroup, SecurityGroupSpec, SgRule,
+    SgRuleSpec,
+};
 pub use store::{Store, StoreError, TransactError};
 pub use validate::{ErrorKind, ValidationError};

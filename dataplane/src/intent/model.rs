@@ -277,6 +277,10 @@ pub struct Nic {
     /// Drop packets whose source IP is not the NIC's. Off for appliances; the compiler also
     /// turns it off for every NIC that is a route's next hop.
     pub source_check: bool,
+    /// IDs of its security groups (1 to 5; none for a NIC created without: ingress denied,
+    /// egress allowed). See `intent/sg.rs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
 }
 
 /// Where a custom route sends traffic. IDs in resources; ID or name in requests.
@@ -565,6 +569,10 @@ pub struct Counters {
     pub next_peering: u64,
     pub next_vni: u32,
     pub next_mac: u32,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_sg: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_sg_rule: u64,
 }
 
 impl Default for Counters {
@@ -576,6 +584,8 @@ impl Default for Counters {
             next_peering: 1,
             next_vni: FIRST_VNI,
             next_mac: 1,
+            next_sg: 1,
+            next_sg_rule: 1,
         }
     }
 }
@@ -595,6 +605,8 @@ pub(crate) enum NameKind {
     Subnet,
     Nic,
     Peering,
+    /// Scoped by VPC ID.
+    SecurityGroup,
 }
 
 /// The intent as flat lists of records: the store's layout, and a full JSON dump.
@@ -608,6 +620,8 @@ pub struct Records {
     pub nics: Vec<Nic>,
     pub routes: Vec<Route>,
     pub peerings: Vec<Peering>,
+    #[serde(default)]
+    pub security_groups: Vec<super::sg::SecurityGroup>,
 }
 
 /// The whole declared state. Immutable from outside: every change goes through a pure,
@@ -623,6 +637,7 @@ pub struct Intent {
     /// Shared between copies until changed, so a mutation copies only the table it edits.
     pub(crate) routes: BTreeMap<String, Arc<RouteTable>>,
     pub(crate) peerings: BTreeMap<String, Peering>,
+    pub(crate) security_groups: BTreeMap<String, super::sg::SecurityGroup>,
     pub(crate) counters: Counters,
     /// Derived: (kind, scope, name) -> ID. Rebuilt on load.
     pub(crate) names: BTreeMap<(NameKind, String, String), String>,
@@ -660,6 +675,10 @@ impl Intent {
             i.index_name(NameKind::Peering, "", &p.name, &p.id);
             i.peerings.insert(p.id.clone(), p);
         }
+        for g in r.security_groups {
+            i.index_name(NameKind::SecurityGroup, &g.vpc, &g.name, &g.id);
+            i.security_groups.insert(g.id.clone(), g);
+        }
         i
     }
 
@@ -674,6 +693,7 @@ impl Intent {
             nics: self.nics.values().cloned().collect(),
             routes: self.routes().cloned().collect(),
             peerings: self.peerings.values().cloned().collect(),
+            security_groups: self.security_groups.values().cloned().collect(),
         }
     }
 

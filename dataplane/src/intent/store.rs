@@ -26,6 +26,7 @@ const SUBNETS: TableDefinition<&str, &str> = TableDefinition::new("subnets");
 const NICS: TableDefinition<&str, &str> = TableDefinition::new("nics");
 const ROUTES: TableDefinition<&str, &str> = TableDefinition::new("routes");
 const PEERINGS: TableDefinition<&str, &str> = TableDefinition::new("peerings");
+const SECURITY_GROUPS: TableDefinition<&str, &str> = TableDefinition::new("security_groups");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Layout version of the records; bumped (with a migration) when it changes.
@@ -80,7 +81,15 @@ impl Store {
         {
             // Opening in a write transaction creates missing tables, so reads never fail
             // on a fresh file.
-            for t in [HOSTS, VPCS, SUBNETS, NICS, ROUTES, PEERINGS] {
+            for t in [
+                HOSTS,
+                VPCS,
+                SUBNETS,
+                NICS,
+                ROUTES,
+                PEERINGS,
+                SECURITY_GROUPS,
+            ] {
                 txn.open_table(t).map_err(dberr)?;
             }
             let mut meta = txn.open_table(META).map_err(dberr)?;
@@ -136,6 +145,7 @@ impl Store {
             nics: all(&txn, NICS)?,
             routes: all(&txn, ROUTES)?,
             peerings: all(&txn, PEERINGS)?,
+            security_groups: all(&txn, SECURITY_GROUPS)?,
         }))
     }
 
@@ -151,6 +161,13 @@ impl Store {
         written += write_diff(&txn, SUBNETS, &old.subnets, &new.subnets, |k| k.clone())?;
         written += write_diff(&txn, NICS, &old.nics, &new.nics, |k| k.clone())?;
         written += write_diff(&txn, PEERINGS, &old.peerings, &new.peerings, |k| k.clone())?;
+        written += write_diff(
+            &txn,
+            SECURITY_GROUPS,
+            &old.security_groups,
+            &new.security_groups,
+            |k| k.clone(),
+        )?;
         let empty = Arc::default();
         let vpcs: BTreeSet<&String> = old.routes.keys().chain(new.routes.keys()).collect();
         for vpc in vpcs {
@@ -360,6 +377,64 @@ mod tests {
         assert_eq!(again.changes(), 0);
         assert_eq!(current.generation(), 1);
         assert_eq!(store.load().unwrap().generation(), 1);
+    }
+
+    #[test]
+    fn security_groups_and_nic_attachments_survive_reopening() {
+        use crate::intent::sg::tests::{cidr, group, rule};
+        use crate::intent::{Action, Direction, Protocol};
+        let tmp = TempStore::new("security-groups");
+        let written = {
+            let (store, mut current) = Store::open(&tmp.path()).unwrap();
+            store
+                .transact(&mut current, |i| i.apply(lab_topology()))
+                .unwrap();
+            let ssh = rule(
+                Direction::Ingress,
+                Protocol::Tcp,
+                Some("22"),
+                cidr("10.0.0.0/8"),
+                Action::Allow,
+                10,
+            );
+            store
+                .transact(&mut current, |i| {
+                    i.create_security_group(group("admin", "tenant-a", vec![ssh]))
+                })
+                .unwrap();
+            store
+                .transact(&mut current, |i| {
+                    i.set_nic_security_groups("a-vm1", vec!["admin".into()])
+                })
+                .unwrap();
+            store
+                .transact(&mut current, |i| {
+                    i.create_security_group(group("gone", "tenant-a", vec![]))
+                })
+                .unwrap();
+            store
+                .transact(&mut current, |i| {
+                    i.delete_security_group(Some("tenant-a"), "gone")
+                        .map(|i| (i, ()))
+                })
+                .unwrap();
+            assert_eq!(current.generation(), 5);
+            current
+        };
+        let (_, read) = Store::open(&tmp.path()).unwrap();
+        assert_eq!(read, written);
+        let admin = read.security_group(Some("tenant-a"), "admin").unwrap();
+        assert_eq!(
+            (admin.id.as_str(), admin.rules[0].id.as_str()),
+            ("sg-1", "sgr-1")
+        );
+        assert_eq!(read.nic("a-vm1").unwrap().security_groups, ["sg-1"]);
+        assert!(read.security_group(None, "gone").is_none());
+        // IDs keep counting after the reopen.
+        let (_, g) = read
+            .create_security_group(group("later", "tenant-a", vec![]))
+            .unwrap();
+        assert_eq!(g.id, "sg-3");
     }
 
     #[test]

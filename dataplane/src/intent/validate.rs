@@ -118,7 +118,7 @@ pub const MAX_UNDERLAY_MTU: u32 = 65535;
 /// Prefixes allocated IDs start with; a name may not look like an ID.
 const ID_PREFIXES: [&str; 4] = ["vpc", "subnet", "nic", "pcx"];
 
-fn check_name(field: &str, name: &str) -> Result<()> {
+pub(super) fn check_name(field: &str, name: &str) -> Result<()> {
     let bad = |why: &str| Err(ValidationError::invalid(field, format!("{name:?} {why}")));
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return bad("must be 1 to 63 characters");
@@ -170,7 +170,7 @@ fn check_ifname(field: &str, name: &str) -> Result<()> {
     }
 }
 
-fn parse_cidr(field: &str, s: &str) -> Result<Cidr> {
+pub(super) fn parse_cidr(field: &str, s: &str) -> Result<Cidr> {
     s.trim()
         .parse()
         .map_err(|e: String| ValidationError::invalid(field, e))
@@ -246,7 +246,10 @@ fn check_underlay_ip(field: &str, ip: Ipv4Addr) -> Result<()> {
 
 impl Intent {
     /// Run `f` on a copy; the copy is returned only if `f` succeeds.
-    fn mutate<T>(&self, f: impl FnOnce(&mut Intent) -> Result<T>) -> Result<(Intent, T)> {
+    pub(super) fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut Intent) -> Result<T>,
+    ) -> Result<(Intent, T)> {
         let mut next = self.clone();
         let out = f(&mut next)?;
         Ok((next, out))
@@ -419,7 +422,7 @@ impl Intent {
         Ok(())
     }
 
-    fn resolve_vpc(&self, field: &str, key: &str) -> Result<Vpc> {
+    pub(super) fn resolve_vpc(&self, field: &str, key: &str) -> Result<Vpc> {
         self.vpc(key)
             .cloned()
             .ok_or_else(|| ValidationError::not_found(field, format!("no VPC {key:?}")))
@@ -487,6 +490,10 @@ impl Intent {
         deps.extend(
             self.peerings_of(&vpc.id)
                 .map(|p| format!("peering/{}", p.id)),
+        );
+        deps.extend(
+            self.security_groups_of(&vpc.id)
+                .map(|g| format!("security-group/{}", g.id)),
         );
         if !deps.is_empty() {
             return Err(ValidationError::conflict(
@@ -724,13 +731,14 @@ impl Intent {
             ip,
             mac,
             source_check: spec.source_check.unwrap_or(true),
+            security_groups: vec![],
         };
         self.index_name(NameKind::Nic, "", &nic.name, &id);
         self.nics.insert(id, nic.clone());
         Ok(nic)
     }
 
-    fn resolve_nic(&self, field: &str, key: &str) -> Result<Nic> {
+    pub(super) fn resolve_nic(&self, field: &str, key: &str) -> Result<Nic> {
         self.nic(key)
             .cloned()
             .ok_or_else(|| ValidationError::not_found(field, format!("no NIC {key:?}")))
