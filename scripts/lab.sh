@@ -236,3 +236,62 @@ lab_down() {
   [ -n "${LAB:-}" ] && lab_say "removed lab $LAB (namespaces, veths, bridge, pins)"
   exit "$status"
 }
+
+# lab_sweep [SLUICED]: removes labs whose owner process is gone (a test or demo killed before
+# it could clean up): kills what runs in their namespaces, unpins, deletes the namespaces.
+# The twin of the Rust lab's sweep; labs with a live owner are left alone.
+lab_sweep() {
+  local sluiced=${1:-} dir name owner ns pids pin
+  for dir in /run/sluice/sl[0-9a-f][0-9a-f][0-9a-f][0-9a-f]; do
+    [ -f "$dir/owner" ] || continue
+    owner=$(cat "$dir/owner" 2>/dev/null) || continue
+    # Alive, and not a zombie nobody reaped yet.
+    if kill -0 "$owner" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$owner/stat" 2>/dev/null)" != Z ]; then
+      continue
+    fi
+    name=${dir##*/}
+    lab_say "removing leftovers of lab $name (owner pid $owner is gone)"
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$name-" || true); do
+      pids=$(ip netns pids "$ns" 2>/dev/null)
+      [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+      ip netns del "$ns" 2>/dev/null
+    done
+    for pin in "$LAB_BPFFS/$name-"*; do
+      [ -d "$pin" ] || continue
+      [ -n "$sluiced" ] && "$sluiced" teardown --pin-dir "$pin" >/dev/null 2>&1
+      rm -rf "$pin"
+    done
+    rm -rf "$dir"
+  done
+  return 0
+}
+
+# Run as a command (not sourced).
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  cd "$(dirname "$0")/.."
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "lab: run as root (network namespaces and XDP need it)" >&2
+    exit 1
+  fi
+  case "${1:-}" in
+    up)
+      file=${2:-lab/default.yaml}
+      [ -f "$file" ] || { echo "lab: no lab file $file" >&2; exit 1; }
+      bash scripts/setup.sh
+      cargo build --release
+      cargo test --release -p sluice-dataplane --test overlay_api --no-run
+      export SLUICE_LAB_FILE=$(realpath "$file")
+      trap 'lab_sweep "$PWD/target/release/sluiced"' EXIT
+      cargo test --release -p sluice-dataplane --test overlay_api -q -- \
+        --ignored --exact lab_up --nocapture --test-threads 1
+      ;;
+    sweep)
+      lab_sweep "$PWD/target/release/sluiced"
+      ;;
+    *)
+      echo "usage: scripts/lab.sh up [FILE] | sweep   (or source it as a library)" >&2
+      exit 2
+      ;;
+  esac
+fi

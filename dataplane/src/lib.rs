@@ -12,6 +12,7 @@ pub mod intent;
 pub mod lab;
 pub mod loader;
 pub mod metrics;
+pub mod sg;
 pub mod stats;
 
 /// The compiled eBPF object, embedded at build time by `build.rs`.

@@ -18,12 +18,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use sluice_common::{
-    proto::VXLAN_PORT,
     stats::Reason,
     vpc::{Ipv4, Mac, NextHopKind, Port, ENDPOINT_LOCAL, VXLAN_SPORT_MIN},
 };
 use sluice_dataplane::{
     lab::{
+        capture::{ipv4, ports, vxlan, Vxlan},
         overlay::{netmask, UNDERLAY_MTU},
         Daemon, DaemonSpec, Lab, OverlayVm, PingReport, TcpReport, UnderlayPort, XdpModeSetting,
     },
@@ -415,36 +415,6 @@ fn apply_tables(
 
 // ---- reading captures ----
 
-/// The IPv4 packet in an untagged Ethernet frame (`frame` may be cut at the snap length).
-struct Ip<'a> {
-    src: Ipv4,
-    dst: Ipv4,
-    proto: u8,
-    dont_fragment: bool,
-    l4: &'a [u8],
-}
-
-fn ipv4(frame: &[u8]) -> Option<Ip<'_>> {
-    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] || frame[14] >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(frame[14] & 0x0f) * 4;
-    Some(Ip {
-        src: frame[26..30].try_into().unwrap(),
-        dst: frame[30..34].try_into().unwrap(),
-        proto: frame[23],
-        dont_fragment: frame[20] & 0x40 != 0,
-        l4: frame.get(14 + ihl..)?,
-    })
-}
-
-fn ports(l4: &[u8]) -> Option<(u16, u16)> {
-    Some((
-        u16::from_be_bytes(l4.get(0..2)?.try_into().ok()?),
-        u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?),
-    ))
-}
-
 /// Which tenant's test traffic a captured frame is: its ping pattern or TCP port.
 fn tenant_of(frame: &[u8]) -> Option<Tenant> {
     let ip = ipv4(frame)?;
@@ -455,34 +425,6 @@ fn tenant_of(frame: &[u8]) -> Option<Tenant> {
         }),
         6 => ports(ip.l4).is_some_and(|(s, d)| s == t.tcp_port() || d == t.tcp_port()),
         _ => false,
-    })
-}
-
-/// A VXLAN frame on the underlay: outer addresses, UDP source port, VNI and inner frame.
-struct Vxlan<'a> {
-    outer: Ip<'a>,
-    sport: u16,
-    vni: u32,
-    inner: &'a [u8],
-}
-
-fn vxlan(frame: &[u8]) -> Option<Vxlan<'_>> {
-    let outer = ipv4(frame)?;
-    if outer.proto != 17 {
-        return None;
-    }
-    let (sport, dport) = ports(outer.l4)?;
-    if dport != VXLAN_PORT {
-        return None;
-    }
-    let vx = outer.l4.get(8..16)?;
-    let vni = u32::from_be_bytes(vx[4..8].try_into().unwrap()) >> 8;
-    let inner = outer.l4.get(16..)?;
-    Some(Vxlan {
-        outer,
-        sport,
-        vni,
-        inner,
     })
 }
 

@@ -150,3 +150,66 @@ mod tests {
             .contains("113"));
     }
 }
+
+// ---- reading captured frames ----
+
+/// The IPv4 packet in an untagged Ethernet frame (the frame may be cut at [`SNAPLEN`]).
+pub struct Ip<'a> {
+    pub src: sluice_common::vpc::Ipv4,
+    pub dst: sluice_common::vpc::Ipv4,
+    pub proto: u8,
+    pub ttl: u8,
+    pub dont_fragment: bool,
+    pub l4: &'a [u8],
+}
+
+pub fn ipv4(frame: &[u8]) -> Option<Ip<'_>> {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] || frame[14] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    Some(Ip {
+        src: frame[26..30].try_into().ok()?,
+        dst: frame[30..34].try_into().ok()?,
+        proto: frame[23],
+        ttl: frame[22],
+        dont_fragment: frame[20] & 0x40 != 0,
+        l4: frame.get(14 + ihl..)?,
+    })
+}
+
+/// Source and destination port of a TCP or UDP header.
+pub fn ports(l4: &[u8]) -> Option<(u16, u16)> {
+    Some((
+        u16::from_be_bytes(l4.get(0..2)?.try_into().ok()?),
+        u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?),
+    ))
+}
+
+/// A VXLAN frame on the underlay: outer packet, UDP source port, VNI and inner frame.
+pub struct Vxlan<'a> {
+    pub outer: Ip<'a>,
+    pub sport: u16,
+    pub vni: u32,
+    pub inner: &'a [u8],
+}
+
+pub fn vxlan(frame: &[u8]) -> Option<Vxlan<'_>> {
+    let outer = ipv4(frame)?;
+    if outer.proto != 17 {
+        return None;
+    }
+    let (sport, dport) = ports(outer.l4)?;
+    if dport != sluice_common::proto::VXLAN_PORT {
+        return None;
+    }
+    let vx = outer.l4.get(8..16)?;
+    let vni = u32::from_be_bytes(vx[4..8].try_into().ok()?) >> 8;
+    let inner = outer.l4.get(16..)?;
+    Some(Vxlan {
+        outer,
+        sport,
+        vni,
+        inner,
+    })
+}

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod names;
 pub mod overlay;
 pub mod process;
+pub mod topology;
 pub mod traffic;
 pub mod xdp;
 
@@ -41,6 +42,7 @@ pub use config::{
 pub use daemon::Daemon;
 pub use overlay::{OverlayVm, UnderlayPort};
 pub use process::{Finished, LabProcess};
+pub use topology::{LabHost, LabVm, TopologyLab};
 pub use traffic::{PingReport, ReceiverReport, SenderReport, TcpReport};
 
 /// Where labs keep sockets, configs and logs: `<RUN_ROOT>/<lab>/`.

@@ -184,26 +184,37 @@ impl Lab {
     /// Host namespace `host` wired to the fabric (created if needed), with underlay address
     /// `cidr` (e.g. `172.31.0.1/24`) on its end.
     pub fn underlay_host(&self, host: &str, cidr: &str) -> Result<UnderlayPort> {
+        self.underlay_host_named(host, &self.ifname("ul")?, cidr, UNDERLAY_MTU)
+    }
+
+    /// [`Lab::underlay_host`] with the host's end named `ifname` (names inside a lab
+    /// namespace need no lab prefix) and underlay links of MTU `mtu`.
+    pub fn underlay_host_named(
+        &self,
+        host: &str,
+        ifname: &str,
+        cidr: &str,
+        mtu: u32,
+    ) -> Result<UnderlayPort> {
         let (ip, prefix_len) = parse_cidr(cidr)?;
         let bridge = self.fabric()?;
         self.add_host(host)?;
         self.disable_ipv6(host)?;
-        let ifname = self.ifname("ul")?;
         let fabric_if = self.ifname(host)?;
-        self.veth(host, &ifname, FABRIC, &fabric_if)?;
-        self.mtu(host, &ifname, UNDERLAY_MTU)?;
-        self.mtu(FABRIC, &fabric_if, UNDERLAY_MTU)?;
+        self.veth(host, ifname, FABRIC, &fabric_if)?;
+        self.mtu(host, ifname, mtu)?;
+        self.mtu(FABRIC, &fabric_if, mtu)?;
         self.enslave(FABRIC, &fabric_if, &bridge)?;
         self.up(FABRIC, &fabric_if)?;
         // Encapsulated frames are redirected into the host's end: its fabric-side peer must
         // run NAPI to receive them.
         self.enable_gro(FABRIC, &fabric_if)?;
-        self.addr(host, &ifname, cidr)?;
-        self.up(host, &ifname)?;
-        let mac = self.link_mac(host, &ifname)?;
+        self.addr(host, ifname, cidr)?;
+        self.up(host, ifname)?;
+        let mac = self.link_mac(host, ifname)?;
         Ok(UnderlayPort {
             host: host.to_string(),
-            ifname,
+            ifname: ifname.to_string(),
             fabric_if,
             ip,
             prefix_len,
@@ -216,18 +227,37 @@ impl Lab {
     /// receive what the host's XDP sends it) and no TX checksum offload (redirected frames
     /// lose it); the host end has no address and waits for `xdp_vm`.
     pub fn overlay_vm(&self, host: &str, vm: &str, cidr: &str, mac: Mac) -> Result<OverlayVm> {
+        names::check_label(vm)?;
+        let host_if = self.ifname(vm)?;
+        let vm_if = names::ifname(self.name(), &format!("{vm}n"))
+            .with_context(|| format!("VM label {vm:?} is one character too long"))?;
+        self.overlay_vm_named(host, vm, &host_if, &vm_if, cidr, mac, VM_MTU)
+    }
+
+    /// [`Lab::overlay_vm`] with the host end named `host_if`, the VM end `vm_if` (names
+    /// inside lab namespaces need no lab prefix) and links of MTU `mtu` (the underlay's
+    /// minus [`VXLAN_OVERHEAD`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn overlay_vm_named(
+        &self,
+        host: &str,
+        vm: &str,
+        host_if: &str,
+        vm_if: &str,
+        cidr: &str,
+        mac: Mac,
+        mtu: u32,
+    ) -> Result<OverlayVm> {
         let (ip, prefix_len) = parse_cidr(cidr)?;
         let gateway = gateway(ip, prefix_len)?;
         self.known_netns(host)?;
         names::check_label(vm)?;
         self.add_host(vm)?;
         self.disable_ipv6(vm)?;
-        let host_if = self.ifname(vm)?;
-        let vm_if = names::ifname(self.name(), &format!("{vm}n"))
-            .with_context(|| format!("VM label {vm:?} is one character too long"))?;
+        let (host_if, vm_if) = (host_if.to_string(), vm_if.to_string());
         self.veth(host, &host_if, vm, &vm_if)?;
-        self.mtu(vm, &vm_if, VM_MTU)?;
-        self.mtu(host, &host_if, VM_MTU)?;
+        self.mtu(vm, &vm_if, mtu)?;
+        self.mtu(host, &host_if, mtu)?;
         self.set_mac(vm, &vm_if, &format_mac(&mac))?;
         self.addr(vm, &vm_if, cidr)?;
         self.up(vm, &vm_if)?;
