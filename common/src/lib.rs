@@ -5,6 +5,8 @@
 //! each shared type has a compile-time size and alignment assert.
 #![no_std]
 
+pub mod conntrack;
+pub mod sg;
 pub mod stats;
 pub mod vpc;
 
@@ -12,8 +14,9 @@ pub mod vpc;
 pub mod maps {
     /// Per-CPU array of [`crate::stats::Counter`], indexed by [`crate::stats::Reason`].
     pub const STATS: &str = "SLUICE_STATS";
-    /// [`crate::vpc::Port`] by host-side ifindex.
-    pub const PORTS: &str = "SLUICE_PORTS";
+    /// Array of [`crate::vpc::Port`] indexed by host-side ifindex. Renamed from the hash
+    /// map `SLUICE_PORTS`, so a pinned map of the old type is never reused as this one.
+    pub const PORTS: &str = "SLUICE_PORT_ARRAY";
     /// [`crate::vpc::Endpoint`] by (VNI, IP): where every NIC this host talks to lives.
     pub const ENDPOINTS: &str = "SLUICE_ENDPOINTS";
     /// LPM trie of [`crate::vpc::NextHop`] by (VNI, destination prefix).
@@ -22,10 +25,14 @@ pub mod maps {
     pub const VNIS: &str = "SLUICE_VNIS";
     /// One-slot array of [`crate::vpc::HostConfig`].
     pub const HOST: &str = "SLUICE_HOST";
-    /// [`crate::vpc::UnderlayNeighbor`] by remote VTEP address.
+    /// [`crate::vpc::UnderlayNeighbor`] by remote VTEP address: the agent's record of the
+    /// MACs it copies into remote endpoints (`Endpoint::vtep_mac`).
     pub const UNDERLAY_NEIGHBORS: &str = "SLUICE_UNDERLAY";
+    /// [`crate::vpc::ApplianceVtep`] by [`crate::vpc::ApplianceVtepKey`]: hosts whose
+    /// appliance NICs may send any inner source address under a VNI.
+    pub const APPLIANCE_VTEPS: &str = "SLUICE_APPLIANCE_VTEPS";
     /// Every map in the object; the daemon pins each under `<pin_dir>/maps/<name>`.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         STATS,
         PORTS,
         ENDPOINTS,
@@ -33,6 +40,7 @@ pub mod maps {
         VNIS,
         HOST,
         UNDERLAY_NEIGHBORS,
+        APPLIANCE_VTEPS,
     ];
 }
 
