@@ -1,8 +1,8 @@
-//! `sluice-bench`: Sluice's benchmark harness. One module per mode (`micro` today; `e2e`
-//! and `control` need the VPC overlay), plus the shared measuring, statistics and
-//! reporting pieces.
+//! `sluice-bench`: Sluice's benchmark harness. One module per mode (`micro`, `control`;
+//! `e2e` is not written yet), plus the shared measuring, statistics and reporting pieces.
 
 pub mod affinity;
+pub mod control;
 pub mod machine;
 pub mod micro;
 pub mod packets;

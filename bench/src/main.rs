@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use sluice_bench::{micro, report};
+use sluice_bench::{control, micro, report};
 
 /// Results land in the source tree's bench/results/latest unless --out says otherwise.
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest");
@@ -26,9 +26,9 @@ enum Mode {
     Micro(MicroArgs),
     /// End-to-end traffic between namespaces (not yet implemented: exits 2).
     E2e,
-    /// Control-plane latency and scale (not yet implemented: exits 2).
-    Control,
-    /// Every implemented mode, with micro's options.
+    /// Control-plane latency and scale with a real sluiced in a lab namespace (needs root).
+    Control(ControlArgs),
+    /// Every implemented mode: micro with these options, then control (with --quick if given).
     All(MicroArgs),
 }
 
@@ -55,17 +55,57 @@ struct MicroArgs {
     out: PathBuf,
 }
 
+#[derive(Args)]
+struct ControlArgs {
+    /// Few changes and a small intent (20 VPCs x 10 routes, 1 run): proves it works.
+    #[arg(long)]
+    quick: bool,
+    /// Route changes in the latency series on a 1-VPC intent [default: 200, --quick: 6].
+    #[arg(long)]
+    changes: Option<u32>,
+    /// VPCs of the scale intent [default: 1000, --quick: 20].
+    #[arg(long)]
+    vpcs: Option<u32>,
+    /// Custom routes per VPC of the scale intent [default: 100, --quick: 10].
+    #[arg(long)]
+    routes: Option<u32>,
+    /// Scale applies (each in a fresh lab) and in-process runs [default: 5, --quick: 1].
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Route changes in the latency series at scale [default: 50, --quick: 4].
+    #[arg(long)]
+    scale_changes: Option<u32>,
+    /// The sluiced binary [default: next to sluice-bench].
+    #[arg(long)]
+    sluiced: Option<PathBuf>,
+    /// Output directory for control.json, control.svg and the control section of summary.md.
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {
         Mode::Micro(args) => run_micro(&args),
-        Mode::E2e | Mode::Control => {
+        Mode::E2e => {
             eprintln!("sluice-bench: {NOT_IMPLEMENTED}");
             return ExitCode::from(EXIT_NOT_IMPLEMENTED);
         }
+        Mode::Control(args) => run_control(&args),
         Mode::All(args) => {
-            eprintln!("sluice-bench all: skipping e2e and control ({NOT_IMPLEMENTED})");
-            run_micro(&args)
+            eprintln!("sluice-bench all: skipping e2e ({NOT_IMPLEMENTED})");
+            run_micro(&args).and_then(|()| {
+                run_control(&ControlArgs {
+                    quick: args.quick,
+                    changes: None,
+                    vpcs: None,
+                    routes: None,
+                    runs: None,
+                    scale_changes: None,
+                    sluiced: None,
+                    out: args.out.clone(),
+                })
+            })
         }
     };
     match result {
@@ -89,6 +129,34 @@ fn run_micro(args: &MicroArgs) -> Result<()> {
     print!("{}", report::table_markdown(&result));
     eprintln!(
         "sluice-bench micro: wrote micro.json, summary.md, micro.svg to {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn run_control(args: &ControlArgs) -> Result<()> {
+    let params = control::Params::new(
+        args.quick,
+        args.changes,
+        args.vpcs,
+        args.routes,
+        args.runs,
+        args.scale_changes,
+        args.sluiced.clone(),
+    )?;
+    eprintln!(
+        "sluice-bench control: {} changes, {} VPCs x {} routes, {} runs, sluiced {}",
+        params.changes,
+        params.vpcs,
+        params.routes_per_vpc,
+        params.runs,
+        params.sluiced.display()
+    );
+    let result = control::run(&params, |step| eprintln!("control: {step}"))?;
+    report::write_control(&result, &args.out)?;
+    print!("{}", report::control_markdown(&result));
+    eprintln!(
+        "sluice-bench control: wrote control.json, control.svg and summary.md's control section to {}",
         args.out.display()
     );
     Ok(())

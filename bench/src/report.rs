@@ -10,7 +10,9 @@ use plotters::{
 };
 
 use crate::{
+    control::{self, ControlReport, Dist, StepResult},
     micro::{MicroReport, PathResult},
+    stats::Summary,
     vpc::Scale,
 };
 
@@ -20,7 +22,12 @@ pub fn write_micro(report: &MicroReport, out_dir: &Path) -> Result<()> {
         .with_context(|| format!("creating output directory {}", out_dir.display()))?;
     let json = serde_json::to_string_pretty(report)?;
     write(&out_dir.join("micro.json"), &(json + "\n"))?;
-    write(&out_dir.join("summary.md"), &summary_markdown(report))?;
+    // Other modes' sections of an earlier summary stay.
+    let summary = out_dir.join("summary.md");
+    let kept = fs::read_to_string(&summary)
+        .map(|t| marked_sections(&t))
+        .unwrap_or_default();
+    write(&summary, &(summary_markdown(report) + &kept))?;
     let svg = out_dir.join("micro.svg");
     chart_svg(report, &svg).with_context(|| format!("drawing {}", svg.display()))?;
     Ok(())
@@ -313,4 +320,505 @@ fn chart_svg(report: &MicroReport, out: &Path) -> Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Other modes' sections of summary.md
+// ---------------------------------------------------------------------------------------
+
+fn section_begin(mode: &str) -> String {
+    format!("<!-- sluice-bench {mode}: begin -->")
+}
+
+fn section_end(mode: &str) -> String {
+    format!("<!-- sluice-bench {mode}: end -->")
+}
+
+/// Every marked section in `text` (`<!-- sluice-bench MODE: begin -->` to its end marker),
+/// each preceded by a blank line: what micro keeps when it rewrites summary.md.
+pub fn marked_sections(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("<!-- sluice-bench ") {
+        let tail = &rest[start..];
+        let Some(mode) = tail
+            .strip_prefix("<!-- sluice-bench ")
+            .and_then(|t| t.split_once(": begin -->"))
+            .map(|(m, _)| m)
+            .filter(|m| !m.contains(char::is_whitespace))
+        else {
+            rest = &tail[1..];
+            continue;
+        };
+        let end = section_end(mode);
+        let Some(stop) = tail.find(&end) else { break };
+        out.push('\n');
+        out.push_str(&tail[..stop + end.len()]);
+        out.push('\n');
+        rest = &tail[stop + end.len()..];
+    }
+    out
+}
+
+/// `text` with `mode`'s marked section replaced by `body` (appended if there is none).
+pub fn splice_section(text: &str, mode: &str, body: &str) -> String {
+    let (begin, end) = (section_begin(mode), section_end(mode));
+    let section = format!("{begin}\n{}\n{end}", body.trim_end());
+    match (text.find(&begin), text.find(&end)) {
+        (Some(a), Some(b)) if b > a => {
+            format!("{}{section}{}", &text[..a], &text[b + end.len()..])
+        }
+        _ => {
+            let mut out = text.trim_end().to_string();
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            out.push_str(&section);
+            out.push('\n');
+            out
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// control
+// ---------------------------------------------------------------------------------------
+
+/// Writes `control.json`, `control.svg` and the control section of `summary.md`.
+pub fn write_control(report: &ControlReport, out_dir: &Path) -> Result<()> {
+    fs::create_dir_all(out_dir)
+        .with_context(|| format!("creating output directory {}", out_dir.display()))?;
+    let json = serde_json::to_string_pretty(report)?;
+    write(&out_dir.join("control.json"), &(json + "\n"))?;
+    let summary = out_dir.join("summary.md");
+    let existing = fs::read_to_string(&summary).unwrap_or_default();
+    write(
+        &summary,
+        &splice_section(&existing, "control", &control_markdown(report)),
+    )?;
+    let svg = out_dir.join("control.svg");
+    control_chart_svg(report, &svg).with_context(|| format!("drawing {}", svg.display()))?;
+    Ok(())
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+fn f2(v: f64) -> String {
+    format!("{v:.2}")
+}
+
+fn f3(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+fn dist_row(name: &str, n: usize, d: &Dist, extra: &str) -> String {
+    format!(
+        "| {name} | {n} | {} | {} | {} | {} | {}{extra} |\n",
+        f2(d.p50),
+        f2(d.p90),
+        f2(d.p99),
+        f2(d.max),
+        f2(d.min)
+    )
+}
+
+fn summary_row(name: &str, s: &Summary, fmt: fn(f64) -> String) -> String {
+    format!(
+        "| {name} | {} | {} | {} |\n",
+        fmt(s.median),
+        fmt(s.min),
+        fmt(s.max)
+    )
+}
+
+fn steps_table(steps: &[StepResult], scale: f64, unit: &str) -> String {
+    let mut s = format!("| step | what | median {unit} | min | max |\n|---|---|--:|--:|--:|\n");
+    for st in steps {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {:.3} | {:.3} | {:.3} |",
+            st.step,
+            st.what,
+            st.seconds.median * scale,
+            st.seconds.min * scale,
+            st.seconds.max * scale
+        );
+    }
+    s
+}
+
+/// The control section of summary.md (also printed by the mode).
+pub fn control_markdown(r: &ControlReport) -> String {
+    let m = &r.machine;
+    let p = &r.params;
+    let mut s = String::new();
+    let _ = writeln!(s, "# sluice-bench control\n");
+    let _ = writeln!(s, "- date: {}", r.date_utc);
+    let _ = writeln!(
+        s,
+        "- source: {}",
+        r.git_commit.as_deref().unwrap_or("unknown commit")
+    );
+    let _ = writeln!(
+        s,
+        "- machine: {} ({} CPUs), kernel {} {}; load average at start: {}",
+        m.cpu_model, m.nproc, m.kernel_release, m.arch, m.loadavg_at_start
+    );
+    let _ = writeln!(
+        s,
+        "- sluiced: {}{}; harness{}",
+        p.sluiced.display(),
+        if r.sluiced_debug_build {
+            " (**debug build**: not for publishing)"
+        } else {
+            ""
+        },
+        if r.bench_debug_build {
+            " **debug build** (the in-process figures are not for publishing)"
+        } else {
+            " optimised"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "- parameters: {} changes on 1 VPC, {} at scale; scale intent {} VPCs x {} custom routes ({} routes in the trie); {} runs{}; watcher pause {} µs",
+        p.changes,
+        p.scale_changes,
+        p.vpcs,
+        p.routes_per_vpc,
+        r.apply.routes_total,
+        p.runs,
+        if p.quick { " (--quick)" } else { "" },
+        p.poll_us
+    );
+
+    let _ = writeln!(s, "\n## API call to datapath (ms)\n");
+    let _ = writeln!(
+        s,
+        "`PUT /v1/routes` until a frame run through `xdp_vm` against the daemon's maps takes the new verdict. Target: p99 < {} ms.\n",
+        control::TARGET_LATENCY_P99_MS
+    );
+    s.push_str("| series | n | p50 | p90 | p99 | max | min | p99 < 50 ms |\n|---|--:|--:|--:|--:|--:|--:|:-:|\n");
+    for l in [&r.latency_small, &r.latency_at_scale] {
+        let name = format!(
+            "API → datapath, {} ({} VPC{}, {} routes each)",
+            l.label,
+            l.vpcs,
+            if l.vpcs == 1 { "" } else { "s" },
+            l.routes_per_vpc
+        );
+        s.push_str(&dist_row(
+            &name,
+            l.api_to_datapath_ms.n,
+            &l.api_to_datapath_ms,
+            &format!(" | {}", yes(l.meets_target)),
+        ));
+        s.push_str(&dist_row(
+            &format!("… of which API reply (controller commit), {}", l.label),
+            l.api_reply_ms.n,
+            &l.api_reply_ms,
+            " | ",
+        ));
+        s.push_str(&dist_row(
+            &format!("… reply → datapath (agent), {}", l.label),
+            l.reply_to_datapath_ms.n,
+            &l.reply_to_datapath_ms,
+            " | ",
+        ));
+        s.push_str(&dist_row(
+            &format!("add (no route → forward), {}", l.label),
+            l.add_ms.n,
+            &l.add_ms,
+            " | ",
+        ));
+        s.push_str(&dist_row(
+            &format!("replace (forward → blackhole), {}", l.label),
+            l.replace_ms.n,
+            &l.replace_ms,
+            " | ",
+        ));
+    }
+    let b = &r.baselines;
+    s.push_str(&dist_row(
+        "baseline: `GET /healthz` round trip (same client)",
+        b.http_roundtrip_ms.n,
+        &b.http_roundtrip_ms,
+        " | ",
+    ));
+    s.push_str(&dist_row(
+        "baseline: `PUT /v1/routes` of an unchanged route (validated, nothing committed)",
+        b.noop_put_ms.n,
+        &b.noop_put_ms,
+        " | ",
+    ));
+    s.push_str(&dist_row(
+        "baseline: route written into the pinned trie by the harness, seen by the watcher",
+        b.direct_map_write_ms.n,
+        &b.direct_map_write_ms,
+        " | ",
+    ));
+    let _ = writeln!(
+        s,
+        "\nWatcher: one test run every {:.0} µs (1 VPC) / {:.0} µs (at scale) on average.",
+        r.latency_small.poll_interval_us, r.latency_at_scale.poll_interval_us
+    );
+
+    let a = &r.apply;
+    let _ = writeln!(
+        s,
+        "\n## Apply {} VPCs x {} routes (s)\n",
+        a.vpcs, a.routes_per_vpc
+    );
+    let _ = writeln!(
+        s,
+        "`POST /v1/topology` into a fresh controller until the agent reports the generation applied; {} runs, each in a fresh lab. NICs: {}. Target: < {} s.\n",
+        a.runs.len(),
+        a.interfaces,
+        control::TARGET_APPLY_S
+    );
+    s.push_str("| | median | min | max |\n|---|--:|--:|--:|\n");
+    let st = &a.summary;
+    s.push_str(&summary_row("total: call → applied", &st.total_s, f3));
+    s.push_str(&summary_row(
+        "controller commit (call → reply: parse, validate, store)",
+        &st.commit_s,
+        f3,
+    ));
+    s.push_str(&summary_row("agent (reply → applied)", &st.agent_s, f3));
+    s.push_str(&summary_row(
+        "… agent apply (its sluice_agent_apply_seconds: resolve, map writes, XDP attach)",
+        &st.agent_apply_s,
+        f3,
+    ));
+    s.push_str(&summary_row(
+        "… the rest (long-poll wake-up, compile, tables as JSON over the socket, decode)",
+        &st.agent_fetch_s,
+        f3,
+    ));
+    s.push_str(&summary_row(
+        "daemon resident memory after the apply (MiB)",
+        &Summary {
+            median: st.rss_after_kib.median / 1024.0,
+            min: st.rss_after_kib.min / 1024.0,
+            max: st.rss_after_kib.max / 1024.0,
+        },
+        |v| format!("{v:.0}"),
+    ));
+    if let Some(note) = &a.note {
+        let _ = writeln!(s, "\n**Note:** {note}.");
+    }
+    if let Some(last) = a.runs.last() {
+        let _ = writeln!(
+            s,
+            "\nMet: {}. Topology {:.1} MB in {} request(s). Maps afterwards: {} routes, {} endpoints, {} ports, {} VNIs; {} interfaces attached. Daemon memory: {:.0} MiB before, {:.0} MiB after, peak {:.0} MiB.",
+            yes(a.meets_target),
+            last.body_bytes as f64 / 1e6,
+            last.requests,
+            last.maps.routes,
+            last.maps.endpoints,
+            last.maps.ports,
+            last.maps.vnis,
+            last.interfaces_attached,
+            last.rss_before_kib as f64 / 1024.0,
+            last.rss_after_kib as f64 / 1024.0,
+            last.rss_peak_kib as f64 / 1024.0
+        );
+    }
+    let i = &r.idle_resync;
+    let _ = writeln!(
+        s,
+        "\nIdle at scale: the agent's periodic resync ran {} applies in {:.1} s ({:.3} s of apply); the daemon used {:.2} s of CPU ({:.0} % of one CPU).",
+        i.rounds,
+        i.window_s,
+        i.apply_s,
+        i.cpu_s,
+        i.cpu_share * 100.0
+    );
+
+    let ip = &r.in_process;
+    let _ = writeln!(s, "\n## In-process breakdown (s, {} runs)\n", ip.runs);
+    let _ = writeln!(
+        s,
+        "The same pipeline as library calls in one thread, inside a namespace with the same interfaces, into freshly loaded maps. Topology {:.1} MB of JSON, the host's tables {:.1} MB.\n",
+        ip.topology_json_bytes as f64 / 1e6,
+        ip.tables_json_bytes as f64 / 1e6
+    );
+    s.push_str(&steps_table(&ip.apply, 1.0, "s"));
+    let _ = writeln!(
+        s,
+        "\nSum of medians: {:.3} s. The kernel programming the same routes into one routing table per VPC (`ip -batch`): median {:.3} s (min {:.3}, max {:.3}).",
+        ip.apply_total_s,
+        ip.kernel_fib_batch_s.median,
+        ip.kernel_fib_batch_s.min,
+        ip.kernel_fib_batch_s.max
+    );
+    let _ = writeln!(
+        s,
+        "\n### One route change, in process (ms)\n\nAt scale (sum of medians {:.2} ms):\n",
+        ip.change_at_scale_total_ms
+    );
+    s.push_str(&steps_table(&ip.change_at_scale, 1e3, "ms"));
+    let _ = writeln!(
+        s,
+        "\nOn the 1-VPC intent (sum of medians {:.2} ms):\n",
+        ip.change_small_total_ms
+    );
+    s.push_str(&steps_table(&ip.change_small, 1e3, "ms"));
+    s
+}
+
+/// Cumulative distributions of API → datapath (both intents) and the direct-write floor.
+fn control_chart_svg(r: &ControlReport, out: &Path) -> Result<()> {
+    let series: [(&str, Vec<f64>, RGBColor); 3] = [
+        (
+            "API → datapath, 1 VPC",
+            r.latency_small
+                .samples
+                .iter()
+                .map(|s| s.datapath_ms)
+                .collect(),
+            RGBColor(0x2f, 0x9e, 0x44),
+        ),
+        (
+            "API → datapath, at scale",
+            r.latency_at_scale
+                .samples
+                .iter()
+                .map(|s| s.datapath_ms)
+                .collect(),
+            RGBColor(0xe0, 0x7b, 0x16),
+        ),
+        (
+            "floor: direct map write → watcher",
+            Vec::new(),
+            RGBColor(0x2b, 0x6c, 0xb0),
+        ),
+    ];
+    let floor = &r.baselines.direct_map_write_ms;
+    let all_max = series
+        .iter()
+        .flat_map(|(_, v, _)| v.iter().copied())
+        .chain([floor.max, control::TARGET_LATENCY_P99_MS])
+        .fold(1.0_f64, f64::max);
+    let x_min = floor.min.clamp(0.001, 0.1) / 2.0;
+    let x_max = all_max * 2.0;
+    let root = SVGBackend::new(out, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "sluice-bench control: API call to datapath, cumulative; kernel {}",
+                r.machine.kernel_release
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms (log scale)")
+        .y_desc("fraction of changes")
+        .axis_desc_style(("sans-serif", 16))
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    let cdf = |v: &[f64]| -> Vec<(f64, f64)> {
+        let mut s: Vec<f64> = v.iter().map(|x| x.max(x_min)).collect();
+        s.sort_by(f64::total_cmp);
+        let n = s.len() as f64;
+        s.iter()
+            .enumerate()
+            .flat_map(|(i, x)| [(*x, i as f64 / n), (*x, (i + 1) as f64 / n)])
+            .collect()
+    };
+    for (label, values, colour) in &series {
+        if values.is_empty() {
+            continue;
+        }
+        let colour = *colour;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                cdf(values),
+                colour.stroke_width(2),
+            )))?
+            .label(*label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
+    }
+    // The floor as its p50..max band at the bottom.
+    let (_, _, floor_colour) = series[2];
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(floor.p50.max(x_min), 0.02), (floor.max.max(x_min), 0.02)],
+            floor_colour.stroke_width(4),
+        )))?
+        .label(format!(
+            "floor: harness writes the trie, watcher sees it (p50 {} ms .. max {} ms)",
+            f3(floor.p50),
+            f3(floor.max)
+        ))
+        .legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], floor_colour.stroke_width(4))
+        });
+    let target = control::TARGET_LATENCY_P99_MS;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(target, 0.0), (target, 1.0)],
+            RED.stroke_width(1),
+        )))?
+        .label(format!("target: p99 < {target} ms"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(1)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod section_tests {
+    use super::*;
+
+    #[test]
+    fn a_section_is_appended_then_replaced_and_the_rest_kept() {
+        let micro = "# micro\n\ntable\n";
+        let once = splice_section(micro, "control", "first");
+        assert!(
+            once.starts_with("# micro\n\ntable\n\n<!-- sluice-bench control: begin -->\nfirst\n")
+        );
+        let twice = splice_section(&once, "control", "second\n");
+        assert!(
+            twice.contains("second") && !twice.contains("first"),
+            "{twice}"
+        );
+        assert!(twice.starts_with(micro.trim_end()));
+        assert_eq!(twice.matches("control: begin").count(), 1);
+    }
+
+    #[test]
+    fn micro_keeps_the_marked_sections_of_other_modes() {
+        let text = splice_section("# old micro\n", "control", "ctl body");
+        let text = splice_section(&text, "e2e", "e2e body");
+        let kept = marked_sections(&text);
+        assert!(!kept.contains("old micro"));
+        assert!(kept.contains("ctl body") && kept.contains("e2e body"));
+        assert_eq!(marked_sections("# nothing marked\n"), "");
+        // An unterminated section is not kept half.
+        assert_eq!(
+            marked_sections("<!-- sluice-bench control: begin -->\nx"),
+            ""
+        );
+    }
 }
