@@ -60,8 +60,9 @@ use sluice_dataplane::{
     vpc::{
         apply::{read_tables, resolve_from_system, trie_key, MapSync, PinnedVpcMaps},
         compile::compile_host,
+        delta::TablesDelta,
         diff::VpcMap,
-        tables::RoutePrefix,
+        tables::{HostTables, RoutePrefix},
     },
 };
 
@@ -177,7 +178,7 @@ impl Params {
 }
 
 /// `sluiced` next to this binary (target/<profile>/), where cargo builds both.
-fn default_sluiced() -> Result<PathBuf> {
+pub fn default_sluiced() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating sluice-bench")?;
     let dir = exe.parent().context("sluice-bench has no directory")?;
     // Test binaries live one level deeper, in target/<profile>/deps.
@@ -482,6 +483,7 @@ pub fn topology(vpcs: u32, routes: u32) -> Topology {
             // The watcher's frames come from the probed NIC: they carry the fixtures' MAC.
             mac: (i == 0).then(|| fmt_mac(packets::SRC_MAC)),
             source_check: None,
+            security_groups: None,
         })
         .collect();
     nics.push(TopologyNic {
@@ -493,6 +495,7 @@ pub fn topology(vpcs: u32, routes: u32) -> Topology {
         ip: Some(fmt_ip(APP_IP)),
         mac: None,
         source_check: None,
+        security_groups: None,
     });
     Topology {
         hosts: vec![HostSpec {
@@ -519,10 +522,12 @@ pub fn topology(vpcs: u32, routes: u32) -> Topology {
                         },
                     })
                     .collect(),
+                security_groups: vec![],
             })
             .collect(),
         nics,
         peerings: vec![],
+        blocklist: vec![],
     }
 }
 
@@ -1489,13 +1494,16 @@ fn total_median(steps: &[StepResult]) -> f64 {
     steps.iter().map(|s| s.seconds.median).sum()
 }
 
-/// Everything the agent does to bring the maps to `intent`, as [`Steps`].
+/// Everything the agent does to bring the maps to `intent`, as [`Steps`]. With `held` (the
+/// tables of the previous round) the controller sends the change from them, as the long
+/// poll does; `held` becomes this round's tables.
 fn agent_steps(
     steps: &mut Steps,
     intent: &Intent,
     generation: u64,
     sync: &mut MapSync,
     dp: &mut Dataplane,
+    held: &mut Option<(u64, HostTables)>,
 ) -> Result<usize> {
     let tables = steps.time(
         "compile",
@@ -1504,23 +1512,44 @@ fn agent_steps(
     )?;
     let wire = steps.time(
         "tables_encode",
-        "the tables as JSON (controller side of the long poll)",
+        "the tables, or their change from the last ones, as JSON (controller side of the long poll)",
         || {
-            Ok(serde_json::to_vec(&AgentTables {
-                generation,
-                registered: true,
-                tables,
-            })?)
+            let reply = match held.as_ref() {
+                Some((base, old)) => AgentTables {
+                    generation,
+                    registered: true,
+                    tables: None,
+                    base: Some(*base),
+                    delta: Some(TablesDelta::between(old, &tables)),
+                },
+                None => AgentTables {
+                    generation,
+                    registered: true,
+                    tables: Some(tables),
+                    base: None,
+                    delta: None,
+                },
+            };
+            Ok(serde_json::to_vec(&reply)?)
         },
     )?;
     let got: AgentTables = steps.time("tables_decode", "decoding them (agent side)", || {
         Ok(serde_json::from_slice(&wire)?)
     })?;
+    let whole = steps.time(
+        "tables_patch",
+        "the change applied to the tables held (agent side)",
+        || {
+            let whole = got.into_tables(held.take())?;
+            *held = Some((generation, whole.clone()));
+            Ok(whole)
+        },
+    )?;
     let resolved = steps.time(
         "resolve",
         "present_only + resolve_from_system: interface indexes and MACs in the namespace",
         || {
-            let (t, missing) = present_only(got.tables);
+            let (t, missing) = present_only(whole);
             ensure!(missing.is_empty(), "interfaces missing: {missing:?}");
             Ok(resolve_from_system(&t)?)
         },
@@ -1566,7 +1595,15 @@ fn in_process_run(
         || Ok(store.commit(&empty, &mut intent)?),
     )?;
     let mut sync = MapSync::new();
-    let wire = agent_steps(full, &intent, intent.generation(), &mut sync, &mut dp)?;
+    let mut held = None;
+    let wire = agent_steps(
+        full,
+        &intent,
+        intent.generation(),
+        &mut sync,
+        &mut dp,
+        &mut held,
+    )?;
     let tables = compile_host(&intent, HOST);
     full.time(
         "attach",
@@ -1587,6 +1624,7 @@ fn in_process_run(
         &mut intent,
         &mut sync,
         &mut dp,
+        &mut held,
         at_scale,
     )?;
     drop(store);
@@ -1599,14 +1637,17 @@ fn in_process_run(
     let (mut intent, _) = empty.apply(topology(1, 0))?;
     store.commit(&empty, &mut intent)?;
     let mut sync = MapSync::new();
-    let resolved = resolve_from_system(&present_only(compile_host(&intent, HOST)).0)?;
+    let compiled = compile_host(&intent, HOST);
+    let resolved = resolve_from_system(&present_only(compiled.clone()).0)?;
     sync.apply(&mut dp_small, resolved.tables)?;
+    let mut held = Some((intent.generation(), compiled));
     route_changes(
         params.inproc_changes,
         &store,
         &mut intent,
         &mut sync,
         &mut dp_small,
+        &mut held,
         small,
     )?;
     drop(store);
@@ -1637,6 +1678,7 @@ fn route_changes(
     intent: &mut Intent,
     sync: &mut MapSync,
     dp: &mut Dataplane,
+    held: &mut Option<(u64, HostTables)>,
     steps: &mut Steps,
 ) -> Result<()> {
     for j in 0..n {
@@ -1663,7 +1705,7 @@ fn route_changes(
             || Ok(store.commit(intent, &mut next)?),
         )?;
         *intent = next;
-        agent_steps(steps, intent, intent.generation(), sync, dp)?;
+        agent_steps(steps, intent, intent.generation(), sync, dp, held)?;
         // The change must be in what the maps now hold.
         let vni = intent.vpc(PROBE_VPC).context("no probed VPC")?.vni;
         let prefix = RoutePrefix {
@@ -1743,7 +1785,7 @@ fn in_process(params: &Params, log: &dyn Fn(&str)) -> Result<InProcess> {
 // The mode
 // ---------------------------------------------------------------------------------------
 
-fn is_debug_binary(path: &Path) -> bool {
+pub fn is_debug_binary(path: &Path) -> bool {
     path.components().any(|c| c.as_os_str() == "debug")
 }
 

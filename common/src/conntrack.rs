@@ -28,9 +28,11 @@
 //! Collection. The datapath deletes an entry on RST and when a lookup finds it expired;
 //! the agent sweeps expired entries periodically. The datapath counts its inserts and
 //! deletes in slot [`CT_COUNT_DATAPATH`] of [`maps::COUNT`] (atomic adds), the sweeper its
-//! deletes in [`CT_COUNT_USERSPACE`] (its only writer); entries = inserted − deleted. A
-//! sweep that counts fewer entries than that attributes the difference to LRU evictions
-//! and adds it to its own deleted count.
+//! deletes in [`CT_COUNT_USERSPACE`] (its only writer; `inserted` there counts entries
+//! userspace wrote itself, e.g. a benchmark's fill); entries = Σ inserted − Σ deleted over
+//! the slots ([`CtCount::entries`]). A sweep that counts fewer entries than that
+//! attributes the difference to LRU evictions and adds it to the `deleted` of
+//! [`CT_COUNT_EVICTED`], so evictions stay visible apart from collections.
 //!
 //! Time is `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC). `last_seen_ns` is written only
 //! when it is [`CT_TOUCH_NS`] old, so a busy flow dirties its entry once a second, not per
@@ -71,7 +73,7 @@ impl CtKey {
         } else {
             (dst, dport, src, sport)
         };
-        let key = CtKey {
+        let mut key = CtKey {
             vni,
             addr_a,
             addr_b,
@@ -80,7 +82,28 @@ impl CtKey {
             proto,
             _pad: [0; 3],
         };
+        // Protocol and padding as one aligned word: LLVM otherwise zeroes the 3 pad bytes
+        // with a call to `memset`, an out-of-line subprogram in BPF.
+        // SAFETY: `proto` is at offset 16 of a 4-aligned struct, followed by the pad.
+        unsafe {
+            (&raw mut key.proto)
+                .cast::<u32>()
+                .write(u32::from_ne_bytes([proto, 0, 0, 0]))
+        };
         (key, src_is_a)
+    }
+
+    /// The originator's and the responder's (address, port), for an entry whose
+    /// originator is endpoint `a` iff `orig_is_a` ([`CT_ORIG_IS_A`]).
+    #[inline(always)]
+    pub fn ends(&self, orig_is_a: bool) -> ((Ipv4, [u8; 2]), (Ipv4, [u8; 2])) {
+        let a = (self.addr_a, self.port_a);
+        let b = (self.addr_b, self.port_b);
+        if orig_is_a {
+            (a, b)
+        } else {
+            (b, a)
+        }
     }
 }
 
@@ -115,6 +138,19 @@ impl CtState {
             6 => Some(Self::Close),
             7 => Some(Self::Datagram),
             _ => None,
+        }
+    }
+
+    /// Stable snake_case name (listings, JSON).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SynSent => "syn_sent",
+            Self::SynRecv => "syn_recv",
+            Self::Established => "established",
+            Self::FinWait => "fin_wait",
+            Self::TimeWait => "time_wait",
+            Self::Close => "close",
+            Self::Datagram => "datagram",
         }
     }
 }
@@ -154,7 +190,10 @@ pub struct CtEntry {
     /// TCP flags seen from the originator and from the responder (ORed).
     pub tcp_orig: u8,
     pub tcp_reply: u8,
-    pub _pad: u32,
+    /// Low 32 bits of the kernel's jiffies when the datapath last took the full path for
+    /// this flow: its fast path, which reads no clock but jiffies (inlined, no call),
+    /// runs while this is under [`CT_FRESH_JIFFIES`] old. 0 from userspace.
+    pub touched: u32,
     /// Reserved for NAT (translated address and port, reverse-entry link); zero for now.
     pub nat: [u32; 4],
     /// Reserved for the load balancer (service, backend); zero for now.
@@ -278,9 +317,15 @@ impl CtEntry {
 
 /// Granularity of `last_seen_ns` updates.
 pub const CT_TOUCH_NS: u64 = 1_000_000_000;
+/// How long the datapath's fast path trusts an entry without reading the clock: 100
+/// jiffies, at most [`CT_TOUCH_NS`] for any kernel (HZ is at least 100), so an entry
+/// within it cannot have expired (timeouts are at least [`CT_TOUCH_NS`]).
+pub const CT_FRESH_JIFFIES: u32 = 100;
 
 /// Value of [`maps::CONFIG`] (a one-slot array). A zero `max_entries` means "not
-/// configured": the datapath uses [`CtConfig::DEFAULT`].
+/// configured": the datapath uses [`CtConfig::DEFAULT`]. Timeouts are at least
+/// [`CT_TOUCH_NS`]: the datapath's fast path takes an entry touched less than that long
+/// ago to be alive without reading its timeout.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtConfig {
@@ -300,6 +345,16 @@ pub struct CtConfig {
 const S: u64 = 1_000_000_000;
 
 impl CtConfig {
+    /// What the datapath applies: `self`, or [`CtConfig::DEFAULT`] when not configured.
+    #[inline(always)]
+    pub fn effective(&self) -> &CtConfig {
+        if self.max_entries == 0 {
+            &CtConfig::DEFAULT
+        } else {
+            self
+        }
+    }
+
     pub const DEFAULT: CtConfig = CtConfig {
         max_entries: DEFAULT_MAX_ENTRIES,
         flags: 0,
@@ -324,7 +379,7 @@ pub const fn ct_map_size(max_entries: u32, possible_cpus: u32) -> u32 {
     max_entries.saturating_add(possible_cpus.saturating_mul(CT_HEADROOM_PER_CPU))
 }
 
-/// Value of [`maps::COUNT`], a two-slot array.
+/// Value of [`maps::COUNT`], a [`CT_COUNT_SLOTS`]-slot array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtCount {
@@ -332,10 +387,34 @@ pub struct CtCount {
     pub deleted: u64,
 }
 
+impl CtCount {
+    /// Entries in the table according to the counts of every slot (wrapping: slots are
+    /// read one by one while other CPUs add, so a transient negative reads as 0).
+    #[inline(always)]
+    pub fn entries(slots: &[CtCount]) -> u64 {
+        let (mut ins, mut del) = (0u64, 0u64);
+        let mut i = 0;
+        while i < slots.len() {
+            ins = ins.wrapping_add(slots[i].inserted);
+            del = del.wrapping_add(slots[i].deleted);
+            i += 1;
+        }
+        if del > ins {
+            0
+        } else {
+            ins - del
+        }
+    }
+}
+
 /// Slot the datapath adds to (atomically).
 pub const CT_COUNT_DATAPATH: u32 = 0;
-/// Slot the agent's sweeper owns.
+/// Slot the agent's sweeper owns: entries it deleted (or, for a fill, inserted).
 pub const CT_COUNT_USERSPACE: u32 = 1;
+/// Slot the sweeper owns for entries the LRU evicted (found missing by a sweep).
+pub const CT_COUNT_EVICTED: u32 = 2;
+/// Slots in [`maps::COUNT`] (one spare).
+pub const CT_COUNT_SLOTS: u32 = 4;
 
 /// Connection-table events, counted per CPU in [`maps::STATS`]; the discriminant is the
 /// slot. Appended, never inserted.
@@ -369,21 +448,24 @@ impl CtEvent {
 /// Slots in [`maps::STATS`]: room for events added later.
 pub const CT_STATS_SLOTS: u32 = 32;
 
-/// Map names, as the eBPF object will declare them; to be added to [`crate::maps::ALL`]
-/// when the kernel side exists.
+/// Map names, as the eBPF object declares them (all listed in [`crate::maps::ALL`]).
 pub mod maps {
     /// LRU hash of [`super::CtEntry`] by [`super::CtKey`], [`super::ct_map_size`] entries.
     pub const CONNTRACK: &str = "SLUICE_CT";
     /// One-slot array of [`super::CtConfig`].
     pub const CONFIG: &str = "SLUICE_CT_CONFIG";
-    /// Two-slot array of [`super::CtCount`].
+    /// Array of [`super::CtCount`], [`super::CT_COUNT_SLOTS`] slots.
     pub const COUNT: &str = "SLUICE_CT_COUNT";
     /// Per-CPU array of `u64` by [`super::CtEvent`], [`super::CT_STATS_SLOTS`] slots.
     pub const STATS: &str = "SLUICE_CT_STATS";
-    pub const ALL: [&str; 4] = [CONNTRACK, CONFIG, COUNT, STATS];
+    /// Per-CPU one-slot array of [`super::CtEntry`]: where the datapath builds a new entry
+    /// (its stack has no room); nothing to read.
+    pub const SCRATCH: &str = "SLUICE_CT_SCRATCH";
+    pub const ALL: [&str; 5] = [CONNTRACK, CONFIG, COUNT, STATS, SCRATCH];
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 20);
+const _: () = assert!(core::mem::offset_of!(CtKey, proto) == 16);
 const _: () = assert!(core::mem::align_of::<CtKey>() == 4);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 const _: () = assert!(core::mem::align_of::<CtEntry>() == 8);

@@ -32,7 +32,7 @@ pub mod maps {
     /// appliance NICs may send any inner source address under a VNI.
     pub const APPLIANCE_VTEPS: &str = "SLUICE_APPLIANCE_VTEPS";
     /// Every map in the object; the daemon pins each under `<pin_dir>/maps/<name>`.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 20] = [
         STATS,
         PORTS,
         ENDPOINTS,
@@ -41,6 +41,18 @@ pub mod maps {
         HOST,
         UNDERLAY_NEIGHBORS,
         APPLIANCE_VTEPS,
+        crate::sg::maps::NICS,
+        crate::sg::maps::POLICIES,
+        crate::sg::maps::REMOTES,
+        crate::sg::maps::SERVICES,
+        crate::sg::maps::BLOCKLIST,
+        crate::sg::maps::BLOCK_STATS,
+        crate::sg::maps::CONFIG,
+        crate::conntrack::maps::CONNTRACK,
+        crate::conntrack::maps::CONFIG,
+        crate::conntrack::maps::COUNT,
+        crate::conntrack::maps::STATS,
+        crate::conntrack::maps::SCRATCH,
     ];
 }
 

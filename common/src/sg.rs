@@ -122,6 +122,22 @@ impl RuleSet {
         self.words.iter().all(|w| *w == 0)
     }
 
+    /// The word holding the lowest slot in both sets, and that slot as a one-bit mask of
+    /// the word: the deciding rule, found with no bit counting (the datapath needs only
+    /// its action; each branch of a bit count would multiply the verifier's paths).
+    #[inline(always)]
+    pub fn first_common_bit(&self, other: &RuleSet) -> Option<(usize, u64)> {
+        let mut i = 0;
+        while i < RULE_WORDS {
+            let m = self.words[i] & other.words[i];
+            if m != 0 {
+                return Some((i, m & m.wrapping_neg()));
+            }
+            i += 1;
+        }
+        None
+    }
+
     /// The lowest slot in both sets: the deciding rule. A fixed, bounded loop.
     #[inline(always)]
     pub fn first_common(&self, other: &RuleSet) -> Option<u32> {
@@ -180,7 +196,8 @@ pub fn decide(
     let (Some(r), Some(s), Some(info)) = (remote, service, info) else {
         return None;
     };
-    r.first_common(s).map(|k| info.allow.contains(k as usize))
+    r.first_common_bit(s)
+        .map(|(word, bit)| info.allow.words[word] & bit != 0)
 }
 
 /// Whether a first packet no rule matches is allowed: ingress denied, egress allowed.
@@ -331,8 +348,8 @@ pub const MAX_REMOTES: u32 = 1 << 20;
 pub const MAX_SERVICES: u32 = 1 << 18;
 pub const MAX_BLOCKLIST: u32 = 1 << 14;
 
-/// Map names, as the eBPF object will declare them; to be added to [`crate::maps::ALL`]
-/// when the kernel side exists (the daemon pins every name listed there).
+/// Map names, as the eBPF object declares them (all listed in [`crate::maps::ALL`], which
+/// the daemon pins).
 pub mod maps {
     /// Array of [`super::NicSg`] indexed by host-side ifindex ([`crate::vpc::MAX_PORTS`]).
     pub const NICS: &str = "SLUICE_SG_NICS";
@@ -403,6 +420,8 @@ mod tests {
         assert_eq!(a.first_common(&b), Some(70));
         a.insert(5);
         assert_eq!(a.first_common(&b), Some(5));
+        assert_eq!(a.first_common_bit(&b), Some((0, 1 << 5)));
+        assert_eq!(RuleSet::EMPTY.first_common_bit(&b), None);
         a.insert(MAX_RULES); // out of range: ignored
         assert!(!a.contains(MAX_RULES));
         assert!(a.contains(1023) && !a.contains(1022));

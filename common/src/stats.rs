@@ -72,11 +72,24 @@ pub enum Reason {
     DropVxlanSpoofedSource,
     DropVxlanInnerNotIpv4,
     DropEncapFailed,
+    // ---- security groups and connection tracking ----
+    /// The sending NIC's egress policy denies the flow's first packet.
+    DropSgEgress,
+    /// The receiving NIC's ingress policy denies the flow's first packet.
+    DropSgIngress,
+    /// A policy change revoked what an established flow was admitted under.
+    DropSgRevoked,
+    /// A new flow while the connection table is at its admission limit.
+    DropCtFull,
+    /// Source (VM packet, outer or inner VXLAN source) in the operator blocklist.
+    DropBlocklistSrc,
+    /// Destination (VM packet, inner VXLAN destination) in the operator blocklist.
+    DropBlocklistDst,
 }
 
 impl Reason {
     /// Number of reasons: the stats map's size.
-    pub const COUNT: u32 = Reason::DropEncapFailed as u32 + 1;
+    pub const COUNT: u32 = Reason::DropBlocklistDst as u32 + 1;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -124,6 +137,12 @@ impl Reason {
         Reason::DropVxlanSpoofedSource,
         Reason::DropVxlanInnerNotIpv4,
         Reason::DropEncapFailed,
+        Reason::DropSgEgress,
+        Reason::DropSgIngress,
+        Reason::DropSgRevoked,
+        Reason::DropCtFull,
+        Reason::DropBlocklistSrc,
+        Reason::DropBlocklistDst,
     ];
 
     pub const fn index(self) -> u32 {
@@ -196,6 +215,12 @@ impl Reason {
             Reason::DropVxlanSpoofedSource => "drop_vxlan_spoofed_source",
             Reason::DropVxlanInnerNotIpv4 => "drop_vxlan_inner_not_ipv4",
             Reason::DropEncapFailed => "drop_encap_failed",
+            Reason::DropSgEgress => "drop_sg_egress",
+            Reason::DropSgIngress => "drop_sg_ingress",
+            Reason::DropSgRevoked => "drop_sg_revoked",
+            Reason::DropCtFull => "drop_ct_full",
+            Reason::DropBlocklistSrc => "drop_blocklist_src",
+            Reason::DropBlocklistDst => "drop_blocklist_dst",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `sluicectl`: the operator CLI for a running `sluiced`, speaking its HTTP API: the
 //! daemon's status and counters, and the controller's intent (hosts, VPCs, subnets, NICs,
-//! routes, peerings), one resource at a time or a whole topology with `apply -f`.
+//! routes, peerings, security groups and their rules, the blocklist), one resource at a
+//! time or a whole topology with `apply -f`.
 //!
 //! Exit status: 0 done, 1 the request failed (the API's `field: reason` is printed, or
 //! the address that could not be reached), 2 usage error.
@@ -21,7 +22,7 @@ use sluice_dataplane::{
 
 use render::Output;
 use resource::{
-    AcceptCmd, ApiRequest, ApplyArgs, CreateCmd, Expect, GetCmd, ListCmd, ResourceRef, UpdateCmd,
+    AcceptCmd, ApiRequest, ApplyArgs, CreateCmd, DeleteCmd, Expect, GetCmd, ListCmd, UpdateCmd,
 };
 
 #[derive(Parser)]
@@ -58,7 +59,7 @@ enum Command {
     List(ListCmd),
     /// Delete a resource; refused, with the dependents, while others depend on it.
     #[command(subcommand)]
-    Delete(ResourceRef),
+    Delete(DeleteCmd),
     /// Accept a pending peering.
     #[command(subcommand)]
     Accept(AcceptCmd),
@@ -656,6 +657,119 @@ mod tests {
                 "routes": [{"destination": "0.0.0.0/0", "next_hop": {"type": "blackhole"}}]}]})
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn security_groups_rules_and_blocks() {
+        let w = |line: &'static str| line.split_whitespace().collect::<Vec<_>>();
+        check(
+            &w("create security-group --vpc a --name web"),
+            Method::POST,
+            "/v1/security-groups",
+            Some(json!({"vpc": "a", "name": "web", "rules": []})),
+            Expect::One(Kind::SecurityGroup),
+        );
+        check(
+            &w(
+                "create rule --sg web --vpc a --direction ingress --protocol tcp \
+                --ports 8000-8100 --cidr 10.0.0.0/8 --action allow --priority 10",
+            ),
+            Method::POST,
+            "/v1/security-groups/web/rules?vpc=a",
+            Some(
+                json!({"direction": "ingress", "protocol": "tcp", "ports": "8000-8100",
+                "cidr": "10.0.0.0/8", "action": "allow", "priority": 10}),
+            ),
+            Expect::One(Kind::Rule),
+        );
+        check(
+            &w(
+                "create rule --security-group sg-3 --direction egress --protocol icmp \
+                --icmp-type 8 --group db --action deny --priority 1",
+            ),
+            Method::POST,
+            "/v1/security-groups/sg-3/rules",
+            Some(
+                json!({"direction": "egress", "protocol": "icmp", "icmp_type": 8,
+                "group": "db", "action": "deny", "priority": 1}),
+            ),
+            Expect::One(Kind::Rule),
+        );
+        check(
+            &w("delete rule sgr-4 --sg web --vpc a"),
+            Method::DELETE,
+            "/v1/security-groups/web/rules/sgr-4?vpc=a",
+            None,
+            Expect::Deleted("rule/web:sgr-4".into()),
+        );
+        check(
+            &w("list rules --sg web --vpc a"),
+            Method::GET,
+            "/v1/security-groups/web?vpc=a",
+            None,
+            Expect::Rules,
+        );
+        check(
+            &w("get sg web --vpc a"),
+            Method::GET,
+            "/v1/security-groups/web?vpc=a",
+            None,
+            Expect::One(Kind::SecurityGroup),
+        );
+        check(
+            &w("list security-groups --vpc a"),
+            Method::GET,
+            "/v1/security-groups?vpc=a",
+            None,
+            Expect::List(Kind::SecurityGroup),
+        );
+        check(
+            &w("delete security-group web --vpc a"),
+            Method::DELETE,
+            "/v1/security-groups/web?vpc=a",
+            None,
+            Expect::Deleted("security-group/a/web".into()),
+        );
+        check(
+            &w("update nic vm1 --security-groups web,db"),
+            Method::PATCH,
+            "/v1/nics/vm1",
+            Some(json!({"security_groups": ["web", "db"]})),
+            Expect::One(Kind::Nic),
+        );
+        check(
+            &w("create block --prefix 203.0.113.0/24 --applies-to source"),
+            Method::POST,
+            "/v1/blocklist",
+            Some(json!({"prefix": "203.0.113.0/24", "applies_to": "source"})),
+            Expect::One(Kind::Block),
+        );
+        check(
+            &w("delete block 203.0.113.0/24"),
+            Method::DELETE,
+            "/v1/blocklist/203.0.113.0%2F24",
+            None,
+            Expect::Deleted("block/203.0.113.0/24".into()),
+        );
+        check(
+            &w("list blocklist"),
+            Method::GET,
+            "/v1/blocklist",
+            None,
+            Expect::List(Kind::Block),
+        );
+        // A rule needs exactly one remote, and known words.
+        let base = "create rule --sg web --direction ingress --protocol tcp --action allow \
+                    --priority 1";
+        let e = usage_error(&w(base));
+        assert!(e.contains("--cidr"), "{e}");
+        usage_error(&[w(base), w("--cidr 10.0.0.0/8 --group db")].concat());
+        let e = usage_error(&w(
+            "create rule --sg web --direction sideways --protocol tcp --action allow \
+             --priority 1 --cidr 10.0.0.0/8",
+        ));
+        assert!(e.contains("ingress") && e.contains("egress"), "{e}");
+        usage_error(&w("create block --prefix 203.0.113.0/24 --applies-to up"));
     }
 
     #[test]

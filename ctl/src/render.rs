@@ -4,7 +4,8 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde::de::DeserializeOwned;
 use sluice_dataplane::intent::{
-    ApplySummary, Host, Nic, Peering, Route, RouteTableEntry, Subnet, Vpc,
+    ApplySummary, BlocklistEntry, Host, Nic, Peering, Route, RouteTableEntry, SecurityGroup,
+    SgRule, Subnet, Vpc,
 };
 
 use crate::{
@@ -48,6 +49,16 @@ pub fn answer(expect: &Expect, value: &serde_json::Value, output: Output) -> Res
         // 204 has no body; the confirmation is the same in every format.
         return Ok(format!("deleted {what}\n"));
     }
+    // `list rules` asks for a group: its rules are the answer, in every format.
+    let rules;
+    let value = match expect {
+        Expect::Rules => {
+            let g: SecurityGroup = typed(value, "a security group")?;
+            rules = serde_json::to_value(&g.rules)?;
+            &rules
+        }
+        _ => value,
+    };
     if let Some(doc) = document(value, output)? {
         return Ok(doc);
     }
@@ -60,6 +71,7 @@ pub fn answer(expect: &Expect, value: &serde_json::Value, output: Output) -> Res
                 "a route table",
             )?))
         }
+        Expect::Rules => return Ok(table::rules(&typed::<Vec<SgRule>>(value, "rules")?)),
         Expect::Apply => {
             return Ok(table::apply_summary(&typed::<ApplySummary>(
                 value,
@@ -75,6 +87,14 @@ pub fn answer(expect: &Expect, value: &serde_json::Value, output: Output) -> Res
         Kind::Nic => table::nics(&rows::<Nic>(value, list, "NIC")?),
         Kind::Route => table::routes(&rows::<Route>(value, list, "route")?),
         Kind::Peering => table::peerings(&rows::<Peering>(value, list, "peering")?),
+        Kind::SecurityGroup if list => {
+            table::security_groups(&rows::<SecurityGroup>(value, list, "security group")?)
+        }
+        Kind::SecurityGroup => {
+            table::security_group(&typed::<SecurityGroup>(value, "a security group")?)
+        }
+        Kind::Rule => table::rules(&rows::<SgRule>(value, list, "rule")?),
+        Kind::Block => table::blocklist(&rows::<BlocklistEntry>(value, list, "blocklist entry")?),
     })
 }
 

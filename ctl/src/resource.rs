@@ -1,5 +1,10 @@
 //! The intent commands (`create`, `get`, `list`, `delete`, `accept`, `update`, `apply`):
 //! their arguments, and the pure mapping from arguments to one API request.
+//!
+//! Security groups follow the same verbs: `create security-group`, and a group's rules
+//! are resources of their own (`create rule --security-group G ...`, `delete rule <id>
+//! --security-group G`, `list rules --security-group G`). Blocked prefixes are `block`s:
+//! `create block --prefix P`, `get|delete block P`, `list blocklist`.
 
 use std::{
     io::Read,
@@ -12,7 +17,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use sluice_dataplane::{
     client::{encode, Method},
     intent::{
-        HostSpec, NextHop, NicSpec, NicUpdate, PeeringSpec, RouteSpec, SubnetSpec, Topology,
+        Action, BlockAppliesTo, BlocklistSpec, Direction, HostSpec, NextHop, NicSpec, NicUpdate,
+        PeeringSpec, Protocol, RouteSpec, SecurityGroupSpec, SgRuleSpec, SubnetSpec, Topology,
         VpcSpec,
     },
 };
@@ -32,6 +38,8 @@ pub enum Expect {
     One(Kind),
     List(Kind),
     RouteTable,
+    /// A security group's rules (the answer is the group).
+    Rules,
     Apply,
     /// 204; the text says what went (`vpc/a`).
     Deleted(String),
@@ -45,6 +53,9 @@ pub enum Kind {
     Nic,
     Route,
     Peering,
+    SecurityGroup,
+    Rule,
+    Block,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -65,6 +76,13 @@ pub enum CreateCmd {
     Route(RouteArgs),
     /// Request a peering between two VPCs (pending until accepted).
     Peering(PeeringArgs),
+    /// A security group of a VPC (rules with -f, or added with `create rule`).
+    #[command(name = "security-group", alias = "sg")]
+    SecurityGroup(SecurityGroupArgs),
+    /// A rule of a security group.
+    Rule(RuleArgs),
+    /// Block a prefix on every host (the operator blocklist).
+    Block(BlockArgs),
 }
 
 #[derive(Debug, Args)]
@@ -125,7 +143,7 @@ pub struct SubnetArgs {
 pub struct NicArgs {
     /// Read the NicSpec from this YAML/JSON file (`-` for stdin) instead of flags.
     #[arg(short, long, value_name = "FILE",
-          conflicts_with_all = ["name", "vpc", "subnet", "host", "ifname", "ip", "mac", "source_check"])]
+          conflicts_with_all = ["name", "vpc", "subnet", "host", "ifname", "ip", "mac", "source_check", "security_groups"])]
     pub file: Option<PathBuf>,
     /// Default: the allocated ID.
     #[arg(long)]
@@ -151,6 +169,9 @@ pub struct NicArgs {
     /// Drop packets not sourced from the NIC's own address (default true; false for appliances).
     #[arg(long, value_name = "BOOL")]
     pub source_check: Option<bool>,
+    /// 1 to 5 groups of the VPC, comma-separated (default: the VPC's `default` group).
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    pub security_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +209,79 @@ pub struct PeeringArgs {
     pub peer_vpc: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct SecurityGroupArgs {
+    /// Read the SecurityGroupSpec (with its rules) from this YAML/JSON file (`-` for stdin).
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["vpc", "name", "description"])]
+    pub file: Option<PathBuf>,
+    /// VPC ID or name.
+    #[arg(long, required_unless_present = "file")]
+    pub vpc: Option<String>,
+    /// Default: the allocated ID; unique within the VPC.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    /// The group the rule is added to (ID, or name with --vpc).
+    #[arg(long, visible_alias = "sg")]
+    pub security_group: String,
+    /// The VPC a group name is looked up in.
+    #[arg(long)]
+    pub vpc: Option<String>,
+    /// Read the rule (SgRuleSpec) from this YAML/JSON file (`-` for stdin) instead of flags.
+    #[arg(short, long, value_name = "FILE",
+          conflicts_with_all = ["direction", "protocol", "ports", "icmp_type", "icmp_code", "cidr", "group", "action", "priority", "description"])]
+    pub file: Option<PathBuf>,
+    /// Traffic to the NIC (ingress) or from it (egress).
+    #[arg(long, required_unless_present = "file", value_parser = ["ingress", "egress"])]
+    pub direction: Option<String>,
+    /// IP protocol (`all`: every protocol, no ports or ICMP type).
+    #[arg(long, required_unless_present = "file", value_parser = ["tcp", "udp", "icmp", "all"])]
+    pub protocol: Option<String>,
+    /// tcp/udp: 80 or 8000-8100 (default: every port).
+    #[arg(long)]
+    pub ports: Option<String>,
+    /// icmp: the type (default: every type).
+    #[arg(long)]
+    pub icmp_type: Option<i64>,
+    /// icmp with a type: the code (default: every code).
+    #[arg(long)]
+    pub icmp_code: Option<i64>,
+    /// Remote: a CIDR.
+    #[arg(long, required_unless_present_any = ["file", "group"], conflicts_with = "group")]
+    pub cidr: Option<String>,
+    /// Remote: a security group of the same VPC (its members' addresses).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// What a matching first packet gets (later packets follow the connection).
+    #[arg(long, required_unless_present = "file", value_parser = ["allow", "deny"])]
+    pub action: Option<String>,
+    /// 1 (evaluated first) to 65535; deny wins a tie.
+    #[arg(long, required_unless_present = "file")]
+    pub priority: Option<i64>,
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BlockArgs {
+    /// Read the BlocklistSpec from this YAML/JSON file (`-` for stdin) instead of flags.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["prefix", "applies_to", "description"])]
+    pub file: Option<PathBuf>,
+    /// IPv4 prefix, /1 to /32.
+    #[arg(long, required_unless_present = "file")]
+    pub prefix: Option<String>,
+    /// Which address of a packet it is matched against (default both).
+    #[arg(long, value_parser = ["source", "destination", "both"])]
+    pub applies_to: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
 /// One resource, as `get` and `delete` name it.
 #[derive(Debug, Subcommand)]
 pub enum ResourceRef {
@@ -223,6 +317,37 @@ pub enum ResourceRef {
     Peering {
         /// ID or name.
         peering: String,
+    },
+    /// A security group (with its rules).
+    #[command(name = "security-group", alias = "sg")]
+    SecurityGroup {
+        /// ID, or name (with --vpc unless unique).
+        group: String,
+        /// The VPC a group name is looked up in.
+        #[arg(long)]
+        vpc: Option<String>,
+    },
+    /// A blocked prefix.
+    Block {
+        /// The prefix (CIDR).
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteCmd {
+    #[command(flatten)]
+    One(ResourceRef),
+    /// A rule of a security group.
+    Rule {
+        /// Rule ID (sgr-<n>).
+        rule: String,
+        /// Its group (ID, or name with --vpc).
+        #[arg(long, visible_alias = "sg")]
+        security_group: String,
+        /// The VPC a group name is looked up in.
+        #[arg(long)]
+        vpc: Option<String>,
     },
 }
 
@@ -267,6 +392,25 @@ pub enum ListCmd {
     },
     #[command(alias = "peering")]
     Peerings,
+    #[command(name = "security-groups", aliases = ["security-group", "sgs", "sg"])]
+    SecurityGroups {
+        /// Only this VPC's (ID or name).
+        #[arg(long)]
+        vpc: Option<String>,
+    },
+    /// A security group's rules.
+    #[command(alias = "rule")]
+    Rules {
+        /// The group (ID, or name with --vpc).
+        #[arg(long, visible_alias = "sg")]
+        security_group: String,
+        /// The VPC a group name is looked up in.
+        #[arg(long)]
+        vpc: Option<String>,
+    },
+    /// The operator blocklist.
+    #[command(aliases = ["blocks", "block"])]
+    Blocklist,
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,7 +424,8 @@ pub enum AcceptCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum UpdateCmd {
-    /// Move a NIC to another host or interface, or switch its source check.
+    /// Move a NIC to another host or interface, switch its source check, or replace its
+    /// security groups.
     Nic {
         /// ID or name.
         nic: String,
@@ -300,11 +445,15 @@ pub struct NicChange {
     pub ifname: Option<String>,
     #[arg(long, value_name = "BOOL")]
     pub source_check: Option<bool>,
+    /// Replace its groups: 1 to 5 of its VPC, comma-separated.
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    pub security_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// The topology (YAML): hosts, vpcs (with subnets and routes), nics, peerings.
+    /// The topology (YAML): hosts, vpcs (with subnets, routes and security groups), nics,
+    /// peerings, blocklist.
     #[arg(short, long, value_name = "FILE")]
     pub file: PathBuf,
 }
@@ -367,6 +516,12 @@ pub fn read_yaml<T: DeserializeOwned>(file: &Path) -> Result<T> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
     };
     parse_yaml(file, &text)
+}
+
+/// A word clap has checked against the enum's spellings, as the enum.
+fn word<T: DeserializeOwned>(w: &Option<String>) -> T {
+    serde_json::from_value(serde_json::Value::String(w.clone().unwrap_or_default()))
+        .expect("clap checked the value")
 }
 
 fn json(v: &impl Serialize) -> Result<serde_json::Value> {
@@ -465,6 +620,7 @@ pub fn create(cmd: &CreateCmd) -> Result<ApiRequest> {
                 ip: a.ip.clone(),
                 mac: a.mac.clone(),
                 source_check: a.source_check,
+                security_groups: a.security_groups.clone(),
             })?;
             req(
                 Method::POST,
@@ -500,7 +656,65 @@ pub fn create(cmd: &CreateCmd) -> Result<ApiRequest> {
                 Expect::One(Kind::Peering),
             )
         }
+        CreateCmd::SecurityGroup(a) => {
+            let s: SecurityGroupSpec = spec(&a.file, || SecurityGroupSpec {
+                vpc: some(&a.vpc),
+                name: a.name.clone(),
+                description: a.description.clone(),
+                rules: vec![],
+            })?;
+            req(
+                Method::POST,
+                "/v1/security-groups".into(),
+                Some(json(&s)?),
+                Expect::One(Kind::SecurityGroup),
+            )
+        }
+        CreateCmd::Rule(a) => {
+            let s: SgRuleSpec = spec(&a.file, || SgRuleSpec {
+                direction: word::<Direction>(&a.direction),
+                protocol: word::<Protocol>(&a.protocol),
+                ports: a.ports.clone(),
+                icmp_type: a.icmp_type,
+                icmp_code: a.icmp_code,
+                cidr: a.cidr.clone(),
+                group: a.group.clone(),
+                action: word::<Action>(&a.action),
+                priority: a.priority.unwrap_or_default(),
+                description: a.description.clone(),
+            })?;
+            req(
+                Method::POST,
+                format!(
+                    "{}/rules{}",
+                    group_path(&a.security_group),
+                    query(&[("vpc", &a.vpc)])
+                ),
+                Some(json(&s)?),
+                Expect::One(Kind::Rule),
+            )
+        }
+        CreateCmd::Block(a) => {
+            let s: BlocklistSpec = spec(&a.file, || BlocklistSpec {
+                prefix: some(&a.prefix),
+                applies_to: a
+                    .applies_to
+                    .as_ref()
+                    .map(|_| word::<BlockAppliesTo>(&a.applies_to)),
+                description: a.description.clone(),
+            })?;
+            req(
+                Method::POST,
+                "/v1/blocklist".into(),
+                Some(json(&s)?),
+                Expect::One(Kind::Block),
+            )
+        }
     })
+}
+
+fn group_path(group: &str) -> String {
+    format!("/v1/security-groups/{}", encode(group))
 }
 
 /// The path of one resource, its kind, and how `delete` reports it.
@@ -539,6 +753,19 @@ fn resource_path(r: &ResourceRef) -> (String, Kind, String) {
             Kind::Peering,
             format!("peering/{peering}"),
         ),
+        ResourceRef::SecurityGroup { group, vpc } => (
+            format!("{}{}", group_path(group), query(&[("vpc", vpc)])),
+            Kind::SecurityGroup,
+            match vpc {
+                Some(v) => format!("security-group/{v}/{group}"),
+                None => format!("security-group/{group}"),
+            },
+        ),
+        ResourceRef::Block { prefix } => (
+            format!("/v1/blocklist/{}", encode(prefix)),
+            Kind::Block,
+            format!("block/{prefix}"),
+        ),
     }
 }
 
@@ -557,8 +784,26 @@ pub fn get(cmd: &GetCmd) -> ApiRequest {
     }
 }
 
-pub fn delete(r: &ResourceRef) -> ApiRequest {
-    let (path, _, what) = resource_path(r);
+pub fn delete(cmd: &DeleteCmd) -> ApiRequest {
+    let (path, what) = match cmd {
+        DeleteCmd::One(r) => {
+            let (path, _, what) = resource_path(r);
+            (path, what)
+        }
+        DeleteCmd::Rule {
+            rule,
+            security_group,
+            vpc,
+        } => (
+            format!(
+                "{}/rules/{}{}",
+                group_path(security_group),
+                encode(rule),
+                query(&[("vpc", vpc)])
+            ),
+            format!("rule/{security_group}:{rule}"),
+        ),
+    };
     req(Method::DELETE, path, None, Expect::Deleted(what))
 }
 
@@ -576,6 +821,18 @@ pub fn list(cmd: &ListCmd) -> ApiRequest {
         ),
         ListCmd::Routes { vpc } => (format!("/v1/routes{}", query(&[("vpc", vpc)])), Kind::Route),
         ListCmd::Peerings => ("/v1/peerings".to_string(), Kind::Peering),
+        ListCmd::SecurityGroups { vpc } => (
+            format!("/v1/security-groups{}", query(&[("vpc", vpc)])),
+            Kind::SecurityGroup,
+        ),
+        ListCmd::Rules {
+            security_group,
+            vpc,
+        } => {
+            let path = format!("{}{}", group_path(security_group), query(&[("vpc", vpc)]));
+            return req(Method::GET, path, None, Expect::Rules);
+        }
+        ListCmd::Blocklist => ("/v1/blocklist".to_string(), Kind::Block),
     };
     req(Method::GET, path, None, Expect::List(kind))
 }
@@ -596,6 +853,7 @@ pub fn update(cmd: &UpdateCmd) -> Result<ApiRequest> {
         host: change.host.clone(),
         ifname: change.ifname.clone(),
         source_check: change.source_check,
+        security_groups: change.security_groups.clone(),
     };
     Ok(req(
         Method::PATCH,

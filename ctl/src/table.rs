@@ -3,7 +3,10 @@
 use sluice_common::stats::Reason;
 use sluice_dataplane::{
     api::{StatsJson, StatusJson},
-    intent::{ApplySummary, Host, Nic, Peering, Route, RouteTableEntry, RouteTarget, Subnet, Vpc},
+    intent::{
+        ApplySummary, BlocklistEntry, Host, Nic, Peering, Protocol, Remote, Route, RouteTableEntry,
+        RouteTarget, SecurityGroup, SgRule, Subnet, Vpc,
+    },
 };
 
 use crate::resource::next_hop_text;
@@ -202,6 +205,7 @@ pub fn nics(nics: &[Nic]) -> String {
                 n.ip.to_string(),
                 n.mac.to_string(),
                 if n.source_check { "on" } else { "off" }.into(),
+                n.security_groups.join(","),
             ]
         })
         .collect();
@@ -216,6 +220,7 @@ pub fn nics(nics: &[Nic]) -> String {
             "IP",
             "MAC",
             "SOURCE-CHECK",
+            "SECURITY-GROUPS",
         ],
         &rows,
         &[],
@@ -250,6 +255,92 @@ pub fn peerings(peerings: &[Peering]) -> String {
         })
         .collect();
     table(&["ID", "NAME", "VPC", "PEER-VPC", "STATE"], &rows, &[])
+}
+
+pub fn security_groups(groups: &[SecurityGroup]) -> String {
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.id.clone(),
+                g.name.clone(),
+                g.vpc.clone(),
+                g.rules.len().to_string(),
+                g.description.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "VPC", "RULES", "DESCRIPTION"],
+        &rows,
+        &[false, false, false, true, false],
+    )
+}
+
+/// One group: its row, then its rules.
+pub fn security_group(g: &SecurityGroup) -> String {
+    format!(
+        "{}\n{}",
+        security_groups(std::slice::from_ref(g)),
+        rules(&g.rules)
+    )
+}
+
+/// PORTS shows tcp/udp port ranges, ICMP `type` or `type/code`, `*` for every one.
+pub fn rules(rules: &[SgRule]) -> String {
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| {
+            let ports = match (r.protocol, r.ports, r.icmp_type, r.icmp_code) {
+                (Protocol::Tcp | Protocol::Udp, Some(p), _, _) => p.to_string(),
+                (Protocol::Icmp, _, Some(t), Some(c)) => format!("{t}/{c}"),
+                (Protocol::Icmp, _, Some(t), None) => t.to_string(),
+                _ => "*".into(),
+            };
+            let remote = match &r.remote {
+                Remote::Cidr(c) => c.to_string(),
+                Remote::Group(g) => format!("group:{g}"),
+            };
+            vec![
+                r.id.clone(),
+                r.priority.to_string(),
+                json_word(&r.direction),
+                json_word(&r.protocol),
+                ports,
+                remote,
+                json_word(&r.action),
+                r.description.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "PRIORITY",
+            "DIRECTION",
+            "PROTOCOL",
+            "PORTS",
+            "REMOTE",
+            "ACTION",
+            "DESCRIPTION",
+        ],
+        &rows,
+        &[false, true],
+    )
+}
+
+pub fn blocklist(entries: &[BlocklistEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|b| {
+            vec![
+                b.prefix.to_string(),
+                json_word(&b.applies_to),
+                b.description.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["PREFIX", "APPLIES-TO", "DESCRIPTION"], &rows, &[])
 }
 
 /// System routes say `local:<subnet>`, custom ones their next hop as `--next-hop` takes it.
@@ -507,13 +598,13 @@ vpc-12  b         10.0.0.0/16  4096
         let n: Vec<Nic> = parse(
             serde_json::json!([{"id": "nic-1", "name": "fw0", "vpc": "vpc-1",
             "subnet": "subnet-1", "host": "h1", "ifname": "fw0", "ip": "10.0.1.10",
-            "mac": "02:73:6c:00:00:01", "source_check": false}]),
+            "mac": "02:73:6c:00:00:01", "source_check": false, "security_groups": ["sg-1", "sg-4"]}]),
         );
         assert_eq!(
             nics(&n),
             "\
-ID     NAME  VPC    SUBNET    HOST  IFNAME  IP         MAC                SOURCE-CHECK
-nic-1  fw0   vpc-1  subnet-1  h1    fw0     10.0.1.10  02:73:6c:00:00:01  off
+ID     NAME  VPC    SUBNET    HOST  IFNAME  IP         MAC                SOURCE-CHECK  SECURITY-GROUPS
+nic-1  fw0   vpc-1  subnet-1  h1    fw0     10.0.1.10  02:73:6c:00:00:01  off           sg-1,sg-4
 "
         );
         let p: Vec<Peering> = parse(serde_json::json!([{"id": "pcx-1", "name": "a-b",
@@ -550,6 +641,43 @@ DESTINATION  TARGET          ORIGIN
 0.0.0.0/0    nic:nic-2       custom
 10.0.1.0/24  local:subnet-1  system
 10.9.0.0/16  blackhole       custom
+"
+        );
+    }
+
+    #[test]
+    fn security_group_rule_and_blocklist_tables() {
+        let g: SecurityGroup = parse(
+            serde_json::json!({"id": "sg-3", "name": "web", "vpc": "vpc-1",
+            "description": "front", "rules": [
+            {"id": "sgr-7", "direction": "ingress", "protocol": "tcp", "ports": "8000-8100",
+             "cidr": "0.0.0.0/0", "action": "allow", "priority": 10},
+            {"id": "sgr-8", "direction": "egress", "protocol": "icmp", "icmp_type": 8,
+             "group": "sg-4", "action": "deny", "priority": 200, "description": "no ping"},
+            {"id": "sgr-9", "direction": "egress", "protocol": "all", "cidr": "10.0.0.0/8",
+             "action": "allow", "priority": 65535}]}),
+        );
+        assert_eq!(
+            security_group(&g),
+            "\
+ID    NAME  VPC    RULES  DESCRIPTION
+sg-3  web   vpc-1      3  front
+
+ID     PRIORITY  DIRECTION  PROTOCOL  PORTS      REMOTE      ACTION  DESCRIPTION
+sgr-7        10  ingress    tcp       8000-8100  0.0.0.0/0   allow
+sgr-8       200  egress     icmp      8          group:sg-4  deny    no ping
+sgr-9     65535  egress     all       *          10.0.0.0/8  allow
+"
+        );
+        let b: Vec<BlocklistEntry> = parse(serde_json::json!([
+            {"prefix": "203.0.113.0/24", "applies_to": "source", "description": "ddos"},
+            {"prefix": "198.51.100.7/32", "applies_to": "both"}]));
+        assert_eq!(
+            blocklist(&b),
+            "\
+PREFIX           APPLIES-TO  DESCRIPTION
+203.0.113.0/24   source      ddos
+198.51.100.7/32  both
 "
         );
     }

@@ -616,3 +616,225 @@ fn apply_creates_a_topology_once_and_then_changes_nothing() {
     );
     assert!(e.contains("missing.yaml"), "{e}");
 }
+
+/// A command line's words (none of these tests' arguments has a space).
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+#[test]
+fn security_groups_rules_nic_groups_and_the_blocklist() {
+    let api = Api::start("sg");
+    let file = write(&api.dir, "topology.yaml", TOPOLOGY);
+    api.ok(&["apply", "-f", &file]);
+
+    // Every VPC has its default group; NICs created without groups are in it.
+    let groups = api.json(&words("list security-groups --vpc tenant-a"));
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["name"], "default");
+    let default_a = groups[0]["id"].as_str().unwrap().to_string();
+    let out = api.ok(&words("list rules --sg default --vpc tenant-a"));
+    assert_eq!(out.lines().count(), 3, "header and two rules: {out}");
+    assert_eq!(
+        api.json(&words("get nic a-vm1"))["security_groups"],
+        serde_json::json!([default_a])
+    );
+
+    // A group from flags, rules added one by one, shown as tables.
+    let out = api.ok(&words(
+        "create security-group --vpc tenant-a --name web --description front",
+    ));
+    let web_id = api.json(&words("get sg web --vpc tenant-a"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(row(&out, &web_id)[1..4], ["web", "vpc-1", "0"]);
+    let out = api.ok(&words(
+        "create rule --sg web --vpc tenant-a --direction ingress --protocol tcp --ports 443 \
+         --cidr 0.0.0.0/0 --action allow --priority 10",
+    ));
+    let https = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let https = https.to_string();
+    assert_eq!(
+        row(&out, &https)[1..],
+        ["10", "ingress", "tcp", "443", "0.0.0.0/0", "allow"]
+    );
+    let ssh = api.json(&words(&format!(
+        "create rule --sg {web_id} --direction ingress --protocol tcp --ports 22 --group web \
+         --action deny --priority 5"
+    )));
+    assert_eq!(ssh["group"], web_id.as_str());
+    let out = api.ok(&words("get security-group web --vpc tenant-a"));
+    assert_eq!(row(&out, &web_id)[3], "2", "{out}");
+    assert_eq!(
+        row(&out, ssh["id"].as_str().unwrap())[5],
+        format!("group:{web_id}")
+    );
+    let rules = api.json(&words("list rules --sg web --vpc tenant-a"));
+    assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
+    assert_eq!(
+        rules,
+        api.json(&words("get sg web --vpc tenant-a"))["rules"]
+    );
+
+    // A NIC takes groups by name; one in use cannot be deleted, and says who uses it.
+    let nic = api.json(&words("update nic a-vm1 --security-groups web,default"));
+    assert_eq!(
+        nic["security_groups"],
+        serde_json::json!([web_id, default_a])
+    );
+    let e = api.fails(1, &words("delete security-group web --vpc tenant-a"));
+    assert!(e.contains("dependents: nic/"), "{e}");
+    let e = api.fails(1, &words("delete sg default --vpc tenant-a"));
+    assert!(
+        e.contains("default group") && e.contains("dependents: vpc/vpc-1"),
+        "{e}"
+    );
+    // Bad requests name the field; nothing changes.
+    let e = api.fails(
+        1,
+        &words(
+            "create rule --sg web --vpc tenant-a --direction ingress --protocol icmp --ports 80 \
+             --cidr 0.0.0.0/0 --action allow --priority 1",
+        ),
+    );
+    assert!(e.starts_with("sluicectl: error: ports: "), "{e}");
+    let e = api.fails(1, &words("update nic a-vm1 --security-groups web,nope"));
+    assert!(
+        e.starts_with("sluicectl: error: security_groups[1]: "),
+        "{e}"
+    );
+    let e = api.fails(
+        2,
+        &words(
+            "create rule --sg web --direction inbound --protocol tcp --cidr 0.0.0.0/0 \
+             --action allow --priority 1",
+        ),
+    );
+    assert!(e.contains("ingress"), "{e}");
+    assert_eq!(
+        api.json(&words("list rules --sg web --vpc tenant-a")),
+        rules
+    );
+
+    // Rules go by ID; then the group, once no NIC has it.
+    let delete_https = format!("delete rule {https} --sg web --vpc tenant-a");
+    assert_eq!(
+        api.ok(&words(&delete_https)),
+        format!("deleted rule/web:{https}\n")
+    );
+    api.fails(1, &words(&delete_https));
+    api.ok(&words("update nic a-vm1 --security-groups default"));
+    api.ok(&words("delete sg web --vpc tenant-a"));
+    assert_eq!(
+        api.json(&words("list sgs")).as_array().unwrap().len(),
+        2,
+        "the two VPCs' default groups"
+    );
+
+    // The blocklist.
+    let out = api.ok(&words(
+        "create block --prefix 203.0.113.0/24 --applies-to source --description ddos",
+    ));
+    assert_eq!(row(&out, "203.0.113.0/24")[1..], ["source", "ddos"]);
+    api.ok(&words("create block --prefix 198.51.100.7/32"));
+    let e = api.fails(1, &words("create block --prefix 203.0.113.0/24"));
+    assert!(
+        e.starts_with("sluicectl: error: prefix: ") && e.contains("dependents: block/"),
+        "{e}"
+    );
+    let e = api.fails(1, &words("create block --prefix 203.0.113.9/24"));
+    assert!(e.contains("host bits"), "{e}");
+    let list = api.ok(&words("list blocklist"));
+    assert_eq!(row(&list, "198.51.100.7/32")[1], "both");
+    assert_eq!(
+        api.json(&words("get block 203.0.113.0/24"))["applies_to"],
+        "source"
+    );
+    assert_eq!(
+        api.ok(&words("delete block 203.0.113.0/24")),
+        "deleted block/203.0.113.0/24\n"
+    );
+    assert_eq!(
+        api.json(&words("list blocklist")).as_array().unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn apply_declares_security_groups_nic_groups_and_the_blocklist() {
+    let api = Api::start("apply-sg");
+    let with_groups = TOPOLOGY
+        .replace(
+            "      - {name: web, cidr: 10.0.1.0/24}\n      - {name: db, cidr: 10.0.2.0/24}\n",
+            "      - {name: web, cidr: 10.0.1.0/24}\n      - {name: db, cidr: 10.0.2.0/24}\n    security_groups:\n      - name: web\n        rules:\n          - {direction: ingress, protocol: tcp, ports: 443, cidr: 0.0.0.0/0, action: allow, priority: 10}\n          - {direction: ingress, protocol: tcp, ports: 5432, group: db, action: deny, priority: 5}\n      - name: db\n        rules: []\n",
+        )
+        .replace(
+            "ifname: a-vm1, ip: 10.0.1.10}",
+            "ifname: a-vm1, ip: 10.0.1.10, security_groups: [web, db]}",
+        )
+        + "blocklist:\n  - {prefix: 203.0.113.0/24, applies_to: source}\n";
+    assert_ne!(with_groups, TOPOLOGY);
+    let file = write(&api.dir, "topology.yaml", &with_groups);
+    let out = api.ok(&["apply", "-f", &file]);
+    for line in [
+        "security-group/tenant-a/web",
+        "security-group/tenant-a/db",
+        "block/203.0.113.0/24",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().eq(["created", line])),
+            "{line}: {out}"
+        );
+    }
+    let again = api.ok(&["apply", "-f", &file]);
+    assert!(again.starts_with("0 created, 0 updated, "), "{again}");
+    let web = api.json(&["get", "sg", "web", "--vpc", "tenant-a"]);
+    let db = api.json(&["get", "sg", "db", "--vpc", "tenant-a"]);
+    assert_eq!(web["rules"][1]["group"], db["id"]);
+    assert_eq!(
+        api.json(&["get", "nic", "a-vm1"])["security_groups"],
+        serde_json::json!([web["id"], db["id"]])
+    );
+    assert_eq!(
+        api.json(&["list", "blocklist"]).as_array().unwrap().len(),
+        1
+    );
+
+    // Dropping a declared rule removes it from the group; the other keeps its ID.
+    let fewer = with_groups.replace(
+        "          - {direction: ingress, protocol: tcp, ports: 5432, group: db, action: deny, priority: 5}\n",
+        "",
+    );
+    let file2 = write(&api.dir, "fewer.yaml", &fewer);
+    let out = api.ok(&["apply", "-f", &file2]);
+    assert!(
+        out.lines().any(|l| l
+            .split_whitespace()
+            .eq(["updated", "security-group/tenant-a/web"])),
+        "{out}"
+    );
+    let web2 = api.json(&["get", "sg", "web", "--vpc", "tenant-a"]);
+    assert_eq!(web2["rules"].as_array().unwrap().len(), 1);
+    assert_eq!(web2["rules"][0]["id"], web["rules"][0]["id"]);
+
+    // A rule naming a group the VPC does not have: the field, and nothing applied.
+    let bad = with_groups.replace("group: db, action: deny", "group: ghost, action: deny");
+    let file3 = write(&api.dir, "bad.yaml", &bad);
+    let e = api.fails(1, &["apply", "-f", &file3]);
+    assert!(
+        e.starts_with("sluicectl: error: vpcs[0].security_groups[0].rules[1].group: "),
+        "{e}"
+    );
+    assert_eq!(
+        api.json(&["get", "sg", "web", "--vpc", "tenant-a"])["rules"],
+        web2["rules"]
+    );
+}

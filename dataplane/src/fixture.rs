@@ -466,6 +466,46 @@ pub fn run_frame_on(prog: &Xdp, frame: &[u8], ingress_ifindex: u32) -> Result<Ru
     })
 }
 
+/// Runs `f` on a thread of its own inside a new network namespace holding the veth pairs
+/// `pairs` (both ends), and gives it each interface's ifindex by name. The namespace goes
+/// away with the thread. For fixtures whose frames arrive on several VM ports: a test run
+/// needs a real device at `ingress_ifindex`, and the root namespace's are off limits.
+pub fn in_private_netns<T: Send>(
+    pairs: &[(&str, &str)],
+    f: impl FnOnce(&std::collections::BTreeMap<String, u32>) -> T + Send,
+) -> Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // Only this thread moves; children it spawns (`ip`) inherit its namespace.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+                }
+                let mut ifindex = std::collections::BTreeMap::new();
+                for (a, b) in pairs {
+                    let out = std::process::Command::new("ip")
+                        .args(["link", "add", a, "type", "veth", "peer", "name", b])
+                        .output()
+                        .context("running ip")?;
+                    ensure!(
+                        out.status.success(),
+                        "ip link add {a} type veth peer name {b}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    for name in [a, b] {
+                        let c = std::ffi::CString::new(*name)?;
+                        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+                        ensure!(i != 0, "no ifindex for {name}");
+                        ifindex.insert(name.to_string(), i);
+                    }
+                }
+                Ok(f(&ifindex))
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// Well-formed frames built with `etherparse`, for fixtures and benchmarks.
 pub mod packets {
     use etherparse::{

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod conntrack;
 pub mod controller;
 pub mod daemon;
 pub mod fixture;

@@ -192,6 +192,97 @@ impl AgentMetrics {
     }
 }
 
+pub const CONNTRACK_ENTRIES: &str = "sluice_conntrack_entries";
+pub const CONNTRACK_INSERTS: &str = "sluice_conntrack_inserts_total";
+pub const CONNTRACK_INSERT_FAILURES: &str = "sluice_conntrack_insert_failures_total";
+pub const CONNTRACK_EVICTIONS: &str = "sluice_conntrack_evictions_total";
+pub const CONNTRACK_COLLECTIONS: &str = "sluice_conntrack_collections_total";
+
+/// Something that can read the connection table's counters: the loaded dataplane, or a
+/// fake in tests.
+pub trait ConntrackSource: Send + Sync {
+    fn conntrack_counts(&self) -> Result<crate::conntrack::CtCounts>;
+}
+
+impl ConntrackSource for Mutex<Dataplane> {
+    fn conntrack_counts(&self) -> Result<crate::conntrack::CtCounts> {
+        let dp = self
+            .lock()
+            .map_err(|_| anyhow!("dataplane lock poisoned"))?;
+        Ok(crate::conntrack::counts(&*dp)?)
+    }
+}
+
+/// The connection table's entries, inserts, insert failures (table full), LRU evictions
+/// and collections (RST, expiry), read from its maps at scrape time like the packet
+/// counters: the kernel's counts are the truth, so there is nothing to keep in sync.
+pub struct ConntrackCollector {
+    source: Arc<dyn ConntrackSource>,
+    descs: Vec<Desc>,
+}
+
+impl ConntrackCollector {
+    pub fn new(source: Arc<dyn ConntrackSource>) -> Self {
+        let descs = [
+            (
+                CONNTRACK_ENTRIES,
+                "Entries in the connection table (inserted minus deleted).",
+            ),
+            (
+                CONNTRACK_INSERTS,
+                "Flows inserted into the connection table.",
+            ),
+            (
+                CONNTRACK_INSERT_FAILURES,
+                "New flows dropped because the connection table was full (or refused the insert).",
+            ),
+            (
+                CONNTRACK_EVICTIONS,
+                "Connection-table entries the LRU evicted, as found by the sweeper.",
+            ),
+            (
+                CONNTRACK_COLLECTIONS,
+                "Connection-table entries collected after RST or expiry, by the datapath or the sweeper.",
+            ),
+        ]
+        .into_iter()
+        .map(|(name, help)| Desc::new(name.into(), help.into(), vec![], HashMap::new()))
+        .collect::<prometheus::Result<Vec<_>>>()
+        .expect("metric descriptions are valid");
+        Self { source, descs }
+    }
+}
+
+impl Collector for ConntrackCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let c = match self.source.conntrack_counts() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reading the connection table's counters for /metrics: {e:#}");
+                return vec![];
+            }
+        };
+        let counter = |desc: &Desc, v: u64| {
+            let mut x = proto::Counter::default();
+            x.set_value(v as f64);
+            let mut m = proto::Metric::default();
+            m.set_counter(x);
+            family(desc, MetricType::COUNTER, vec![m])
+        };
+        vec![
+            gauge(&self.descs[0], c.entries as f64),
+            counter(&self.descs[1], c.inserts),
+            counter(&self.descs[2], c.insert_failures),
+            counter(&self.descs[3], c.evictions),
+            counter(&self.descs[4], c.collections),
+        ]
+    }
+}
+
 /// The Prometheus text exposition of everything in `registry`.
 pub fn render(registry: &Registry) -> Result<String> {
     let mut buf = Vec::new();
@@ -279,6 +370,43 @@ pub(crate) mod tests {
         let text = rendered(FakeStats(None), 1);
         assert!(!text.contains(PACKETS_TOTAL), "{text}");
         assert!(text.contains("sluice_interfaces_attached 1\n"), "{text}");
+    }
+
+    #[test]
+    fn conntrack_metrics_render_the_counts_and_vanish_on_a_failed_read() {
+        struct Fixed(Option<crate::conntrack::CtCounts>);
+        impl ConntrackSource for Fixed {
+            fn conntrack_counts(&self) -> Result<crate::conntrack::CtCounts> {
+                self.0.ok_or_else(|| anyhow!("map gone"))
+            }
+        }
+        let counts = crate::conntrack::CtCounts {
+            entries: 7,
+            inserts: 12,
+            insert_failures: 3,
+            evictions: 1,
+            collections: 4,
+            ..Default::default()
+        };
+        let reg = Registry::new();
+        reg.register(Box::new(ConntrackCollector::new(Arc::new(Fixed(Some(
+            counts,
+        ))))))
+        .unwrap();
+        let text = render(&reg).unwrap();
+        for line in [
+            "# TYPE sluice_conntrack_entries gauge\nsluice_conntrack_entries 7\n",
+            "# TYPE sluice_conntrack_inserts_total counter\nsluice_conntrack_inserts_total 12\n",
+            "sluice_conntrack_insert_failures_total 3\n",
+            "sluice_conntrack_evictions_total 1\n",
+            "sluice_conntrack_collections_total 4\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+        let reg = Registry::new();
+        reg.register(Box::new(ConntrackCollector::new(Arc::new(Fixed(None)))))
+            .unwrap();
+        assert!(!render(&reg).unwrap().contains("sluice_conntrack"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Tier 2: packet fixtures through BPF_PROG_TEST_RUN. Each fixture is one frame into one
 //! program with the expected verdict, output bytes and counter deltas; every drop reason has
 //! at least one fixture (checked below), so a new reason without a fixture fails the suite.
+#[path = "fixtures/sg.rs"]
+mod sg;
 mod support;
 #[path = "fixtures/vpc.rs"]
 mod vpc;
@@ -855,12 +857,14 @@ fn all_fixtures() -> Vec<Fixture> {
 fn every_reason_has_a_fixture() {
     let mut fixtures = all_fixtures();
     fixtures.extend(vpc::fixtures());
+    let scenarios = sg::scenarios(sg::Ports::PLACEHOLDER);
     let missing: Vec<&str> = Reason::ALL
         .iter()
         .filter(|r| !vpc::UNREACHABLE.iter().any(|(u, _)| u == *r))
         .filter(|r| {
             !fixtures
                 .iter()
+                .chain(scenarios.iter().flat_map(|s| s.fixtures()))
                 .any(|f| f.exercised_reasons().any(|e| e == **r))
         })
         .map(|r| r.name())
@@ -917,6 +921,39 @@ fn every_fixture_passes() {
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/fixture-report.txt");
     std::fs::write(out, &summary).expect("write fixture report");
     assert!(report.failures.is_empty(), "{report}");
+}
+
+/// The security-group scenarios, each on programs and maps of its own, in one private
+/// network namespace whose veth ends are the VM ports.
+#[test]
+fn security_group_scenarios_pass() {
+    if !support::privileged("security_group_scenarios_pass") {
+        return;
+    }
+    let (scenarios, frames, failures) =
+        sluice_dataplane::fixture::in_private_netns(&sg::PORT_PAIRS, |ifindex| {
+            let ports = sg::Ports::from_names(ifindex);
+            let (mut scenarios, mut frames, mut failures) = (0, 0, Vec::new());
+            for s in sg::scenarios(ports) {
+                let mut dp = Dataplane::load(None).expect("object loads");
+                scenarios += 1;
+                frames += s.fixtures().count();
+                failures.extend(s.run(&mut dp));
+            }
+            (scenarios, frames, failures)
+        })
+        .expect("a private network namespace with veth pairs");
+    let summary = format!(
+        "security-group fixtures: {scenarios} scenarios, {frames} frames, {} failed steps\n",
+        failures.len()
+    );
+    println!("{}\n{summary}", failures.join("\n"));
+    let out = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/sg-fixture-report.txt"
+    );
+    std::fs::write(out, &summary).expect("write the security-group fixture report");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

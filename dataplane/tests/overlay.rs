@@ -317,6 +317,7 @@ impl<'lab> Overlay<'lab> {
             routes,
             vnis: present.iter().map(|t| t.vni()).collect(),
             remote_vteps: remote_vteps.into_iter().collect(),
+            ..Default::default()
         }
     }
 

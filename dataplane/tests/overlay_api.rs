@@ -639,8 +639,9 @@ fn custom_routes_appliance_blackhole_and_longest_prefix() {
     println!("test took {:.1}s", started.elapsed().as_secs_f64());
 }
 
-/// Peering: pending carries nothing, accepted works with routes on both sides, a side
-/// without a route back breaks it, a chain gives no transit. Then deletes: a NIC's entries
+/// Peering: pending carries nothing, accepted works with routes on both sides once the
+/// peers' security groups admit each other, a side without a route back breaks it, a
+/// chain gives no transit. Then deletes: a NIC's entries
 /// leave the pinned maps on both hosts, a VPC with dependents is refused with their list,
 /// an emptied VPC goes with its VNI.
 #[test]
@@ -747,8 +748,29 @@ fn peerings_transit_and_deletes_through_the_api() {
     assert!(packets(&delta, "h1", Reason::DropNoRoute) >= u64::from(PINGS));
     assert_eq!(packets(&delta, "h2", Reason::FwdDecap), 0);
 
-    // Accepted: both directions, across hosts (a1 on h1) and on one host (a4, c1 on h2).
+    // Accepted, security groups still apply: C's default group admits only its members
+    // until the tenants open their groups to the peers (A to C, C to A and D, D to C).
     change(&mut t, Method::POST, "/v1/peerings/a-c/accept", None);
+    let before = stats(&t);
+    assert_unanswered(&ping(&t, "a1", &c1), "a1 -> c1 before C's group admits A");
+    assert!(packets(&since(&t, &before), "h2", Reason::DropSgIngress) >= u64::from(PINGS));
+    for (vpc, peer) in [
+        ("tenant-a", "10.1.0.0/16"),
+        ("tenant-c", "10.0.0.0/16"),
+        ("tenant-c", "10.2.0.0/16"),
+        ("tenant-d", "10.1.0.0/16"),
+    ] {
+        change(
+            &mut t,
+            Method::POST,
+            &format!("/v1/security-groups/default/rules?vpc={vpc}"),
+            Some(
+                serde_json::json!({"direction": "ingress", "protocol": "all",
+                "cidr": peer, "action": "allow", "priority": 100}),
+            ),
+        );
+    }
+    // Both directions, across hosts (a1 on h1) and on one host (a4, c1 on h2).
     let before = stats(&t);
     let across = ping(&t, "a1", &c1);
     let across_tcp = tcp(&t, "a1", &c1, TCP_BYTES, TCP_TIMEOUT);

@@ -118,6 +118,7 @@ fn tables_v1() -> HostTables {
         ],
         vnis: vec![100, 200],
         remote_vteps: vec![VTEP_A],
+        ..Default::default()
     }
 }
 

@@ -1,10 +1,16 @@
 //! Sluice's XDP programs. Read a packet's life top-down from the entry points below:
-//! `parse` validates and locates headers, `stats` counts the verdict. Later concerns
-//! (vpc, sg, conntrack, nat, lb) slot in between parse and verdict, one module each.
+//! `parse` validates and locates headers, `sg` checks the operator blocklist first, `vpc`
+//! routes (calling `sg` for the security groups, which keep state in `conntrack`),
+//! `stats` counts the verdict. Later concerns (nat, lb) slot in the same way.
 #![no_std]
 #![no_main]
+// Atomic adds for counters other CPUs share (`conntrack.rs`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+mod conntrack;
 mod parse;
+mod sg;
 mod stats;
 mod vpc;
 
@@ -24,6 +30,9 @@ fn vm(ctx: &XdpContext) -> u32 {
         Ok(pkt) => pkt,
         Err(reason) => return stats::verdict(ctx, reason),
     };
+    if let Some(reason) = sg::blocklist_vm(ctx, &pkt, len) {
+        return stats::verdict(ctx, reason);
+    }
     match vpc::vm_egress(ctx, &pkt) {
         Some(out) => stats::finish(len, out),
         None => stats::verdict(ctx, pass_reason(&pkt)),
@@ -41,9 +50,12 @@ fn underlay(ctx: &XdpContext) -> u32 {
     let len = stats::frame_len(ctx);
     let reason = match parse::parse(ctx) {
         Ok(pkt) if pkt.is_vxlan() => match parse::parse_vxlan(ctx, &pkt) {
-            Ok(vx) => match vpc::underlay_ingress(ctx, &pkt, &vx) {
-                Some(out) => return stats::finish(len, out),
-                None => Reason::PassVxlan,
+            Ok(vx) => match sg::blocklist_vxlan(ctx, &pkt, &vx.inner, len) {
+                Some(reason) => reason,
+                None => match vpc::underlay_ingress(ctx, &pkt, &vx) {
+                    Some(out) => return stats::finish(len, out),
+                    None => Reason::PassVxlan,
+                },
             },
             Err(reason) => reason,
         },

@@ -23,7 +23,10 @@ use sluice_common::{
     vpc::*,
 };
 
-use crate::parse::{Packet, Vxlan};
+use crate::{
+    parse::{Packet, Vxlan},
+    sg,
+};
 
 #[map(name = "SLUICE_PORT_ARRAY")]
 static PORTS: Array<Port> = Array::with_max_entries(MAX_PORTS, 0);
@@ -237,6 +240,10 @@ fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outc
     if !same_subnet && h[8] <= 1 {
         return drop(Reason::DropTtlExceeded);
     }
+    // Last check, so only a packet that leaves moves the connection table.
+    if let Err(reason) = security_groups(ctx, pkt, port.vni, vni, ep) {
+        return drop(reason);
+    }
     if !same_subnet {
         // Routed between subnets: one hop, like any router (RFC 1624 incremental checksum).
         h[8] -= 1;
@@ -251,6 +258,29 @@ fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outc
         return encap(ctx, pkt, host, vni, ep.vtep, ep.vtep_mac);
     }
     redirect(ep.ifindex, Reason::FwdLocal)
+}
+
+/// The sending NIC's egress policy and, when the destination is a NIC on this host, its
+/// ingress policy (`sg.rs`).
+#[inline(always)]
+fn security_groups(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    port_vni: u32,
+    dst_vni: u32,
+    ep: &Endpoint,
+) -> Result<(), Reason> {
+    let ends = sg::Ends {
+        sender_ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        sender_vni: port_vni,
+        receiver_ifindex: if ep.flags & ENDPOINT_LOCAL != 0 {
+            ep.ifindex
+        } else {
+            0
+        },
+        receiver_vni: dst_vni,
+    };
+    sg::check(ctx, pkt, &ends)
 }
 
 #[inline(always)]
@@ -411,6 +441,16 @@ fn decap(ctx: &XdpContext, vx: &Vxlan, outer_src: Ipv4, host: &HostConfig) -> Ou
         return drop(Reason::DropVxlanSpoofedSource);
     }
     let (mac, ifindex) = (target.mac, target.ifindex);
+    // The receiving NIC's ingress policy; the sender's egress was its own host's business.
+    let ends = sg::Ends {
+        sender_ifindex: 0,
+        sender_vni: 0,
+        receiver_ifindex: ifindex,
+        receiver_vni: vni,
+    };
+    if let Err(reason) = sg::check(ctx, &vx.inner, &ends) {
+        return drop(reason);
+    }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
         return drop(Reason::DropEncapFailed);
     }

@@ -7,6 +7,13 @@
 //! local NIC interface and `xdp_underlay` to the fabric interface (detaching them when
 //! they go). Without an intent change it resolves again every `resync_secs`, so VM
 //! interfaces created after their NIC, and underlay MACs learnt later, are picked up.
+//!
+//! Security groups travel with the tables and are written around the VPC maps: new
+//! policies and NIC slots before (a NIC's slot is set before its port goes live), slots
+//! and policies no longer used after (a port stops before its filter goes); the blocklist
+//! first. A separate task sweeps expired connection-table entries every
+//! [`SWEEP_INTERVAL`], through its own handles on the pinned maps, so a sweep of a large
+//! table never holds up an apply (and with it a revocation).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -22,11 +29,13 @@ use tokio::sync::watch;
 
 use crate::{
     client::{self, ApiAddr},
+    conntrack,
     controller::api::AgentTables,
     loader::{self, Dataplane, Role},
     metrics::AgentMetrics,
+    sg::apply::{self as sg_apply, PinnedSgMaps, SgStep},
     vpc::{
-        apply::{resolve_from_system, system_ifindex, MapSync},
+        apply::{resolve_with, MapSync, SystemInterfaces},
         diff::VpcMap,
         tables::HostTables,
     },
@@ -34,6 +43,11 @@ use crate::{
 
 /// Longest long-poll; the client gives up on a request after 10 s.
 const MAX_POLL: Duration = Duration::from_secs(8);
+
+/// How often expired connection-table entries are collected: the shortest default timeout
+/// (TCP close, 10 s), so an expired entry lingers at most about that long again. The
+/// datapath also deletes an expired entry its lookup finds, and on RST.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The agent's part of `GET /v1/status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +89,9 @@ struct Applied {
     fresh: BTreeMap<String, u32>,
     /// Stale link pins from an earlier run were looked for.
     swept: bool,
+    /// The last tables received, whole, and their generation: the controller sends the
+    /// next ones as a change from these.
+    held: Option<(u64, HostTables)>,
 }
 
 impl Agent {
@@ -83,9 +100,15 @@ impl Agent {
         let agent = Arc::new(self);
         let applied = Arc::new(Mutex::new(Applied::default()));
         let mut after: Option<u64> = None;
+        tokio::spawn(sweep_conntrack(
+            agent.host.clone(),
+            agent.pin_dir.clone(),
+            stop.clone(),
+        ));
         loop {
+            let have = applied.lock().expect("agent").held.as_ref().map(|h| h.0);
             let fetched = tokio::select! {
-                r = agent.fetch(after) => r,
+                r = agent.fetch(after, have) => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             let tables = match fetched {
@@ -122,12 +145,19 @@ impl Agent {
     }
 
     /// The tables, once the generation is past `after` or the resync interval is up.
-    async fn fetch(&self, after: Option<u64>) -> Result<AgentTables> {
-        let mut path = format!("/v1/agent/hosts/{}/tables", client::encode(&self.host));
+    async fn fetch(&self, after: Option<u64>, have: Option<u64>) -> Result<AgentTables> {
+        let mut query = Vec::new();
         if let Some(g) = after {
             // Shorter than the client's request timeout, so a quiet poll is not an error.
             let wait = self.resync.min(MAX_POLL);
-            path += &format!("?after={g}&wait_ms={}", wait.as_millis());
+            query.push(format!("after={g}&wait_ms={}", wait.as_millis()));
+        }
+        if let Some(g) = have {
+            query.push(format!("have={g}"));
+        }
+        let mut path = format!("/v1/agent/hosts/{}/tables", client::encode(&self.host));
+        if !query.is_empty() {
+            path += &format!("?{}", query.join("&"));
         }
         client::get(&self.controller, &path)
             .await?
@@ -145,17 +175,37 @@ impl Agent {
     /// its program sees a packet), then attach what is new, then detach what is gone.
     fn apply(&self, applied: &mut Applied, t: AgentTables) -> Result<()> {
         let _timer = self.metrics.apply_seconds.start_timer();
-        let (tables, missing) = present_only(t.tables);
-        let resolved = resolve_from_system(&tables).context("resolving the tables")?;
+        let generation = t.generation;
+        let whole = t.into_tables(applied.held.take())?;
+        applied.held = Some((generation, whole.clone()));
+        let ifs = SystemInterfaces::of(&whole);
+        let (tables, missing) = present_only_in(whole, &ifs);
+        let resolved = resolve_with(&tables, &ifs).context("resolving the tables")?;
         let mut dp = self.dataplane.lock().expect("dataplane");
         let entries: Vec<(&str, usize)> = VpcMap::ALL
             .into_iter()
             .map(|m| (m.name(), resolved.tables.entries(m)))
             .collect();
+
+        let blocked = sg_apply::apply_blocklist(&mut *dp, &tables.blocklist)
+            .context("writing the blocklist")?;
+        let sg = sg_apply::resolve(
+            &tables.security_groups,
+            sg_apply::nic_slots(&*dp).context("security-group NIC slots")?,
+            |ifname| ifs.ifindex(ifname),
+        );
+        let current = sg_apply::read_state(&*dp).context("reading the security-group maps")?;
+        let (before, after): (Vec<SgStep>, Vec<SgStep>) = sg_apply::plan(&current, &sg)
+            .into_iter()
+            .partition(|s| matches!(s, SgStep::WritePolicy(_) | SgStep::SetNic(..)));
+        let sg_before =
+            sg_apply::execute(&mut *dp, &before, &sg).context("writing the security-group maps")?;
         let counts = applied
             .sync
             .apply(&mut *dp, resolved.tables)
             .context("writing the maps")?;
+        let sg_after = sg_apply::execute(&mut *dp, &after, &sg)
+            .context("removing unused security-group entries")?;
 
         let mut wanted: BTreeMap<String, Role> = tables
             .ports
@@ -174,7 +224,7 @@ impl Agent {
             applied.swept = true;
         }
         for (ifname, role) in &wanted {
-            let ifindex = system_ifindex(ifname);
+            let ifindex = ifs.ifindex(ifname);
             let current = applied.attached.get(ifname) == Some(role)
                 && applied.fresh.get(ifname) == ifindex.as_ref();
             if current {
@@ -209,9 +259,15 @@ impl Agent {
         drop(dp);
 
         if counts.upserts() + counts.deletes() > 0 {
-            log::info!("agent {}: generation {}: {counts}", self.host, t.generation);
+            log::info!("agent {}: generation {generation}: {counts}", self.host);
         }
-        self.metrics.applied_generation.set(t.generation as i64);
+        if !sg_before.is_noop() || !sg_after.is_noop() || blocked.written + blocked.deleted > 0 {
+            log::info!(
+                "agent {}: generation {generation}: security groups {sg_before:?} then {sg_after:?}; blocklist {blocked:?}",
+                self.host
+            );
+        }
+        self.metrics.applied_generation.set(generation as i64);
         for (map, n) in entries {
             self.metrics
                 .map_entries
@@ -219,7 +275,7 @@ impl Agent {
                 .set(n as i64);
         }
         let mut s = self.status.lock().expect("status");
-        s.applied_generation = Some(t.generation);
+        s.applied_generation = Some(generation);
         s.last_error = None;
         s.attached = applied.attached.keys().cloned().collect();
         s.missing_interfaces = missing;
@@ -244,11 +300,51 @@ impl Agent {
     }
 }
 
+/// Collects expired connection-table entries every [`SWEEP_INTERVAL`] until `stop`.
+async fn sweep_conntrack(host: String, pin_dir: PathBuf, mut stop: watch::Receiver<bool>) {
+    let mut maps: Option<PinnedSgMaps> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let dir = pin_dir.clone();
+        let held = maps.take();
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut m = match held {
+                Some(m) => m,
+                None => PinnedSgMaps::open(&dir)?,
+            };
+            let st = conntrack::sweep(&mut m, conntrack::monotonic_ns())?;
+            anyhow::Ok((m, st))
+        })
+        .await
+        .map_err(|e| anyhow!("sweep task: {e}"))
+        .and_then(|r| r);
+        match swept {
+            Ok((m, st)) => {
+                maps = Some(m);
+                if st.collected + st.evicted > 0 {
+                    log::debug!("agent {host}: connection table sweep: {st:?}");
+                }
+            }
+            // Maps not pinned (yet), or replaced: open them again next time.
+            Err(e) => log::warn!("agent {host}: connection table sweep: {e:#}"),
+        }
+    }
+}
+
 /// The tables without the NICs whose interface does not exist here (yet), or whose ifindex
 /// does not fit the port array: one such VM must not hold up the rest of the host.
 /// Returns them by interface name.
-pub fn present_only(mut t: HostTables) -> (HostTables, Vec<String>) {
-    let unusable = |ifname: &str| match system_ifindex(ifname) {
+pub fn present_only(t: HostTables) -> (HostTables, Vec<String>) {
+    let ifs = SystemInterfaces::of(&t);
+    present_only_in(t, &ifs)
+}
+
+/// [`present_only`] against an interface snapshot the caller already took.
+pub fn present_only_in(mut t: HostTables, ifs: &SystemInterfaces) -> (HostTables, Vec<String>) {
+    let unusable = |ifname: &str| match ifs.ifindex(ifname) {
         None => true,
         Some(ifindex) if ifindex >= sluice_common::vpc::MAX_PORTS => {
             log::warn!(

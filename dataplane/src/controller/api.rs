@@ -17,9 +17,11 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use super::Controller;
 use crate::{
     intent::{
-        Cidr, ErrorKind, HostSpec, Intent, NicSpec, NicUpdate, PeeringSpec, RouteSpec, SubnetSpec,
-        Topology, TransactError, ValidationError, VpcSpec,
+        BlocklistSpec, Cidr, ErrorKind, HostSpec, Intent, NicSpec, NicUpdate, PeeringSpec,
+        RouteSpec, SecurityGroupSpec, SgRuleSpec, SubnetSpec, Topology, TransactError,
+        ValidationError, VpcSpec,
     },
+    vpc::delta::TablesDelta,
     vpc::tables::HostTables,
 };
 
@@ -53,7 +55,33 @@ pub struct AgentTables {
     pub generation: u64,
     /// False when the host is not (or no longer) in the intent: the tables are empty.
     pub registered: bool,
-    pub tables: HostTables,
+    /// The whole tables; absent when `delta` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<HostTables>,
+    /// With `have=G` in the request, when the controller still knew generation G's tables:
+    /// the generation the delta applies to (G) and the change from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<TablesDelta>,
+}
+
+impl AgentTables {
+    /// The whole tables: `tables`, or `delta` applied to `held` (the tables of `base`).
+    pub fn into_tables(self, held: Option<(u64, HostTables)>) -> anyhow::Result<HostTables> {
+        match (self.tables, self.delta, self.base, held) {
+            (Some(t), _, _, _) => Ok(t),
+            (None, Some(d), Some(base), Some((g, mut t))) if g == base => {
+                d.apply(&mut t);
+                Ok(t)
+            }
+            (None, Some(_), base, held) => anyhow::bail!(
+                "a delta from generation {base:?}, but the tables held are of {:?}",
+                held.map(|h| h.0)
+            ),
+            (None, None, _, _) => anyhow::bail!("neither tables nor a delta"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -152,6 +180,24 @@ pub fn router(controller: Arc<Controller>) -> Router {
             get(get_peering).delete(delete_peering),
         )
         .route("/v1/peerings/{pcx}/accept", post(accept_peering))
+        .route(
+            "/v1/security-groups",
+            get(list_security_groups).post(create_security_group),
+        )
+        .route(
+            "/v1/security-groups/{sg}",
+            get(get_security_group).delete(delete_security_group),
+        )
+        .route("/v1/security-groups/{sg}/rules", post(add_rule))
+        .route(
+            "/v1/security-groups/{sg}/rules/{rule}",
+            axum::routing::delete(remove_rule),
+        )
+        .route("/v1/blocklist", get(list_blocklist).post(add_blocklist))
+        .route(
+            "/v1/blocklist/{*prefix}",
+            get(get_blocklist).delete(delete_blocklist),
+        )
         .route("/v1/topology", post(apply_topology))
         .route("/v1/agent/hosts/{host}/tables", get(agent_tables))
         // A whole-cloud `apply -f` (1,000 VPCs x 100 routes) is ~7 MB of JSON; axum's
@@ -449,6 +495,114 @@ async fn delete_peering(State(c): Ctl, Path(pcx): Path<String>) -> ApiResult {
     .await
 }
 
+// ---- security groups ----
+
+async fn list_security_groups(State(c): Ctl, Query(q): Query<VpcFilter>) -> ApiResult {
+    c.read(|i| {
+        let groups: Vec<_> = match q.vpc.as_deref() {
+            Some(v) => {
+                let id = vpc_id(i, v)?;
+                i.security_groups_of(&id).cloned().collect()
+            }
+            None => i.security_groups().cloned().collect(),
+        };
+        Ok(Json(groups).into_response())
+    })
+}
+
+async fn create_security_group(State(c): Ctl, body: Bytes) -> ApiResult {
+    let spec: SecurityGroupSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| {
+        i.create_security_group(spec)
+    })
+    .await
+}
+
+async fn get_security_group(
+    State(c): Ctl,
+    Path(sg): Path<String>,
+    Query(q): Query<VpcFilter>,
+) -> ApiResult {
+    c.read(|i| {
+        if let Some(v) = q.vpc.as_deref() {
+            vpc_id(i, v)?;
+        }
+        found(
+            i.security_group(q.vpc.as_deref(), &sg).cloned(),
+            "security_group",
+            "security group",
+            &sg,
+        )
+    })
+}
+
+async fn delete_security_group(
+    State(c): Ctl,
+    Path(sg): Path<String>,
+    Query(q): Query<VpcFilter>,
+) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.delete_security_group(q.vpc.as_deref(), &sg)
+            .map(|n| (n, ()))
+    })
+    .await
+}
+
+async fn add_rule(
+    State(c): Ctl,
+    Path(sg): Path<String>,
+    Query(q): Query<VpcFilter>,
+    body: Bytes,
+) -> ApiResult {
+    let spec: SgRuleSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| {
+        i.add_security_group_rule(q.vpc.as_deref(), &sg, spec)
+    })
+    .await
+}
+
+async fn remove_rule(
+    State(c): Ctl,
+    Path((sg, rule)): Path<(String, String)>,
+    Query(q): Query<VpcFilter>,
+) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.remove_security_group_rule(q.vpc.as_deref(), &sg, &rule)
+            .map(|(n, _)| (n, ()))
+    })
+    .await
+}
+
+// ---- blocklist ----
+
+async fn list_blocklist(State(c): Ctl) -> Response {
+    Json(c.read(|i| i.blocklist().cloned().collect::<Vec<_>>())).into_response()
+}
+
+async fn add_blocklist(State(c): Ctl, body: Bytes) -> ApiResult {
+    let spec: BlocklistSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| i.add_blocklist(spec)).await
+}
+
+async fn get_blocklist(State(c): Ctl, Path(prefix): Path<String>) -> ApiResult {
+    let p: Cidr = prefix
+        .parse()
+        .map_err(|e: String| ValidationError::invalid("prefix", e))?;
+    found(
+        c.read(|i| i.blocklist_entry(&p).cloned()),
+        "prefix",
+        "blocklist entry for",
+        &prefix,
+    )
+}
+
+async fn delete_blocklist(State(c): Ctl, Path(prefix): Path<String>) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.delete_blocklist(&prefix).map(|n| (n, ()))
+    })
+    .await
+}
+
 // ---- topology and agents ----
 
 async fn apply_topology(State(c): Ctl, body: Bytes) -> ApiResult {
@@ -462,6 +616,8 @@ struct TablesQuery {
     /// Answer once the generation is past this one (long-poll).
     after: Option<u64>,
     wait_ms: Option<u64>,
+    /// The generation whose tables the agent holds: answer with the change from them.
+    have: Option<u64>,
 }
 
 async fn agent_tables(
@@ -479,13 +635,21 @@ async fn agent_tables(
         // On timeout the agent gets the current tables again: a cheap keep-alive.
         let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g > after)).await;
     }
-    let (generation, registered, tables) = c.host_tables(&host);
-    Json(AgentTables {
-        generation,
-        registered,
-        tables,
+    // Compiling and encoding 10 MB of tables must not stall the runtime's other requests.
+    let reply = tokio::task::spawn_blocking(move || {
+        serde_json::to_vec(&c.host_update(&host, q.have)).map_err(|e| e.to_string())
     })
-    .into_response()
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match reply {
+        Ok(body) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(format!("agent tables: {e}")).into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -781,15 +945,16 @@ mod tests {
         let r = call(&app, "GET", "/v1/agent/hosts/h1/tables", None).await;
         let h1: AgentTables = serde_json::from_value(r.body).unwrap();
         assert!(h1.registered);
-        assert_eq!(h1.tables.ports.len(), 1);
+        assert_eq!(h1.tables.as_ref().unwrap().ports.len(), 1);
         let h2: AgentTables = serde_json::from_value(
             call(&app, "GET", "/v1/agent/hosts/h2/tables", None)
                 .await
                 .body,
         )
         .unwrap();
-        assert!(h2.tables.ports.is_empty(), "h2 has no NIC");
-        assert!(h2.tables.routes.is_empty(), "and so no VPC routes");
+        let h2_tables = h2.tables.clone().unwrap();
+        assert!(h2_tables.ports.is_empty(), "h2 has no NIC");
+        assert!(h2_tables.routes.is_empty(), "and so no VPC routes");
         let nobody: AgentTables = serde_json::from_value(
             call(&app, "GET", "/v1/agent/hosts/h9/tables", None)
                 .await
@@ -826,6 +991,262 @@ mod tests {
         .await;
         let woke: AgentTables = serde_json::from_value(waiting.await.unwrap().body).unwrap();
         assert_eq!(Some(woke.generation), created.generation);
-        assert_eq!(woke.tables.ports.len(), 1);
+        assert_eq!(woke.tables.as_ref().unwrap().ports.len(), 1);
+        let h2_now = woke.tables.clone().unwrap();
+
+        // An agent that holds the tables last served gets only the change from them.
+        let path = format!("/v1/agent/hosts/h2/tables?have={}", woke.generation);
+        let nothing: AgentTables =
+            serde_json::from_value(call(&app, "GET", &path, None).await.body).unwrap();
+        assert_eq!(nothing.tables, None);
+        assert_eq!(nothing.base, Some(woke.generation));
+        assert!(nothing.delta.as_ref().unwrap().is_empty());
+        let route = call(
+            &app,
+            "POST",
+            "/v1/routes",
+            Some(r#"{"vpc":"a","destination":"10.0.9.0/24","next_hop":{"type":"blackhole"}}"#),
+        )
+        .await;
+        assert_eq!(route.status, StatusCode::CREATED, "{}", route.body);
+        let changed: AgentTables =
+            serde_json::from_value(call(&app, "GET", &path, None).await.body).unwrap();
+        let delta = changed.delta.clone().expect("a delta");
+        assert_eq!(delta.len(), 1, "one route: {delta:?}");
+        let patched = changed
+            .into_tables(Some((woke.generation, h2_now.clone())))
+            .unwrap();
+        let (_, _, whole) = t.controller.host_tables("h2");
+        assert_eq!(patched, whole);
+        // Holding tables the controller no longer knows: the whole tables.
+        let stale = format!("/v1/agent/hosts/h2/tables?have={}", woke.generation);
+        let full: AgentTables =
+            serde_json::from_value(call(&app, "GET", &stale, None).await.body).unwrap();
+        assert_eq!(full.tables.as_ref(), Some(&whole));
+        assert_eq!(full.delta, None);
+    }
+
+    #[tokio::test]
+    async fn security_groups_rules_and_nic_groups_through_the_api() {
+        let t = TempController::new("api-sg");
+        let app = lab(&t).await;
+        // Every VPC has its default group, and a NIC created without groups has it.
+        let groups = call(&app, "GET", "/v1/security-groups?vpc=a", None)
+            .await
+            .body;
+        assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+        assert_eq!(groups[0]["name"], "default");
+        let default_a = groups[0]["id"].as_str().unwrap().to_string();
+        let a1 = call(&app, "GET", "/v1/nics/a1", None).await.body;
+        assert_eq!(a1["security_groups"], serde_json::json!([default_a]));
+        let all = call(&app, "GET", "/v1/security-groups", None).await.body;
+        assert_eq!(all.as_array().unwrap().len(), 2, "one per VPC");
+
+        let web = call(
+            &app,
+            "POST",
+            "/v1/security-groups",
+            Some(
+                r#"{"vpc":"a","name":"web","rules":[
+                {"direction":"ingress","protocol":"tcp","ports":443,"cidr":"0.0.0.0/0","action":"allow","priority":10}]}"#,
+            ),
+        )
+        .await;
+        assert_eq!(web.status, StatusCode::CREATED, "{}", web.body);
+        assert_eq!(web.body["rules"][0]["ports"], "443");
+        let web_id = web.body["id"].as_str().unwrap().to_string();
+        let ssh = call(
+            &app,
+            "POST",
+            "/v1/security-groups/web/rules?vpc=a",
+            Some(r#"{"direction":"ingress","protocol":"tcp","ports":"22","group":"web","action":"allow","priority":20}"#),
+        )
+        .await;
+        assert_eq!(ssh.status, StatusCode::CREATED, "{}", ssh.body);
+        assert_eq!(ssh.body["group"], web_id.as_str());
+        let ssh_id = ssh.body["id"].as_str().unwrap().to_string();
+        let got = call(&app, "GET", &format!("/v1/security-groups/{web_id}"), None).await;
+        assert_eq!(got.body["rules"].as_array().unwrap().len(), 2);
+        // The bare name is fine while it is unique; `default` is in every VPC.
+        assert_eq!(
+            call(&app, "GET", "/v1/security-groups/web", None)
+                .await
+                .status,
+            StatusCode::OK
+        );
+        let r = call(&app, "GET", "/v1/security-groups/default", None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+        // Refused changes name their field and change nothing.
+        let g = t.controller.generation();
+        for (method, path, body, status, field) in [
+            (
+                "POST",
+                "/v1/security-groups/web/rules?vpc=a",
+                r#"{"direction":"ingress","protocol":"tcp","cidr":"0.0.0.0/0","action":"allow","priority":0}"#,
+                400,
+                "priority",
+            ),
+            (
+                "POST",
+                "/v1/security-groups/web/rules?vpc=a",
+                r#"{"direction":"sideways","protocol":"tcp","cidr":"0.0.0.0/0","action":"allow","priority":1}"#,
+                400,
+                "direction",
+            ),
+            (
+                "POST",
+                "/v1/security-groups",
+                r#"{"vpc":"a","name":"x","rules":[{"direction":"egress","protocol":"udp","ports":"53","group":"ghost","action":"allow","priority":1}]}"#,
+                404,
+                "rules[0].group",
+            ),
+            (
+                "PATCH",
+                "/v1/nics/a1",
+                r#"{"security_groups":[]}"#,
+                400,
+                "security_groups",
+            ),
+            (
+                "DELETE",
+                "/v1/security-groups/default?vpc=a",
+                "",
+                409,
+                "security_group",
+            ),
+            (
+                "DELETE",
+                "/v1/security-groups/web/rules/sgr-999?vpc=a",
+                "",
+                404,
+                "rule",
+            ),
+            ("GET", "/v1/security-groups/web?vpc=nope", "", 404, "vpc"),
+        ] {
+            let body = (!body.is_empty()).then_some(body);
+            let r = call(&app, method, path, body).await;
+            assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.body);
+            assert_eq!(
+                r.body["error"]["field"], field,
+                "{method} {path}: {}",
+                r.body
+            );
+        }
+        assert_eq!(t.controller.generation(), g);
+
+        // PATCH sets a NIC's groups; a group in use cannot go.
+        let r = call(
+            &app,
+            "PATCH",
+            "/v1/nics/a1",
+            Some(r#"{"security_groups":["web","default"]}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(
+            r.body["security_groups"],
+            serde_json::json!([web_id, default_a])
+        );
+        let r = call(&app, "DELETE", "/v1/security-groups/web?vpc=a", None).await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(
+            r.body["error"]["dependents"],
+            serde_json::json!(["nic/nic-1"])
+        );
+
+        // The host's tables carry the NIC's policies: a delta from the tables held.
+        let h1: AgentTables = serde_json::from_value(
+            call(&app, "GET", "/v1/agent/hosts/h1/tables", None)
+                .await
+                .body,
+        )
+        .unwrap();
+        let held = h1.tables.clone().unwrap();
+        let nic = held.security_groups.nic("vm-a1").expect("a1's policies");
+        let ingress = nic.ingress;
+        assert_eq!(held.security_groups.policy(ingress).unwrap().rules.len(), 3);
+        let r = call(
+            &app,
+            "DELETE",
+            &format!("/v1/security-groups/web/rules/{ssh_id}?vpc=a"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let path = format!("/v1/agent/hosts/h1/tables?have={}", h1.generation);
+        let changed: AgentTables =
+            serde_json::from_value(call(&app, "GET", &path, None).await.body).unwrap();
+        let delta = changed.delta.clone().expect("a delta");
+        assert_eq!(delta.sg_nics.upserted.len(), 1, "{delta:?}");
+        assert_eq!(delta.sg_policies.removed, [ingress], "{delta:?}");
+        let patched = changed.into_tables(Some((h1.generation, held))).unwrap();
+        let (_, _, whole) = t.controller.host_tables("h1");
+        assert_eq!(patched, whole);
+        assert_eq!(
+            whole
+                .security_groups
+                .policy(whole.security_groups.nic("vm-a1").unwrap().ingress)
+                .unwrap()
+                .rules
+                .len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn the_blocklist_through_the_api_reaches_every_host() {
+        let t = TempController::new("api-block");
+        let app = lab(&t).await;
+        let r = call(
+            &app,
+            "POST",
+            "/v1/blocklist",
+            Some(r#"{"prefix":"203.0.113.0/24","applies_to":"source","description":"ddos"}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert_eq!(r.body["applies_to"], "source");
+        for path in [
+            "/v1/blocklist/203.0.113.0%2F24",
+            "/v1/blocklist/203.0.113.0/24",
+        ] {
+            let r = call(&app, "GET", path, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+            assert_eq!(r.body["description"], "ddos");
+        }
+        let again = call(
+            &app,
+            "POST",
+            "/v1/blocklist",
+            Some(r#"{"prefix":"203.0.113.0/24"}"#),
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+        let bad = call(
+            &app,
+            "POST",
+            "/v1/blocklist",
+            Some(r#"{"prefix":"203.0.113.0/24","applies_to":"sideways"}"#),
+        )
+        .await;
+        assert_eq!(bad.body["error"]["field"], "applies_to", "{}", bad.body);
+        let list = call(&app, "GET", "/v1/blocklist", None).await.body;
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        for host in ["h1", "h2"] {
+            let (_, _, tables) = t.controller.host_tables(host);
+            assert_eq!(tables.blocklist.len(), 1, "{host}");
+            assert!(tables.blocklist[0].src && !tables.blocklist[0].dst);
+        }
+        let r = call(&app, "DELETE", "/v1/blocklist/203.0.113.0%2F24", None).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        let r = call(&app, "GET", "/v1/blocklist/203.0.113.0%2F24", None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        let r = call(&app, "GET", "/v1/blocklist/nonsense", None).await;
+        assert_eq!(
+            (r.status, r.body["error"]["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("prefix"))
+        );
+        assert!(t.controller.host_tables("h1").2.blocklist.is_empty());
     }
 }

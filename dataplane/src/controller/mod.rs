@@ -10,21 +10,28 @@ pub mod api;
 pub mod openapi;
 
 use std::{
+    collections::HashMap,
     path::Path,
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use tokio::sync::watch;
 
 use crate::{
     intent::{Intent, Store, StoreError, TransactError, ValidationError},
-    vpc::{compile::compile_host, tables::HostTables},
+    sg::compile as sg,
+    vpc::{compile::compile_host, delta::TablesDelta, tables::HostTables},
 };
+
+use api::AgentTables;
 
 pub struct Controller {
     store: Mutex<Store>,
     intent: RwLock<Intent>,
     generation: watch::Sender<u64>,
+    /// The tables last served to each host's agent, and their generation: the base of the
+    /// next delta it asks for.
+    served: Mutex<HashMap<String, (u64, Arc<HostTables>)>>,
 }
 
 impl Controller {
@@ -40,6 +47,7 @@ impl Controller {
             store: Mutex::new(store),
             intent: RwLock::new(intent),
             generation,
+            served: Mutex::default(),
         })
     }
 
@@ -76,16 +84,63 @@ impl Controller {
         self.generation.subscribe()
     }
 
+    /// What `host`'s maps should hold now: as the change from the tables of generation
+    /// `have` when those were the last served to this host, otherwise whole.
+    pub fn host_update(&self, host: &str, have: Option<u64>) -> AgentTables {
+        let cached = self.served.lock().expect("served").get(host).cloned();
+        let (generation, registered, tables) = self.read(|i| {
+            let tables = match &cached {
+                // Nothing changed since: no need to compile again.
+                Some((g, t)) if *g == i.generation() => t.clone(),
+                _ => Arc::new(compile_tables(i, host)),
+            };
+            (i.generation(), i.host(host).is_some(), tables)
+        });
+        let delta = match (&cached, have) {
+            (Some((g, base)), Some(have)) if *g == have => {
+                Some(TablesDelta::between(base, &tables))
+            }
+            _ => None,
+        };
+        {
+            let mut served = self.served.lock().expect("served");
+            let newer = served.get(host).is_none_or(|(g, _)| *g <= generation);
+            if newer {
+                served.insert(host.to_string(), (generation, tables.clone()));
+            }
+        }
+        AgentTables {
+            generation,
+            registered,
+            base: delta.as_ref().and(have),
+            tables: match delta {
+                Some(_) => None,
+                None => Some(Arc::unwrap_or_clone(tables)),
+            },
+            delta,
+        }
+    }
+
     /// What `host`'s maps should hold now, and the generation it was compiled from.
     pub fn host_tables(&self, host: &str) -> (u64, bool, HostTables) {
         self.read(|i| {
             (
                 i.generation(),
                 i.host(host).is_some(),
-                compile_host(i, host),
+                compile_tables(i, host),
             )
         })
     }
+}
+
+/// A host's VPC tables with its security-group tables and the blocklist.
+pub fn compile_tables(intent: &Intent, host: &str) -> HostTables {
+    let mut t = compile_host(intent, host);
+    if intent.host(host).is_some() {
+        t.security_groups = sg::compile_host(intent, host);
+        t.blocklist = sg::compile_blocklist(intent);
+    }
+    t
 }
 
 #[cfg(test)]

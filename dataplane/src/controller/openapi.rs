@@ -80,6 +80,13 @@ fn op(summary: &str, params: Vec<Value>, body: Option<&str>, ok: (&str, Option<V
 
 fn document() -> Value {
     let vpc = || path_param("vpc", "VPC ID or name");
+    let sg = || {
+        path_param(
+            "sg",
+            "Security group ID, or name (with ?vpc= unless unique)",
+        )
+    };
+    let sg_vpc = || query_param("vpc", "The VPC a group name is looked up in", "string");
     let list = |s: &str| Some(array_of(schema_ref(s)));
     let one = |s: &str| Some(schema_ref(s));
     let paths = json!({
@@ -125,7 +132,7 @@ fn document() -> Value {
         },
         "/v1/nics/{nic}": {
             "get": op("Get a NIC", vec![path_param("nic", "NIC ID or name")], None, ("200", one("Nic"))),
-            "patch": op("Move a NIC or change its source check", vec![path_param("nic", "NIC ID or name")], Some("NicUpdate"), ("200", one("Nic"))),
+            "patch": op("Move a NIC, change its source check, or replace its security groups", vec![path_param("nic", "NIC ID or name")], Some("NicUpdate"), ("200", one("Nic"))),
             "delete": op("Delete a NIC and every dataplane entry naming it", vec![path_param("nic", "NIC ID or name")], None, ("204", None)),
         },
         "/v1/routes": {
@@ -141,6 +148,28 @@ fn document() -> Value {
             "get": op("Get a peering", vec![path_param("pcx", "Peering ID or name")], None, ("200", one("Peering"))),
             "delete": op("Delete a peering no route uses", vec![path_param("pcx", "Peering ID or name")], None, ("204", None)),
         },
+        "/v1/security-groups": {
+            "get": op("List security groups", vec![query_param("vpc", "Only this VPC's (ID or name)", "string")], None, ("200", list("SecurityGroup"))),
+            "post": op("Create a security group, optionally with rules", vec![], Some("SecurityGroupSpec"), ("201", one("SecurityGroup"))),
+        },
+        "/v1/security-groups/{sg}": {
+            "get": op("Get a security group and its rules", vec![sg(), sg_vpc()], None, ("200", one("SecurityGroup"))),
+            "delete": op("Delete a security group no NIC uses and no other group's rule names (a VPC's default group goes only with its VPC)", vec![sg(), sg_vpc()], None, ("204", None)),
+        },
+        "/v1/security-groups/{sg}/rules": {
+            "post": op("Add a rule to a security group (409 if it has the same rule, or a NIC would exceed its rule limit)", vec![sg(), sg_vpc()], Some("SgRuleSpec"), ("201", one("SgRule"))),
+        },
+        "/v1/security-groups/{sg}/rules/{rule}": {
+            "delete": op("Remove a rule from a security group", vec![sg(), path_param("rule", "Rule ID (sgr-<n>)"), sg_vpc()], None, ("204", None)),
+        },
+        "/v1/blocklist": {
+            "get": op("The operator blocklist", vec![], None, ("200", list("BlocklistEntry"))),
+            "post": op("Block a prefix on every host (409 if blocked already or the list is full)", vec![], Some("BlocklistSpec"), ("201", one("BlocklistEntry"))),
+        },
+        "/v1/blocklist/{prefix}": {
+            "get": op("Get a blocklist entry", vec![path_param("prefix", "The blocked CIDR, `/` percent-encoded as %2F")], None, ("200", one("BlocklistEntry"))),
+            "delete": op("Unblock a prefix", vec![path_param("prefix", "The blocked CIDR, `/` percent-encoded as %2F")], None, ("204", None)),
+        },
         "/v1/peerings/{pcx}/accept": {
             "post": op("Accept a peering", vec![path_param("pcx", "Peering ID or name")], None, ("200", one("Peering"))),
         },
@@ -154,6 +183,7 @@ fn document() -> Value {
                     path_param("host", "Host name"),
                     query_param("after", "Answer once the intent generation is past this one", "integer"),
                     query_param("wait_ms", "Longest wait with after= (default 30000, at most 300000)", "integer"),
+                    query_param("have", "The generation whose tables the agent holds: the answer is the change from them (delta) when the controller still knows them, else the whole tables", "integer"),
                 ],
                 None,
                 ("200", one("AgentTables")),
@@ -183,8 +213,58 @@ fn document() -> Value {
     let integer = |d: &str| json!({ "type": "integer", "description": d });
     let boolean = |d: &str| json!({ "type": "boolean", "description": d });
     let names = array_of(json!({"type": "string"}));
+    let applies_to = || json!({"type": "string", "enum": ["source", "destination", "both"], "description": "Which address of a packet the prefix is matched against (default both)"});
+    let sg_rule_props = |resource: bool| {
+        let mut p = json!({
+            "direction": {"type": "string", "enum": ["ingress", "egress"]},
+            "protocol": {"type": "string", "enum": ["tcp", "udp", "icmp", "all"]},
+            "ports": string("tcp/udp: `80` or `8000-8100` (absent: every port)"),
+            "icmp_type": integer("icmp: the type (absent: every type)"),
+            "icmp_code": integer("icmp with a type: the code (absent: every code)"),
+            "cidr": string("Remote: a CIDR (exactly one of cidr and group)"),
+            "group": string(if resource { "Remote: a security group ID of the same VPC, meaning its members' addresses" } else { "Remote: a security group of the same VPC (ID or name), meaning its members' addresses" }),
+            "action": {"type": "string", "enum": ["allow", "deny"]},
+            "priority": integer("1 (evaluated first) to 65535; deny wins a tie"),
+            "description": string("Free text"),
+        });
+        if resource {
+            p["id"] = string("sgr-<n>");
+        }
+        p
+    };
 
-    let schemas = json!({
+    // Security groups and the blocklist (their own json!: one would exceed the macro's
+    // recursion limit).
+    let sg_schemas = json!({
+        "TopologySecurityGroup": object(&["name"], json!({
+            "name": string("Name within the VPC (`default`: the VPC's own default group)"),
+            "description": string("Free text"),
+            "rules": array_of(schema_ref("SgRuleSpec")),
+        }), json!({"name": "web", "rules": [{"direction": "ingress", "protocol": "tcp", "ports": "443", "cidr": "0.0.0.0/0", "action": "allow", "priority": 100}]})),
+        "SgRuleSpec": object(&["direction", "protocol", "action", "priority"], sg_rule_props(false), json!({"direction": "ingress", "protocol": "tcp", "ports": "8000-8100", "cidr": "10.0.0.0/8", "action": "allow", "priority": 100, "description": "app"})),
+        "SgRule": object(&["id", "direction", "protocol", "action", "priority"], sg_rule_props(true), json!({"id": "sgr-7", "direction": "ingress", "protocol": "tcp", "ports": "22", "group": "sg-3", "action": "allow", "priority": 10})),
+        "SecurityGroupSpec": object(&["vpc"], json!({
+            "vpc": string("VPC ID or name"),
+            "name": string("Unique within the VPC (default: the ID); `default` is the VPC's own"),
+            "description": string("Free text"),
+            "rules": array_of(schema_ref("SgRuleSpec")),
+        }), json!({"vpc": "tenant-a", "name": "web", "rules": [{"direction": "ingress", "protocol": "tcp", "ports": "443", "cidr": "0.0.0.0/0", "action": "allow", "priority": 100}]})),
+        "SecurityGroup": object(&["id", "name", "vpc", "rules"], json!({
+            "id": string("sg-<n>"), "name": string("Name"), "vpc": string("VPC ID"), "description": string("Free text"),
+            "rules": array_of(schema_ref("SgRule")),
+        }), json!({"id": "sg-1", "name": "default", "vpc": "vpc-1", "description": "members reach each other; all egress allowed", "rules": [
+            {"id": "sgr-1", "direction": "ingress", "protocol": "all", "group": "sg-1", "action": "allow", "priority": 65535},
+            {"id": "sgr-2", "direction": "egress", "protocol": "all", "cidr": "0.0.0.0/0", "action": "allow", "priority": 65535}]})),
+        "BlocklistSpec": object(&["prefix"], json!({
+            "prefix": string("IPv4 CIDR, /1 to /32"),
+            "applies_to": applies_to(),
+            "description": string("Free text"),
+        }), json!({"prefix": "203.0.113.0/24", "applies_to": "source", "description": "DDoS source"})),
+        "BlocklistEntry": object(&["prefix", "applies_to"], json!({
+            "prefix": string("IPv4 CIDR"), "applies_to": applies_to(), "description": string("Free text"),
+        }), json!({"prefix": "203.0.113.0/24", "applies_to": "both"})),
+    });
+    let mut schemas = json!({
         "Error": object(&["error"], json!({"error": object(
             &["kind", "field", "reason"],
             json!({
@@ -231,16 +311,19 @@ fn document() -> Value {
             "ifname": string("Host-side interface of the VM"),
             "ip": string("Fixed IPv4 (lowest free address when absent)"), "mac": string("MAC (allocated when absent)"),
             "source_check": boolean("Drop packets not from the NIC's own IP (default true; off for appliances)"),
-        }), json!({"name": "web1", "vpc": "tenant-a", "subnet": "web", "host": "h1", "ifname": "vm-web1"})),
+            "security_groups": array_of(string("1 to 5 groups of the NIC's VPC (ID or name); default: the VPC's `default` group")),
+        }), json!({"name": "web1", "vpc": "tenant-a", "subnet": "web", "host": "h1", "ifname": "vm-web1", "security_groups": ["web"]})),
         "NicUpdate": object(&[], json!({
             "host": string("Move to this host"), "ifname": string("New host-side interface"),
             "source_check": boolean("Source check on or off"),
+            "security_groups": array_of(string("Replace the NIC's groups: 1 to 5 of its VPC (ID or name)")),
         }), json!({"host": "h2", "ifname": "vm-web1"})),
         "Nic": object(&["id", "name", "vpc", "subnet", "host", "ifname", "ip", "mac", "source_check"], json!({
             "id": string("nic-<n>"), "name": string("Name"), "vpc": string("VPC ID"), "subnet": string("Subnet ID"),
             "host": string("Host name"), "ifname": string("Host-side interface"), "ip": string("IPv4"), "mac": string("MAC"),
             "source_check": boolean("Source check"),
-        }), json!({"id": "nic-1", "name": "web1", "vpc": "vpc-1", "subnet": "subnet-1", "host": "h1", "ifname": "vm-web1", "ip": "10.0.1.4", "mac": "02:73:6c:00:00:01", "source_check": true})),
+            "security_groups": array_of(string("Security group ID")),
+        }), json!({"id": "nic-1", "name": "web1", "vpc": "vpc-1", "subnet": "subnet-1", "host": "h1", "ifname": "vm-web1", "ip": "10.0.1.4", "mac": "02:73:6c:00:00:01", "source_check": true, "security_groups": ["sg-1"]})),
         "NextHop": next_hop,
         "RouteSpec": object(&["vpc", "destination", "next_hop"], json!({
             "vpc": string("VPC ID or name"), "destination": string("Destination CIDR"), "next_hop": schema_ref("NextHop"),
@@ -265,11 +348,13 @@ fn document() -> Value {
         "TopologyVpc": object(&["name", "cidr"], json!({
             "name": string("Name"), "cidr": string("CIDR"),
             "subnets": array_of(schema_ref("TopologySubnet")), "routes": array_of(schema_ref("TopologyRoute")),
+            "security_groups": array_of(schema_ref("TopologySecurityGroup")),
         }), json!({"name": "tenant-a", "cidr": "10.0.0.0/16", "subnets": [{"name": "web", "cidr": "10.0.1.0/24"}]})),
         "TopologyNic": object(&["name", "vpc", "subnet", "host", "ifname"], json!({
             "name": string("Name"), "vpc": string("VPC name"), "subnet": string("Subnet name"), "host": string("Host"),
             "ifname": string("Host-side interface"), "ip": string("Fixed IPv4"), "mac": string("MAC"),
             "source_check": boolean("Source check (default true)"),
+            "security_groups": array_of(string("Group name in the NIC's VPC; absent: the default group for a new NIC, unchanged for an existing one")),
         }), json!({"name": "web1", "vpc": "tenant-a", "subnet": "web", "host": "h1", "ifname": "vm-web1", "ip": "10.0.1.10"})),
         "TopologyPeering": object(&["name", "vpc", "peer_vpc"], json!({
             "name": string("Name"), "vpc": string("Requester VPC"), "peer_vpc": string("Accepter VPC"),
@@ -278,23 +363,29 @@ fn document() -> Value {
         "Topology": object(&[], json!({
             "hosts": array_of(schema_ref("HostSpec")), "vpcs": array_of(schema_ref("TopologyVpc")),
             "nics": array_of(schema_ref("TopologyNic")), "peerings": array_of(schema_ref("TopologyPeering")),
+            "blocklist": array_of(schema_ref("BlocklistSpec")),
         }), json!({"hosts": [{"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0"}], "vpcs": [{"name": "tenant-a", "cidr": "10.0.0.0/16"}]})),
         "ApplySummary": object(&["created", "updated", "unchanged"], json!({
             "created": names.clone(), "updated": names, "unchanged": integer("Resources already as declared"),
         }), json!({"created": ["vpc/tenant-a"], "updated": [], "unchanged": 3})),
-        "AgentTables": object(&["generation", "registered", "tables"], json!({
+        "AgentTables": object(&["generation", "registered"], json!({
             "generation": integer("Intent generation the tables were compiled from"),
             "registered": boolean("Whether the host is in the intent (else the tables are empty)"),
-            "tables": {"type": "object", "description": "The host's map entries (HostTables): underlay, ports, endpoints, routes, VNIs, remote VTEPs"},
+            "tables": {"type": "object", "description": "The host's map entries (HostTables): underlay, ports, endpoints, routes, VNIs, remote VTEPs, security-group tables (NIC policies and the policies' trie entries) and the blocklist. Absent when delta is given"},
+            "base": integer("With delta: the generation (the request's have=) it applies to"),
+            "delta": {"type": "object", "description": "The change from the tables of generation base (TablesDelta): per table, keys removed and entries added or replaced"},
         }), json!({"generation": 7, "registered": false, "tables": {"underlay": null, "ports": [], "endpoints": [], "routes": [], "vnis": [], "remote_vteps": []}})),
     });
+    for (name, schema) in sg_schemas.as_object().expect("an object") {
+        schemas[name] = schema.clone();
+    }
 
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Sluice intent API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "VPCs, subnets, hosts, NICs, routes and peerings. Every request is all or nothing; every change answers with the header `sluice-generation`, the intent generation it produced.",
+            "description": "VPCs, subnets, hosts, NICs, routes, peerings, security groups and the operator blocklist. Every request is all or nothing; every change answers with the header `sluice-generation`, the intent generation it produced.",
         },
         "paths": paths,
         "components": { "schemas": schemas },
@@ -429,6 +520,13 @@ mod tests {
             "Topology" => p::<Topology>(example),
             "ApplySummary" => p::<ApplySummary>(example),
             "AgentTables" => p::<crate::controller::api::AgentTables>(example),
+            "TopologySecurityGroup" => p::<TopologySecurityGroup>(example),
+            "SgRuleSpec" => p::<SgRuleSpec>(example),
+            "SgRule" => p::<SgRule>(example),
+            "SecurityGroupSpec" => p::<SecurityGroupSpec>(example),
+            "SecurityGroup" => p::<SecurityGroup>(example),
+            "BlocklistSpec" => p::<BlocklistSpec>(example),
+            "BlocklistEntry" => p::<BlocklistEntry>(example),
             other => Err(format!("no Rust type is known for schema {other}")),
         }
     }
@@ -489,6 +587,10 @@ mod tests {
             .replace("{nic}", "fw0")
             .replace("{pcx}", "ac")
             .replace("{host}", "h1")
+            .replace("{sg}", "web")
+            // The setup's group's rule: after VPC a's and c's default groups' two each.
+            .replace("{rule}", "sgr-5")
+            .replace("{prefix}", "203.0.113.0%2F24")
     }
 
     /// Documented operations are served (answers come from a handler, not the router's
@@ -535,6 +637,12 @@ mod tests {
                 "/v1/peerings",
                 r#"{"name":"ac","vpc":"a","peer_vpc":"c"}"#.to_string(),
             ),
+            (
+                "POST",
+                "/v1/security-groups",
+                examples("SecurityGroupSpec").replace("tenant-a", "a"),
+            ),
+            ("POST", "/v1/blocklist", examples("BlocklistSpec")),
         ];
         for (method, path, body) in setup {
             let (status, body) = send(&app, method, path, Some(body)).await;
@@ -543,7 +651,7 @@ mod tests {
 
         let all = ["get", "post", "put", "patch", "delete"];
         let paths = d["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 17, "documented paths");
+        assert_eq!(paths.len(), 23, "documented paths");
         // Reads and idempotent bodies first; deletes last (in an order dependents allow).
         let mut ops: Vec<(String, String, Value)> = vec![];
         for (path, item) in paths {
@@ -563,6 +671,8 @@ mod tests {
             }
         }
         let rank = |m: &str, p: &str| match (m, p) {
+            ("delete", p) if p.contains("rules") => 8,
+            ("delete", p) if p.contains("security-groups") => 9,
             ("delete", p) if p.contains("routes") => 10,
             ("delete", p) if p.contains("peerings") => 11,
             ("delete", p) if p.contains("nics") => 12,
@@ -589,6 +699,8 @@ mod tests {
                 }
                 ("post", "/v1/subnets") => Some(r#"{"vpc":"a","cidr":"10.0.2.0/24"}"#.to_string()),
                 ("post", "/v1/peerings") => Some(r#"{"vpc":"c","peer_vpc":"vpc-9"}"#.to_string()),
+                ("post", "/v1/security-groups") => Some(r#"{"vpc":"a","name":"api"}"#.to_string()),
+                ("post", "/v1/blocklist") => Some(r#"{"prefix":"198.51.100.0/24"}"#.to_string()),
                 _ => body,
             };
             let (status, reply) = send(&app, &method.to_uppercase(), &concrete(&path), body).await;

@@ -7,6 +7,8 @@
 //!   (`intent.create_vpc(spec) -> Result<(Intent, Vpc), ValidationError>`), all or nothing;
 //!   [`ValidationError::status`] gives 400, 404 or 409.
 //! - [`store`]: the intent in redb, one write transaction per committed change.
+//! - [`sg`]: security groups (every VPC has a `default` one) and the NICs' groups;
+//!   [`blocklist`]: the operator's blocked prefixes.
 //!
 //! IDs. Hosts are identified by their name. Every other resource gets an allocated ID that
 //! is never reused: `vpc-<n>`, `subnet-<n>`, `nic-<n>`, `pcx-<n>` (peerings), `sg-<n>`
@@ -28,11 +30,13 @@
 //! VNIs are allocated from a counter (1, 2, ...) skipping those in use, so a VNI is never
 //! shared and not reused until the 24-bit space wraps.
 
+pub mod blocklist;
 pub mod model;
 pub mod sg;
 pub mod store;
 pub mod validate;
 
+pub use blocklist::{BlockAppliesTo, BlocklistEntry, BlocklistSpec};
 pub use model::*;
 pub use sg::{
     Action, Direction, PortRange, Protocol, Remote, SecurityGroup, SecurityGroupSpec, SgRule,

@@ -277,8 +277,8 @@ pub struct Nic {
     /// Drop packets whose source IP is not the NIC's. Off for appliances; the compiler also
     /// turns it off for every NIC that is a route's next hop.
     pub source_check: bool,
-    /// IDs of its security groups (1 to 5; none for a NIC created without: ingress denied,
-    /// egress allowed). See `intent/sg.rs`.
+    /// IDs of its security groups (1 to 5, of its VPC; the VPC's `default` group when
+    /// created without). See `intent/sg.rs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<String>,
 }
@@ -431,6 +431,9 @@ pub struct NicSpec {
     /// Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_check: Option<bool>,
+    /// 1 to 5 groups of the NIC's VPC (ID or name); default: the VPC's `default` group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
 }
 
 /// What may change on an existing NIC (its addresses, VPC and subnet never do).
@@ -444,6 +447,9 @@ pub struct NicUpdate {
     pub ifname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_check: Option<bool>,
+    /// Replace the NIC's groups: 1 to 5 of its VPC (ID or name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
 }
 
 /// Create or change a custom route; the next hop's references are IDs or names.
@@ -485,6 +491,9 @@ pub struct Topology {
     pub nics: Vec<TopologyNic>,
     #[serde(default)]
     pub peerings: Vec<TopologyPeering>,
+    /// The operator blocklist: prefixes added or updated (never removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocklist: Vec<super::blocklist::BlocklistSpec>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -496,6 +505,23 @@ pub struct TopologyVpc {
     pub subnets: Vec<TopologySubnet>,
     #[serde(default)]
     pub routes: Vec<TopologyRoute>,
+    /// Groups of the VPC, matched by name (`default` is the VPC's own default group).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<TopologySecurityGroup>,
+}
+
+/// A security group of a topology VPC.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySecurityGroup {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The group's whole rule set: declared rules missing from the group are added, the
+    /// group's rules not declared are removed (rules are parts of their group). Absent:
+    /// the rules are left as they are. Remote groups are named within the VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<super::sg::SgRuleSpec>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -528,6 +554,10 @@ pub struct TopologyNic {
     pub mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_check: Option<bool>,
+    /// Group names of the NIC's VPC. Absent: a new NIC gets the VPC's `default` group, an
+    /// existing one keeps its groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -622,6 +652,8 @@ pub struct Records {
     pub peerings: Vec<Peering>,
     #[serde(default)]
     pub security_groups: Vec<super::sg::SecurityGroup>,
+    #[serde(default)]
+    pub blocklist: Vec<super::blocklist::BlocklistEntry>,
 }
 
 /// The whole declared state. Immutable from outside: every change goes through a pure,
@@ -638,6 +670,8 @@ pub struct Intent {
     pub(crate) routes: BTreeMap<String, Arc<RouteTable>>,
     pub(crate) peerings: BTreeMap<String, Peering>,
     pub(crate) security_groups: BTreeMap<String, super::sg::SecurityGroup>,
+    /// The operator blocklist, by prefix.
+    pub(crate) blocklist: BTreeMap<Cidr, super::blocklist::BlocklistEntry>,
     pub(crate) counters: Counters,
     /// Derived: (kind, scope, name) -> ID. Rebuilt on load.
     pub(crate) names: BTreeMap<(NameKind, String, String), String>,
@@ -679,6 +713,9 @@ impl Intent {
             i.index_name(NameKind::SecurityGroup, &g.vpc, &g.name, &g.id);
             i.security_groups.insert(g.id.clone(), g);
         }
+        for b in r.blocklist {
+            i.blocklist.insert(b.prefix, b);
+        }
         i
     }
 
@@ -694,6 +731,7 @@ impl Intent {
             routes: self.routes().cloned().collect(),
             peerings: self.peerings.values().cloned().collect(),
             security_groups: self.security_groups.values().cloned().collect(),
+            blocklist: self.blocklist.values().cloned().collect(),
         }
     }
 

@@ -7,15 +7,20 @@
 //! group of the same VPC, meaning its members' current addresses), an action and a
 //! priority (1 is evaluated first; on equal priority deny wins). A NIC's groups (1 to 5,
 //! IDs in [`Nic::security_groups`]) combine by priority; a first packet no rule matches is
-//! denied on ingress and allowed on egress. A NIC created without groups has none and
-//! behaves like a NIC with one empty group: there is no implicit "default" group (AWS's
-//! default group allows traffic between its members, which zero-trust tenants would
-//! have to remember to remove).
+//! denied on ingress and allowed on egress.
+//!
+//! Default group. Every VPC is created with a group named `default` (as in AWS): it allows
+//! ingress from its own members and all egress, both at priority [`MAX_PRIORITY`], so any
+//! other rule of a NIC's groups decides first. A NIC created without groups gets it, so
+//! VMs of one VPC reach each other out of the box while traffic from outside the VPC
+//! (peerings included) needs a rule. Zero-trust tenants give their NICs their own groups
+//! instead, or remove the default group's rules (they may edit them like any group's).
+//! The default group cannot be deleted: it goes with its VPC.
 //!
 //! Limits: 5 groups per NIC; at most [`MAX_RULES_PER_NIC`] rules per direction over a
 //! NIC's groups combined (and so per group), which is what the datapath's rule bitmaps
 //! hold. A group that NICs use or that another group's rules reference cannot be deleted
-//! (409 naming them); a VPC's groups are dependents of the VPC.
+//! (409 naming them); a VPC's other groups are dependents of the VPC.
 
 use std::{collections::BTreeSet, fmt, str::FromStr};
 
@@ -23,7 +28,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
     model::*,
-    validate::{check_name, parse_cidr, ValidationError},
+    validate::{check_description, check_name, parse_cidr, Change, ValidationError},
 };
 
 type Result<T, E = ValidationError> = std::result::Result<T, E>;
@@ -34,7 +39,33 @@ pub const MAX_GROUPS_PER_NIC: usize = 5;
 pub const MAX_RULES_PER_NIC: usize = sluice_common::sg::MAX_RULES;
 pub const MIN_PRIORITY: u32 = 1;
 pub const MAX_PRIORITY: u32 = 65535;
-const MAX_DESCRIPTION_LEN: usize = 255;
+/// The name of the group every VPC is created with.
+pub const DEFAULT_GROUP_NAME: &str = "default";
+
+/// The default group's rules: ingress from its members, all egress; evaluated last.
+fn default_group_rules() -> Vec<SgRuleSpec> {
+    let all = |direction, cidr: Option<&str>, group: Option<&str>, description: &str| SgRuleSpec {
+        direction,
+        protocol: Protocol::All,
+        ports: None,
+        icmp_type: None,
+        icmp_code: None,
+        cidr: cidr.map(Into::into),
+        group: group.map(Into::into),
+        action: Action::Allow,
+        priority: MAX_PRIORITY as i64,
+        description: Some(description.into()),
+    };
+    vec![
+        all(
+            Direction::Ingress,
+            None,
+            Some(DEFAULT_GROUP_NAME),
+            "from members of this group",
+        ),
+        all(Direction::Egress, Some("0.0.0.0/0"), None, "all egress"),
+    ]
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -294,18 +325,6 @@ pub(crate) fn first_counter() -> u64 {
     1
 }
 
-fn check_description(field: &str, d: &Option<String>) -> Result<()> {
-    match d {
-        Some(d) if d.chars().count() > MAX_DESCRIPTION_LEN || d.chars().any(char::is_control) => {
-            Err(ValidationError::invalid(
-                field,
-                format!("at most {MAX_DESCRIPTION_LEN} characters, no control characters"),
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Group names follow the other names' rules and must not look like a group ID.
 fn check_group_name(field: &str, name: &str) -> Result<()> {
     check_name(field, name)?;
@@ -375,6 +394,75 @@ impl Intent {
             .filter(move |n| n.security_groups.iter().any(|g| g == id))
     }
 
+    /// The default group of a VPC (by its ID).
+    pub fn default_security_group(&self, vpc_id: &str) -> Option<&SecurityGroup> {
+        self.lookup_name(NameKind::SecurityGroup, vpc_id, DEFAULT_GROUP_NAME)
+            .and_then(|id| self.security_groups.get(id))
+    }
+
+    /// The same intent with a default group in every VPC and every NIC in at least one
+    /// group: what stores written before default groups existed are brought to on open.
+    pub fn with_default_security_groups(&self) -> Intent {
+        let mut i = self.clone();
+        let vpcs: Vec<String> = i.vpcs.keys().cloned().collect();
+        for vpc in vpcs {
+            if i.default_security_group(&vpc).is_none() {
+                i.create_default_security_group_mut(&vpc)
+                    .expect("a default group is valid in any VPC");
+            }
+        }
+        let bare: Vec<String> = i
+            .nics
+            .values()
+            .filter(|n| n.security_groups.is_empty())
+            .map(|n| n.id.clone())
+            .collect();
+        for id in bare {
+            let vpc = i.nics[&id].vpc.clone();
+            let g = i.default_security_group(&vpc).map(|g| g.id.clone());
+            if let (Some(g), Some(n)) = (g, i.nics.get_mut(&id)) {
+                n.security_groups = vec![g];
+            }
+        }
+        i
+    }
+
+    pub(super) fn create_default_security_group_mut(
+        &mut self,
+        vpc_id: &str,
+    ) -> Result<SecurityGroup> {
+        self.create_security_group_mut(SecurityGroupSpec {
+            vpc: vpc_id.to_string(),
+            name: Some(DEFAULT_GROUP_NAME.into()),
+            description: Some("members reach each other; all egress allowed".into()),
+            rules: default_group_rules(),
+        })
+    }
+
+    /// The groups a new NIC of `vpc_id` gets: those requested (checked), or the default.
+    pub(super) fn new_nic_security_groups(
+        &self,
+        field: &str,
+        vpc_id: &str,
+        requested: Option<&[String]>,
+    ) -> Result<Vec<String>> {
+        match requested {
+            Some(groups) => self.check_nic_security_groups(field, vpc_id, groups),
+            None => {
+                let g = self.default_security_group(vpc_id).ok_or_else(|| {
+                    ValidationError::invalid(
+                        field,
+                        format!(
+                            "VPC {vpc_id} has no default security group; name the NIC's groups"
+                        ),
+                    )
+                })?;
+                // The default group may have been given more rules than a NIC can hold.
+                self.check_nic_security_groups(field, vpc_id, std::slice::from_ref(&g.id))
+            }
+        }
+    }
+
     /// Create a group, allocating its ID and its rules' IDs.
     pub fn create_security_group(
         &self,
@@ -430,7 +518,7 @@ impl Intent {
     pub fn set_nic_security_groups(&self, nic: &str, groups: Vec<String>) -> Result<(Intent, Nic)> {
         self.mutate(|i| {
             let mut n = i.resolve_nic("nic", nic)?;
-            n.security_groups = i.check_nic_security_groups("security_groups", &n, &groups)?;
+            n.security_groups = i.check_nic_security_groups("security_groups", &n.vpc, &groups)?;
             i.nics.insert(n.id.clone(), n.clone());
             Ok(n)
         })
@@ -487,6 +575,21 @@ impl Intent {
 
     fn delete_security_group_mut(&mut self, vpc: Option<&str>, key: &str) -> Result<()> {
         let g = self.resolve_security_group("security_group", vpc, key)?;
+        if g.name == DEFAULT_GROUP_NAME {
+            return Err(ValidationError::conflict(
+                "security_group",
+                format!(
+                    "security group {} is VPC {}'s default group; it goes with its VPC",
+                    g.id, g.vpc
+                ),
+                vec![format!("vpc/{}", g.vpc)],
+            ));
+        }
+        self.remove_security_group_mut(g)
+    }
+
+    /// Remove a group nothing uses; 409 naming its members and the rules that reference it.
+    pub(super) fn remove_security_group_mut(&mut self, g: SecurityGroup) -> Result<()> {
         let mut deps: Vec<String> = self
             .security_group_members(&g.id)
             .map(|n| format!("nic/{}", n.id))
@@ -674,6 +777,87 @@ impl Intent {
         Ok(rule)
     }
 
+    /// `apply -f`, first pass: the declared group exists (created without rules when
+    /// missing) with the declared description.
+    pub(super) fn apply_security_group_mut(
+        &mut self,
+        vpc_id: &str,
+        t: &TopologySecurityGroup,
+    ) -> Result<Change> {
+        check_group_name("name", &t.name)?;
+        check_description("description", &t.description)?;
+        let Some(id) = self
+            .lookup_name(NameKind::SecurityGroup, vpc_id, &t.name)
+            .map(str::to_string)
+        else {
+            self.create_security_group_mut(SecurityGroupSpec {
+                vpc: vpc_id.to_string(),
+                name: Some(t.name.clone()),
+                description: t.description.clone(),
+                rules: vec![],
+            })?;
+            return Ok(Change::Created);
+        };
+        let g = self.security_groups.get_mut(&id).expect("indexed");
+        if t.description.is_some() && g.description != t.description {
+            g.description = t.description.clone();
+            return Ok(Change::Updated);
+        }
+        Ok(Change::Unchanged)
+    }
+
+    /// `apply -f`, second pass: make a group's rules exactly `rules`. Rules already there
+    /// keep their IDs; the others are removed first, so replacing a full set fits the
+    /// limits. Returns whether anything changed.
+    pub(super) fn sync_security_group_rules_mut(
+        &mut self,
+        group_id: &str,
+        rules: &[SgRuleSpec],
+    ) -> Result<bool> {
+        let group = self.security_groups[group_id].clone();
+        let mut wanted: Vec<SgRule> = Vec::with_capacity(rules.len());
+        for (k, spec) in rules.iter().enumerate() {
+            let at = format!("rules[{k}]");
+            let r = self
+                .resolve_rule(&group, spec.clone())
+                .map_err(|e| e.at(&at))?;
+            if let Some(first) = wanted.iter().position(|w| w.same_as(&r)) {
+                return Err(ValidationError::invalid(
+                    at,
+                    format!("the same rule as rules[{first}]"),
+                ));
+            }
+            wanted.push(r);
+        }
+        let mut changed = false;
+        let mut kept = Vec::with_capacity(group.rules.len());
+        for r in &group.rules {
+            match wanted.iter().find(|w| w.same_as(r)) {
+                Some(w) => {
+                    let mut r = r.clone();
+                    if r.description != w.description {
+                        r.description = w.description.clone();
+                        changed = true;
+                    }
+                    kept.push(r);
+                }
+                None => changed = true,
+            }
+        }
+        let missing: Vec<usize> = (0..wanted.len())
+            .filter(|k| !kept.iter().any(|r| r.same_as(&wanted[*k])))
+            .collect();
+        if let Some(g) = self.security_groups.get_mut(group_id) {
+            g.rules = kept;
+        }
+        for k in missing {
+            self.add_rule_mut(group_id, rules[k].clone())
+                .map_err(|e| e.at(&format!("rules[{k}]")))?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
     /// Rules in direction `d` over `groups` (IDs), counted as the datapath does.
     fn nic_rule_count(&self, groups: &[String], d: Direction) -> usize {
         groups
@@ -688,7 +872,7 @@ impl Intent {
     pub(crate) fn check_nic_security_groups(
         &self,
         field: &str,
-        nic: &Nic,
+        vpc_id: &str,
         groups: &[String],
     ) -> Result<Vec<String>> {
         if groups.is_empty() || groups.len() > MAX_GROUPS_PER_NIC {
@@ -704,22 +888,22 @@ impl Intent {
         let mut seen = BTreeSet::new();
         for (k, key) in groups.iter().enumerate() {
             let f = format!("{field}[{k}]");
-            let g = match self.security_group(Some(&nic.vpc), key) {
+            let g = match self.security_group(Some(vpc_id), key) {
                 Some(g) => g,
                 None => match self.security_groups.get(key.as_str()) {
                     Some(g) => {
                         return Err(ValidationError::invalid(
                             f,
                             format!(
-                                "security group {} is in VPC {}, not the NIC's {}",
-                                g.id, g.vpc, nic.vpc
+                                "security group {} is in VPC {}, not the NIC's {vpc_id}",
+                                g.id, g.vpc
                             ),
                         ))
                     }
                     None => {
                         return Err(ValidationError::not_found(
                             f,
-                            format!("no security group {key:?} in VPC {}", nic.vpc),
+                            format!("no security group {key:?} in VPC {vpc_id}"),
                         ))
                     }
                 },
@@ -835,34 +1019,35 @@ pub(crate) mod tests {
                 vec![allow_tcp_in("443", cidr("0.0.0.0/0"))],
             ))
             .unwrap();
-        assert_eq!((web.id.as_str(), web.vpc.as_str()), ("sg-1", "vpc-1"));
-        assert_eq!(web.rules[0].id, "sgr-1");
+        assert_eq!((web.id.as_str(), web.vpc.as_str()), ("sg-4", "vpc-1"));
+        // After the lab VPCs' default groups (sg-1 to sg-3, two rules each).
+        assert_eq!(web.rules[0].id, "sgr-7");
         assert_eq!(web.rules[0].ports, Some(PortRange { from: 443, to: 443 }));
         // The same name in another VPC is another group; in the same VPC a conflict.
         let (i, b_web) = i
             .create_security_group(group("web", "tenant-b", vec![]))
             .unwrap();
-        assert_eq!(b_web.id, "sg-2");
+        assert_eq!(b_web.id, "sg-5");
         let e = refused(
             i.create_security_group(group("web", "tenant-a", vec![])),
             ErrorKind::Conflict,
             "name",
         );
-        assert_eq!(e.dependents, vec!["security-group/sg-1"]);
+        assert_eq!(e.dependents, vec!["security-group/sg-4"]);
         assert_eq!(
             i.security_group(Some("tenant-b"), "web").unwrap().id,
-            "sg-2"
+            "sg-5"
         );
         assert!(
             i.security_group(None, "web").is_none(),
             "ambiguous bare name"
         );
-        assert_eq!(i.security_group(None, "sg-1").unwrap().name, "web");
+        assert_eq!(i.security_group(None, "sg-4").unwrap().name, "web");
         let names: Vec<&str> = i
             .security_groups_of("vpc-1")
             .map(|g| g.id.as_str())
             .collect();
-        assert_eq!(names, ["sg-1"]);
+        assert_eq!(names, ["sg-1", "sg-4"], "default, then web");
         refused(
             i.create_security_group(group("sg-7", "tenant-a", vec![])),
             ErrorKind::Invalid,
@@ -880,7 +1065,7 @@ pub(crate) mod tests {
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(g.name, "sg-3");
+        assert_eq!(g.name, "sg-6");
     }
 
     #[test]
@@ -1033,7 +1218,7 @@ pub(crate) mod tests {
             i.add_security_group_rule(
                 Some("tenant-a"),
                 "app",
-                allow_tcp_in("22", Rm::Group("sg-1")),
+                allow_tcp_in("22", Rm::Group("sg-4")),
             ),
             ErrorKind::Invalid,
             "group",
@@ -1056,7 +1241,7 @@ pub(crate) mod tests {
             ErrorKind::Conflict,
             "rules[1]",
         );
-        assert_eq!(e.dependents, vec!["rule/sg-1:sgr-1"]);
+        assert_eq!(e.dependents, vec!["rule/sg-4:sgr-7"]);
         refused(
             i.create_security_group(group(
                 "web",
@@ -1074,7 +1259,7 @@ pub(crate) mod tests {
         let (_, g) = i
             .create_security_group(group("web", "tenant-a", vec![]))
             .unwrap();
-        assert_eq!(g.id, "sg-1");
+        assert_eq!(g.id, "sg-4");
     }
 
     #[test]
@@ -1093,10 +1278,10 @@ pub(crate) mod tests {
         let (j, nic) = i.set_nic_security_groups("a-vm1", names(5)).unwrap();
         assert_eq!(
             nic.security_groups,
-            ["sg-1", "sg-2", "sg-3", "sg-4", "sg-5"]
+            ["sg-4", "sg-5", "sg-6", "sg-7", "sg-8"]
         );
         assert_eq!(j.nic("a-vm1").unwrap().security_groups.len(), 5);
-        assert_eq!(j.security_group_members("sg-2").count(), 1);
+        assert_eq!(j.security_group_members("sg-5").count(), 1);
         refused(
             i.set_nic_security_groups("a-vm1", names(6)),
             ErrorKind::Invalid,
@@ -1108,7 +1293,7 @@ pub(crate) mod tests {
             "security_groups",
         );
         refused(
-            i.set_nic_security_groups("a-vm1", vec!["g0".into(), "sg-1".into()]),
+            i.set_nic_security_groups("a-vm1", vec!["g0".into(), "sg-4".into()]),
             ErrorKind::Invalid,
             "security_groups[1]",
         );
@@ -1127,8 +1312,8 @@ pub(crate) mod tests {
             ErrorKind::NotFound,
             "nic",
         );
-        // A NIC created without groups has none.
-        assert!(i.nic("a-vm2").unwrap().security_groups.is_empty());
+        // A NIC created without groups has its VPC's default group.
+        assert_eq!(i.nic("a-vm2").unwrap().security_groups, ["sg-1"]);
     }
 
     #[test]
@@ -1137,13 +1322,14 @@ pub(crate) mod tests {
             .create_security_group(group("db", "tenant-a", vec![]))
             .unwrap();
         // Self-references do not block deletion; another group's rule does.
-        let (i, _) = i
+        let (i, own) = i
             .add_security_group_rule(
                 Some("tenant-a"),
                 "db",
                 allow_tcp_in("5432", Rm::Group("db")),
             )
             .unwrap();
+        assert_eq!(own.remote, Remote::Group(db.id.clone()));
         let (i, web) = i
             .create_security_group(group(
                 "web",
@@ -1168,7 +1354,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             e.dependents,
-            vec!["nic/nic-2".to_string(), format!("rule/{}:sgr-2", web.id)]
+            vec!["nic/nic-2".to_string(), web.rule_reference(&web.rules[0])]
         );
         // The VPC lists its groups among its dependents.
         let e = refused(i.delete_vpc("tenant-a"), ErrorKind::Conflict, "vpc");
@@ -1177,12 +1363,13 @@ pub(crate) mod tests {
             "{e}"
         );
         // Remove the references and it goes.
+        let rule = web.rules[0].id.clone();
         let (i, web) = i
-            .remove_security_group_rule(Some("tenant-a"), "web", "sgr-2")
+            .remove_security_group_rule(Some("tenant-a"), "web", &rule)
             .unwrap();
         assert!(web.rules.is_empty());
         refused(
-            i.remove_security_group_rule(Some("tenant-a"), "web", "sgr-2"),
+            i.remove_security_group_rule(Some("tenant-a"), "web", &rule),
             ErrorKind::NotFound,
             "rule",
         );
@@ -1194,7 +1381,12 @@ pub(crate) mod tests {
         // Deleting a NIC releases its groups.
         let i = i.delete_nic("a-vm2").unwrap();
         let i = i.delete_security_group(None, "web").unwrap();
-        assert_eq!(i.security_groups().count(), 0);
+        // Only the VPCs' default groups are left.
+        assert!(
+            i.security_groups().all(|g| g.name == DEFAULT_GROUP_NAME),
+            "{:?}",
+            i.security_groups().collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -1249,6 +1441,279 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_vpc_has_a_default_group_its_nics_get_and_that_goes_with_it() {
+        let i = lab();
+        let a = i.vpc("tenant-a").unwrap().id.clone();
+        let d = i.default_security_group(&a).unwrap().clone();
+        assert_eq!((d.id.as_str(), d.name.as_str()), ("sg-1", "default"));
+        // Ingress from its own members and all egress, evaluated after any other rule.
+        assert_eq!(d.rules.len(), 2);
+        assert_eq!(d.rules[0].direction, Direction::Ingress);
+        assert_eq!(d.rules[0].remote, Remote::Group(d.id.clone()));
+        assert_eq!(d.rules[1].direction, Direction::Egress);
+        assert_eq!(
+            d.rules[1].remote,
+            Remote::Cidr("0.0.0.0/0".parse().unwrap())
+        );
+        for r in &d.rules {
+            assert_eq!(
+                (r.protocol, r.action, r.priority),
+                (Protocol::All, Action::Allow, MAX_PRIORITY)
+            );
+        }
+        for n in i.nics() {
+            let own = i.default_security_group(&n.vpc).unwrap();
+            assert_eq!(
+                n.security_groups,
+                std::slice::from_ref(&own.id),
+                "{}",
+                n.name
+            );
+        }
+        // Not deletable on its own, and its name is taken.
+        let e = refused(
+            i.delete_security_group(Some("tenant-a"), "default"),
+            ErrorKind::Conflict,
+            "security_group",
+        );
+        assert_eq!(e.dependents, [format!("vpc/{a}")]);
+        refused(
+            i.create_security_group(group("default", "tenant-a", vec![])),
+            ErrorKind::Conflict,
+            "name",
+        );
+        // Its rules are the tenant's to change, like any group's.
+        let (i, _) = i
+            .remove_security_group_rule(Some("tenant-a"), "default", &d.rules[1].id)
+            .unwrap();
+        assert_eq!(i.default_security_group(&a).unwrap().rules.len(), 1);
+
+        // A NIC may name its groups instead; a bad list refuses the NIC.
+        let (i, web) = i
+            .create_security_group(group("web", "tenant-a", vec![]))
+            .unwrap();
+        let spec = |groups: Option<Vec<&str>>| NicSpec {
+            security_groups: groups.map(|g| g.into_iter().map(String::from).collect()),
+            ..crate::intent::validate::tests::nic("x", "tenant-a", "web", "h1")
+        };
+        let (_, n) = i.create_nic(spec(Some(vec!["web", "default"]))).unwrap();
+        assert_eq!(n.security_groups, [web.id.clone(), d.id.clone()]);
+        refused(
+            i.create_nic(spec(Some(vec![]))),
+            ErrorKind::Invalid,
+            "security_groups",
+        );
+        refused(
+            i.create_nic(spec(Some(vec!["nope"]))),
+            ErrorKind::NotFound,
+            "security_groups[0]",
+        );
+        // PATCH replaces them; the rest of the NIC stays.
+        let (j, n) = i
+            .update_nic(
+                "a-vm1",
+                NicUpdate {
+                    security_groups: Some(vec!["web".into()]),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(n.security_groups, std::slice::from_ref(&web.id));
+        assert_eq!(n.host, i.nic("a-vm1").unwrap().host);
+        assert_eq!(j.security_group_members(&d.id).count(), 2);
+        let e = refused(
+            i.update_nic(
+                "a-vm1",
+                NicUpdate {
+                    security_groups: Some(vec!["web".into(), "web".into()]),
+                    ..Default::default()
+                },
+            ),
+            ErrorKind::Invalid,
+            "security_groups[1]",
+        );
+        assert!(e.reason.contains("twice"), "{e}");
+
+        // An empty VPC goes with its default group.
+        let (i, v) = i
+            .create_vpc(crate::intent::validate::tests::vpc("empty", "10.7.0.0/16"))
+            .unwrap();
+        let g = i.default_security_group(&v.id).unwrap().id.clone();
+        let i = i.delete_vpc("empty").unwrap();
+        assert!(i.security_group(None, &g).is_none());
+        assert!(i.default_security_group(&v.id).is_none());
+        // One with another group lists it (and not its default group).
+        let (i, v) = i
+            .create_vpc(crate::intent::validate::tests::vpc("other", "10.8.0.0/16"))
+            .unwrap();
+        let (i, extra) = i
+            .create_security_group(group("extra", "other", vec![]))
+            .unwrap();
+        let e = refused(i.delete_vpc(&v.id), ErrorKind::Conflict, "vpc");
+        assert_eq!(e.dependents, [format!("security-group/{}", extra.id)]);
+    }
+
+    #[test]
+    fn old_intents_get_default_groups_once() {
+        // What a store written before default groups holds: no groups, NICs without.
+        let mut r = lab().to_records();
+        r.security_groups.clear();
+        for n in &mut r.nics {
+            n.security_groups.clear();
+        }
+        r.counters.next_sg = 1;
+        r.counters.next_sg_rule = 1;
+        let old = Intent::from_records(r);
+        let new = old.with_default_security_groups();
+        assert_eq!(new.security_groups().count(), 3);
+        for n in new.nics() {
+            let d = new.default_security_group(&n.vpc).unwrap();
+            assert_eq!(n.security_groups, std::slice::from_ref(&d.id));
+        }
+        assert_eq!(new.with_default_security_groups(), new, "idempotent");
+        assert_eq!(lab().with_default_security_groups(), lab());
+    }
+
+    #[test]
+    fn topology_groups_are_created_synced_and_then_left_alone() {
+        let yaml = r#"
+vpcs:
+  - name: tenant-a
+    cidr: 10.0.0.0/16
+    security_groups:
+      - name: web
+        description: front ends
+        rules:
+          - { direction: ingress, protocol: tcp, ports: 443, cidr: 0.0.0.0/0, action: allow, priority: 10 }
+          - { direction: egress, protocol: tcp, ports: 5432, group: db, action: allow, priority: 10 }
+      - name: db
+        rules:
+          - { direction: ingress, protocol: tcp, ports: 5432, group: web, action: allow, priority: 10 }
+      - name: default
+        rules: []
+nics:
+  - { name: a-vm1, vpc: tenant-a, subnet: web, host: h1, ifname: a-vm1, ip: 10.0.1.10, security_groups: [web] }
+  - { name: a-vm2, vpc: tenant-a, subnet: db, host: h2, ifname: a-vm2, ip: 10.0.2.10, security_groups: [db, default] }
+blocklist:
+  - { prefix: 203.0.113.0/24, applies_to: source }
+"#;
+        let extra: Topology = serde_yaml::from_str(yaml).unwrap();
+        let mut t = crate::intent::validate::tests::lab_topology();
+        t.vpcs[0].security_groups = extra.vpcs[0].security_groups.clone();
+        t.nics[0].security_groups = extra.nics[0].security_groups.clone();
+        t.nics[1].security_groups = extra.nics[1].security_groups.clone();
+        t.blocklist = extra.blocklist.clone();
+        let (i, sum) = Intent::default().apply(t.clone()).unwrap();
+        for c in [
+            "security-group/tenant-a/web",
+            "security-group/tenant-a/db",
+            "block/203.0.113.0/24",
+        ] {
+            assert!(sum.created.contains(&c.to_string()), "{c}: {sum:?}");
+        }
+        // The default group existed (with the VPC): emptied, so updated.
+        assert_eq!(sum.updated, ["security-group/tenant-a/default"], "{sum:?}");
+        let web = i.security_group(Some("tenant-a"), "web").unwrap();
+        let db = i.security_group(Some("tenant-a"), "db").unwrap();
+        assert_eq!(
+            web.rules[1].remote,
+            Remote::Group(db.id.clone()),
+            "named before declared"
+        );
+        assert_eq!(web.description.as_deref(), Some("front ends"));
+        assert!(i
+            .security_group(Some("tenant-a"), "default")
+            .unwrap()
+            .rules
+            .is_empty());
+        assert_eq!(
+            i.nic("a-vm1").unwrap().security_groups,
+            std::slice::from_ref(&web.id)
+        );
+        assert_eq!(
+            i.nic("a-fw").unwrap().security_groups,
+            ["sg-1"],
+            "undeclared: default"
+        );
+
+        // Idempotent.
+        let (again, sum) = i.apply(t.clone()).unwrap();
+        assert_eq!(sum.changes(), 0, "{sum:?}");
+        assert_eq!(again, i);
+
+        // A changed rule set: the kept rule keeps its ID, the other is replaced.
+        let kept = web.rules[0].id.clone();
+        let mut t2 = t.clone();
+        let rules = t2.vpcs[0].security_groups[0].rules.as_mut().unwrap();
+        rules[1].ports = Some("6432".into());
+        // Groups whose rules are not declared, and NICs whose groups are not, stay.
+        t2.vpcs[0].security_groups[1].rules = None;
+        t2.nics[0].security_groups = None;
+        let (j, sum) = i.apply(t2.clone()).unwrap();
+        assert_eq!(sum.updated, ["security-group/tenant-a/web"], "{sum:?}");
+        let web2 = j.security_group(Some("tenant-a"), "web").unwrap();
+        assert_eq!(web2.rules[0].id, kept);
+        assert_eq!(
+            web2.rules[1].ports,
+            Some(PortRange {
+                from: 6432,
+                to: 6432
+            })
+        );
+        assert_ne!(web2.rules[1].id, web.rules[1].id);
+        assert_eq!(
+            j.security_group(Some("tenant-a"), "db")
+                .unwrap()
+                .rules
+                .len(),
+            1
+        );
+        assert_eq!(
+            j.nic("a-vm1").unwrap().security_groups,
+            std::slice::from_ref(&web.id)
+        );
+
+        // Mistakes name their place; nothing is applied.
+        let mut bad = t.clone();
+        bad.vpcs[0].security_groups[1].rules.as_mut().unwrap()[0].group = Some("nope".into());
+        refused(
+            i.apply(bad),
+            ErrorKind::NotFound,
+            "vpcs[0].security_groups[1].rules[0].group",
+        );
+        let mut bad = t.clone();
+        let r = bad.vpcs[0].security_groups[0].rules.as_ref().unwrap()[0].clone();
+        bad.vpcs[0].security_groups[0]
+            .rules
+            .as_mut()
+            .unwrap()
+            .push(r);
+        refused(
+            i.apply(bad),
+            ErrorKind::Invalid,
+            "vpcs[0].security_groups[0].rules[2]",
+        );
+        let mut bad = t.clone();
+        let web_decl = bad.vpcs[0].security_groups[0].clone();
+        bad.vpcs[0].security_groups.push(web_decl);
+        refused(
+            i.apply(bad),
+            ErrorKind::Invalid,
+            "vpcs[0].security_groups[3]",
+        );
+        let mut bad = t.clone();
+        bad.nics[0].security_groups = Some(vec!["db".into(), "nope".into()]);
+        refused(
+            i.apply(bad),
+            ErrorKind::NotFound,
+            "nics[0].security_groups[1]",
+        );
+        let mut bad = t;
+        bad.blocklist[0].prefix = "203.0.113.1/24".into();
+        refused(i.apply(bad), ErrorKind::Invalid, "blocklist[0].prefix");
+    }
+
+    #[test]
     fn counters_written_before_security_groups_still_load() {
         let old = r#"{"next_vpc":3,"next_subnet":2,"next_nic":5,"next_peering":1,"next_vni":3,"next_mac":5}"#;
         let c: Counters = serde_json::from_str(old).unwrap();
@@ -1288,7 +1753,7 @@ rules:
         );
         let json = serde_json::to_value(&g).unwrap();
         assert_eq!(json["rules"][0]["ports"], "443");
-        assert_eq!(json["rules"][1]["group"], "sg-1");
+        assert_eq!(json["rules"][1]["group"], "sg-4");
         assert_eq!(json["rules"][0]["cidr"], "0.0.0.0/0");
         let back: SecurityGroup = serde_json::from_value(json).unwrap();
         assert_eq!(back, g);
@@ -1308,7 +1773,7 @@ rules:
         assert_eq!(back, i);
         assert_eq!(
             back.security_group(Some("tenant-a"), "web").unwrap().id,
-            "sg-1"
+            "sg-4"
         );
     }
 }

@@ -27,6 +27,7 @@ const NICS: TableDefinition<&str, &str> = TableDefinition::new("nics");
 const ROUTES: TableDefinition<&str, &str> = TableDefinition::new("routes");
 const PEERINGS: TableDefinition<&str, &str> = TableDefinition::new("peerings");
 const SECURITY_GROUPS: TableDefinition<&str, &str> = TableDefinition::new("security_groups");
+const BLOCKLIST: TableDefinition<&str, &str> = TableDefinition::new("blocklist");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Layout version of the records; bumped (with a migration) when it changes.
@@ -89,6 +90,7 @@ impl Store {
                 ROUTES,
                 PEERINGS,
                 SECURITY_GROUPS,
+                BLOCKLIST,
             ] {
                 txn.open_table(t).map_err(dberr)?;
             }
@@ -109,6 +111,13 @@ impl Store {
         txn.commit().map_err(dberr)?;
         let store = Store { db };
         let intent = store.load()?;
+        // Stores from before default security groups: one commit gives every VPC its
+        // default group and every NIC without groups that group.
+        let mut migrated = intent.with_default_security_groups();
+        if migrated != intent {
+            store.commit(&intent, &mut migrated)?;
+            return Ok((store, migrated));
+        }
         Ok((store, intent))
     }
 
@@ -146,6 +155,7 @@ impl Store {
             routes: all(&txn, ROUTES)?,
             peerings: all(&txn, PEERINGS)?,
             security_groups: all(&txn, SECURITY_GROUPS)?,
+            blocklist: all(&txn, BLOCKLIST)?,
         }))
     }
 
@@ -168,6 +178,9 @@ impl Store {
             &new.security_groups,
             |k| k.clone(),
         )?;
+        written += write_diff(&txn, BLOCKLIST, &old.blocklist, &new.blocklist, |k| {
+            k.to_string()
+        })?;
         let empty = Arc::default();
         let vpcs: BTreeSet<&String> = old.routes.keys().chain(new.routes.keys()).collect();
         for vpc in vpcs {
@@ -426,15 +439,68 @@ mod tests {
         let admin = read.security_group(Some("tenant-a"), "admin").unwrap();
         assert_eq!(
             (admin.id.as_str(), admin.rules[0].id.as_str()),
-            ("sg-1", "sgr-1")
+            ("sg-4", "sgr-7"),
+            "after the lab VPCs' default groups and their rules"
         );
-        assert_eq!(read.nic("a-vm1").unwrap().security_groups, ["sg-1"]);
+        assert_eq!(read.nic("a-vm1").unwrap().security_groups, ["sg-4"]);
         assert!(read.security_group(None, "gone").is_none());
         // IDs keep counting after the reopen.
         let (_, g) = read
             .create_security_group(group("later", "tenant-a", vec![]))
             .unwrap();
-        assert_eq!(g.id, "sg-3");
+        assert_eq!(g.id, "sg-6");
+    }
+
+    #[test]
+    fn a_store_from_before_default_groups_gets_them_on_open() {
+        let tmp = TempStore::new("migrate");
+        let mut r = lab().to_records();
+        r.security_groups.clear();
+        for n in &mut r.nics {
+            n.security_groups.clear();
+        }
+        let old = Intent::from_records(r);
+        {
+            let (store, empty) = Store::open(&tmp.path()).unwrap();
+            let mut written = old.clone();
+            store.commit(&empty, &mut written).unwrap();
+            assert_eq!(written.generation(), 1);
+        }
+        let (_, read) = Store::open(&tmp.path()).unwrap();
+        assert_eq!(read.generation(), 2, "the migration is one commit");
+        assert_eq!(read.security_groups().count(), 3);
+        assert!(read.nics().all(|n| n.security_groups.len() == 1));
+        // Written: the next open finds nothing to do.
+        let (_, again) = Store::open(&tmp.path()).unwrap();
+        assert_eq!(again, read);
+    }
+
+    #[test]
+    fn the_blocklist_survives_reopening() {
+        let tmp = TempStore::new("blocklist");
+        let written = {
+            let (store, mut current) = Store::open(&tmp.path()).unwrap();
+            for p in ["203.0.113.0/24", "198.51.100.0/24"] {
+                store
+                    .transact(&mut current, |i| {
+                        i.add_blocklist(crate::intent::BlocklistSpec {
+                            prefix: p.into(),
+                            ..Default::default()
+                        })
+                    })
+                    .unwrap();
+            }
+            store
+                .transact(&mut current, |i| {
+                    i.delete_blocklist("198.51.100.0/24").map(|i| (i, ()))
+                })
+                .unwrap();
+            current
+        };
+        let (_, read) = Store::open(&tmp.path()).unwrap();
+        assert_eq!(read, written);
+        let prefixes: Vec<String> = read.blocklist().map(|b| b.prefix.to_string()).collect();
+        assert_eq!(prefixes, ["203.0.113.0/24"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::model::*;
+use super::{model::*, sg::DEFAULT_GROUP_NAME};
 
 /// What kind of mistake a request made; decides the HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +117,21 @@ pub const MIN_UNDERLAY_MTU: u32 = 576;
 pub const MAX_UNDERLAY_MTU: u32 = 65535;
 /// Prefixes allocated IDs start with; a name may not look like an ID.
 const ID_PREFIXES: [&str; 4] = ["vpc", "subnet", "nic", "pcx"];
+
+const MAX_DESCRIPTION_LEN: usize = 255;
+
+/// Free text (security groups, rules, blocklist entries): short, one line.
+pub(super) fn check_description(field: &str, d: &Option<String>) -> Result<()> {
+    match d {
+        Some(d) if d.chars().count() > MAX_DESCRIPTION_LEN || d.chars().any(char::is_control) => {
+            Err(ValidationError::invalid(
+                field,
+                format!("at most {MAX_DESCRIPTION_LEN} characters, no control characters"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
 
 pub(super) fn check_name(field: &str, name: &str) -> Result<()> {
     let bad = |why: &str| Err(ValidationError::invalid(field, format!("{name:?} {why}")));
@@ -277,12 +292,14 @@ impl Intent {
         self.mutate(|i| i.delete_host_mut(name)).map(|(i, ())| i)
     }
 
-    /// Create a VPC (and its empty route table), allocating its ID and VNI.
+    /// Create a VPC (with its empty route table and its `default` security group),
+    /// allocating its ID and VNI.
     pub fn create_vpc(&self, spec: VpcSpec) -> Result<(Intent, Vpc)> {
         self.mutate(|i| i.create_vpc_mut(spec))
     }
 
-    /// Delete a VPC (ID or name); 409 listing its subnets, NICs, routes and peerings.
+    /// Delete a VPC (ID or name) and its default security group; 409 listing its subnets,
+    /// NICs, routes, peerings and other security groups.
     pub fn delete_vpc(&self, key: &str) -> Result<Intent> {
         self.mutate(|i| i.delete_vpc_mut(key)).map(|(i, ())| i)
     }
@@ -297,12 +314,14 @@ impl Intent {
             .map(|(i, ())| i)
     }
 
-    /// Create a NIC; its IP and MAC are allocated when not given.
+    /// Create a NIC; its IP and MAC are allocated when not given, and without groups it is
+    /// in the VPC's default security group.
     pub fn create_nic(&self, spec: NicSpec) -> Result<(Intent, Nic)> {
         self.mutate(|i| i.create_nic_mut(spec))
     }
 
-    /// Move a NIC to another host or interface, or change its source check.
+    /// Move a NIC to another host or interface, change its source check, or replace its
+    /// security groups.
     pub fn update_nic(&self, key: &str, update: NicUpdate) -> Result<(Intent, Nic)> {
         self.mutate(|i| i.update_nic_mut(key, update).map(|(n, _)| n))
     }
@@ -470,7 +489,8 @@ impl Intent {
         };
         self.index_name(NameKind::Vpc, "", &vpc.name, &id);
         self.routes.insert(id.clone(), Default::default());
-        self.vpcs.insert(id, vpc.clone());
+        self.vpcs.insert(id.clone(), vpc.clone());
+        self.create_default_security_group_mut(&id)?;
         Ok(vpc)
     }
 
@@ -491,8 +511,10 @@ impl Intent {
             self.peerings_of(&vpc.id)
                 .map(|p| format!("peering/{}", p.id)),
         );
+        // The default group goes with its VPC; the others are the tenant's to delete.
         deps.extend(
             self.security_groups_of(&vpc.id)
+                .filter(|g| g.name != DEFAULT_GROUP_NAME)
                 .map(|g| format!("security-group/{}", g.id)),
         );
         if !deps.is_empty() {
@@ -501,6 +523,9 @@ impl Intent {
                 format!("VPC {} still has dependents; delete them first", vpc.id),
                 deps,
             ));
+        }
+        if let Some(g) = self.default_security_group(&vpc.id).cloned() {
+            self.remove_security_group_mut(g)?;
         }
         self.unindex_name(NameKind::Vpc, "", &vpc.name);
         self.routes.remove(&vpc.id);
@@ -719,6 +744,11 @@ impl Intent {
             }
             None => self.allocate_mac()?,
         };
+        let security_groups = self.new_nic_security_groups(
+            "security_groups",
+            &vpc.id,
+            spec.security_groups.as_deref(),
+        )?;
         let id = format!("nic-{}", self.counters.next_nic);
         self.counters.next_nic += 1;
         let nic = Nic {
@@ -731,7 +761,7 @@ impl Intent {
             ip,
             mac,
             source_check: spec.source_check.unwrap_or(true),
-            security_groups: vec![],
+            security_groups,
         };
         self.index_name(NameKind::Nic, "", &nic.name, &id);
         self.nics.insert(id, nic.clone());
@@ -755,6 +785,10 @@ impl Intent {
         }
         if let Some(c) = update.source_check {
             nic.source_check = c;
+        }
+        if let Some(groups) = &update.security_groups {
+            nic.security_groups =
+                self.check_nic_security_groups("security_groups", &nic.vpc, groups)?;
         }
         if nic == old {
             return Ok((nic, Change::Unchanged));
@@ -1016,6 +1050,7 @@ impl Intent {
         no_duplicates("vpcs", t.vpcs.iter().map(|v| v.name.as_str()))?;
         no_duplicates("nics", t.nics.iter().map(|n| n.name.as_str()))?;
         no_duplicates("peerings", t.peerings.iter().map(|p| p.name.as_str()))?;
+        no_duplicates("blocklist", t.blocklist.iter().map(|b| b.prefix.trim()))?;
 
         for (k, h) in t.hosts.into_iter().enumerate() {
             let name = h.name.clone();
@@ -1025,6 +1060,7 @@ impl Intent {
             record("host", &name, c);
         }
 
+        let mut group_changes: Vec<Change> = vec![];
         for (k, v) in t.vpcs.iter().enumerate() {
             let at = format!("vpcs[{k}]");
             no_duplicates(
@@ -1035,6 +1071,10 @@ impl Intent {
                 &format!("{at}.routes"),
                 v.routes.iter().map(|r| r.destination.trim()),
             )?;
+            no_duplicates(
+                &format!("{at}.security_groups"),
+                v.security_groups.iter().map(|g| g.name.as_str()),
+            )?;
             let c = self.apply_vpc(v).map_err(|e| e.at(&at))?;
             record("vpc", &v.name, c);
             let vpc_id = self.vpc(&v.name).expect("just applied").id.clone();
@@ -1043,6 +1083,34 @@ impl Intent {
                     .apply_subnet(&vpc_id, s)
                     .map_err(|e| e.at(&format!("{at}.subnets[{j}]")))?;
                 record("subnet", &format!("{}/{}", v.name, s.name), c);
+            }
+            for (j, g) in v.security_groups.iter().enumerate() {
+                let c = self
+                    .apply_security_group_mut(&vpc_id, g)
+                    .map_err(|e| e.at(&format!("{at}.security_groups[{j}]")))?;
+                group_changes.push(c);
+            }
+        }
+
+        // Rules once every declared group exists, so they may name each other.
+        let mut group_changes = group_changes.into_iter();
+        for (k, v) in t.vpcs.iter().enumerate() {
+            let vpc_id = self.vpc(&v.name).expect("applied above").id.clone();
+            for (j, g) in v.security_groups.iter().enumerate() {
+                let mut c = group_changes.next().expect("one per declared group");
+                if let Some(rules) = &g.rules {
+                    let id = self
+                        .lookup_name(NameKind::SecurityGroup, &vpc_id, &g.name)
+                        .expect("applied above")
+                        .to_string();
+                    let changed = self
+                        .sync_security_group_rules_mut(&id, rules)
+                        .map_err(|e| e.at(&format!("vpcs[{k}].security_groups[{j}]")))?;
+                    if changed && c == Change::Unchanged {
+                        c = Change::Updated;
+                    }
+                }
+                record("security-group", &format!("{}/{}", v.name, g.name), c);
             }
         }
 
@@ -1070,6 +1138,13 @@ impl Intent {
                     .map_err(|e| e.at(&format!("vpcs[{k}].routes[{j}]")))?;
                 record("route", &format!("{}/{}", v.name, route.destination), c);
             }
+        }
+
+        for (k, b) in t.blocklist.into_iter().enumerate() {
+            let (prefix, c) = self
+                .apply_blocklist_mut(b)
+                .map_err(|e| e.at(&format!("blocklist[{k}]")))?;
+            record("block", &prefix.to_string(), c);
         }
         Ok(sum)
     }
@@ -1140,6 +1215,7 @@ impl Intent {
                 ip: n.ip.clone(),
                 mac: n.mac.clone(),
                 source_check: n.source_check,
+                security_groups: n.security_groups.clone(),
             })?;
             return Ok(Change::Created);
         };
@@ -1179,6 +1255,7 @@ impl Intent {
             host: Some(n.host.clone()),
             ifname: Some(n.ifname.clone()),
             source_check: Some(n.source_check.unwrap_or(true)),
+            security_groups: n.security_groups.clone(),
         };
         Ok(self.update_nic_mut(&existing.id, update)?.1)
     }
@@ -1230,7 +1307,7 @@ impl Intent {
 
 /// What a create-or-update did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Change {
+pub(super) enum Change {
     Created,
     Updated,
     Unchanged,

@@ -222,6 +222,48 @@ impl Lab {
         })
     }
 
+    /// Two new host namespaces wired back to back by one veth pair, without a fabric: each
+    /// end is named `ifname` in its host, gets its address (`a_cidr`, `b_cidr`, one
+    /// subnet), MTU `mtu` and GRO. XDP_REDIRECT into one end lands in the other host's ring
+    /// as an XDP frame, as from a NIC, where a bridge in between would make skbs of it.
+    /// Each port's `fabric_if` is the other end: the same name, in the other host.
+    pub fn underlay_back_to_back(
+        &self,
+        (a, a_cidr): (&str, &str),
+        (b, b_cidr): (&str, &str),
+        ifname: &str,
+        mtu: u32,
+    ) -> Result<(UnderlayPort, UnderlayPort)> {
+        let (a_ip, a_len) = parse_cidr(a_cidr)?;
+        let (b_ip, b_len) = parse_cidr(b_cidr)?;
+        if a_len != b_len || network(a_ip, a_len) != network(b_ip, b_len) {
+            bail!("back-to-back underlay: {a_cidr} and {b_cidr} are not one subnet");
+        }
+        for host in [a, b] {
+            self.add_host(host)?;
+            self.disable_ipv6(host)?;
+        }
+        self.veth(a, ifname, b, ifname)?;
+        let mut ports = Vec::new();
+        for (host, cidr, ip) in [(a, a_cidr, a_ip), (b, b_cidr, b_ip)] {
+            self.mtu(host, ifname, mtu)?;
+            self.addr(host, ifname, cidr)?;
+            self.up(host, ifname)?;
+            self.enable_gro(host, ifname)?;
+            ports.push(UnderlayPort {
+                host: host.to_string(),
+                ifname: ifname.to_string(),
+                fabric_if: ifname.to_string(),
+                ip,
+                prefix_len: a_len,
+                mac: self.link_mac(host, ifname)?,
+            });
+        }
+        let b_port = ports.pop().expect("two ports");
+        let a_port = ports.pop().expect("two ports");
+        Ok((a_port, b_port))
+    }
+
     /// VM namespace `vm` attached to `host` by a veth pair: the VM end gets `cidr`, `mac`,
     /// MTU [`VM_MTU`], a default route via the subnet's gateway, an XDP pass program (to
     /// receive what the host's XDP sends it) and no TX checksum offload (redirected frames

@@ -246,6 +246,24 @@ impl<'lab> TopologyLab<'lab> {
                 .with_context(|| format!("host {}", h.name))?;
             underlays.push(port);
         }
+        Self::build_on(lab, topology, sluiced, underlays)
+    }
+
+    /// [`TopologyLab::build`] on hosts whose underlay is already wired (e.g. two hosts
+    /// back to back, [`Lab::underlay_back_to_back`]): `underlays` holds one port per host,
+    /// in the topology's order.
+    pub fn build_on(
+        lab: &'lab Lab,
+        topology: Topology,
+        sluiced: &Path,
+        underlays: Vec<UnderlayPort>,
+    ) -> Result<Self> {
+        check_lab_topology(&topology)?;
+        let names: Vec<&str> = underlays.iter().map(|u| u.host.as_str()).collect();
+        let hosts: Vec<&str> = topology.hosts.iter().map(|h| h.name.as_str()).collect();
+        if names != hosts {
+            bail!("underlay ports {names:?} do not match the topology's hosts {hosts:?}");
+        }
         let mut built = Self {
             lab,
             hosts: Vec::new(),
@@ -383,6 +401,7 @@ impl<'lab> TopologyLab<'lab> {
             ip: n.ip.clone(),
             mac: Some(format_mac(&vm.port.mac)),
             source_check: n.source_check,
+            security_groups: n.security_groups.clone(),
         };
         self.change(Method::POST, "/v1/nics", Some(&spec))
             .with_context(|| format!("creating NIC {}", n.name))?;

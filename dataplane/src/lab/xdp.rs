@@ -40,16 +40,18 @@ fn pass_program() -> [u8; 16] {
     insns
 }
 
-fn put_u32(attr: &mut [u8], off: usize, v: u32) {
+/// Writes `v` at `off` of a `bpf_attr` buffer.
+pub fn put_u32(attr: &mut [u8], off: usize, v: u32) {
     attr[off..off + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn put_u64(attr: &mut [u8], off: usize, v: u64) {
+/// Writes `v` at `off` of a `bpf_attr` buffer.
+pub fn put_u64(attr: &mut [u8], off: usize, v: u64) {
     attr[off..off + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
 /// `bpf(cmd, attr)`; a returned fd is owned.
-fn bpf(cmd: libc::c_long, attr: &mut [u8], what: &str) -> Result<libc::c_long> {
+pub fn bpf(cmd: libc::c_long, attr: &mut [u8], what: &str) -> Result<libc::c_long> {
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
     if r < 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| what.to_string());
@@ -58,20 +60,27 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8], what: &str) -> Result<libc::c_long> {
 }
 
 fn load_pass_program() -> Result<OwnedFd> {
-    let insns = pass_program();
+    load_xdp_program(&pass_program(), "lab_xdp_pass").context("loading the lab's XDP pass program")
+}
+
+/// Loads raw eBPF instructions (`insns`, 8 bytes each) as an XDP program named `name`
+/// (at most 15 bytes).
+pub fn load_xdp_program(insns: &[u8], name: &str) -> Result<OwnedFd> {
+    if insns.is_empty() || insns.len() % 8 != 0 || name.len() > 15 {
+        bail!("XDP program {name:?}: {} bytes of instructions (whole 8-byte instructions, name at most 15 bytes)", insns.len());
+    }
     let license = c"GPL";
     let mut attr = [0u8; 128];
     put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
     put_u32(&mut attr, 4, (insns.len() / 8) as u32);
     put_u64(&mut attr, 8, insns.as_ptr() as u64);
     put_u64(&mut attr, 16, license.as_ptr() as u64);
-    let name = b"lab_xdp_pass";
-    attr[48..48 + name.len()].copy_from_slice(name);
+    attr[48..48 + name.len()].copy_from_slice(name.as_bytes());
     put_u32(&mut attr, 68, BPF_XDP); // expected_attach_type
     let fd = bpf(
         BPF_PROG_LOAD,
         &mut attr,
-        "loading the lab's XDP pass program",
+        &format!("loading XDP program {name}"),
     )?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -16,6 +16,8 @@
 //! A NIC with more than [`MAX_RULES`] rules in a direction (validation refuses that; only
 //! a damaged store could hold it) keeps its first `MAX_RULES - 1` slots and a last one
 //! denying everything: it fails closed.
+//!
+//! The operator blocklist is the same on every host: [`compile_blocklist`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,8 +27,27 @@ use std::{
 
 use sluice_common::sg::{RuleSet, MAX_RULES, POLICY_NONE, POLICY_UNENFORCED};
 
-use super::{NicPolicies, Policy, RemoteEntry, ServiceEntry, SgTables, SlotRule};
-use crate::intent::{mask, Action, Cidr, Direction, Intent, Nic, PortRange, Protocol, Remote};
+use super::{
+    apply::BlockPrefix, NicPolicies, Policy, RemoteEntry, ServiceEntry, SgTables, SlotRule,
+};
+use crate::intent::{
+    mask, Action, BlockAppliesTo, Cidr, Direction, Intent, Nic, PortRange, Protocol, Remote,
+};
+
+/// The blocklist (every host's), sorted by (address, length): one entry per prefix.
+pub fn compile_blocklist(intent: &Intent) -> Vec<BlockPrefix> {
+    let mut out: Vec<BlockPrefix> = intent
+        .blocklist()
+        .map(|b| BlockPrefix {
+            addr: b.prefix.addr().octets(),
+            len: b.prefix.prefix_len(),
+            src: b.applies_to != BlockAppliesTo::Destination,
+            dst: b.applies_to != BlockAppliesTo::Source,
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
 
 /// Tables of every registered host, by host name.
 pub fn compile_all(intent: &Intent) -> BTreeMap<String, SgTables> {
@@ -498,7 +519,7 @@ mod tests {
     }
 
     #[test]
-    fn identical_nics_share_a_policy_and_nics_without_groups_have_none() {
+    fn identical_nics_share_a_policy_and_nics_without_rules_have_none() {
         let i = groups();
         let t = compile_host(&i, "h2");
         let fw = t.nic("a-fw").unwrap();
@@ -527,7 +548,14 @@ mod tests {
             .collect();
         let have: BTreeSet<u64> = t2.policies.iter().map(|p| p.id).collect();
         assert_eq!(used, have);
-        // A NIC without groups is filtered with no policy: ingress denied, egress allowed.
+        // A NIC whose groups have no rules is filtered with no policy: ingress denied,
+        // egress allowed.
+        let (j, _) = j
+            .create_security_group(group("empty", "tenant-b", vec![]))
+            .unwrap();
+        let (j, _) = j
+            .set_nic_security_groups("b-vm1", vec!["empty".into()])
+            .unwrap();
         let b = compile_host(&j, "h2");
         let b1 = b.nic("b-vm1").unwrap();
         assert_eq!((b1.ingress, b1.egress), (POLICY_NONE, POLICY_NONE));
@@ -687,7 +715,11 @@ mod tests {
             .set_nic_security_groups("a-vm1", vec!["big".into()])
             .unwrap();
         let mut r = i.to_records();
-        let g = &mut r.security_groups[0];
+        let g = r
+            .security_groups
+            .iter_mut()
+            .find(|g| g.name == "big")
+            .unwrap();
         for k in 0..MAX_RULES + 10 {
             let (_, rule) = i
                 .add_security_group_rule(
@@ -713,6 +745,41 @@ mod tests {
             decide(&t, "a-vm1", d, FirstPacket::tcp(ip("10.0.0.1"), 1030)),
             Decision::Rule(Action::Deny)
         );
+    }
+
+    #[test]
+    fn the_blocklist_compiles_to_sorted_prefixes_with_the_addresses_they_apply_to() {
+        let mut i = lab();
+        for (p, a) in [
+            ("203.0.113.0/24", None),
+            ("198.51.100.7/32", Some(BlockAppliesTo::Source)),
+            ("203.0.0.0/8", Some(BlockAppliesTo::Destination)),
+        ] {
+            i = i
+                .add_blocklist(crate::intent::BlocklistSpec {
+                    prefix: p.into(),
+                    applies_to: a,
+                    description: None,
+                })
+                .unwrap()
+                .0;
+        }
+        let b = compile_blocklist(&i);
+        let p = |addr, len, src, dst| BlockPrefix {
+            addr,
+            len,
+            src,
+            dst,
+        };
+        assert_eq!(
+            b,
+            [
+                p([198, 51, 100, 7], 32, true, false),
+                p([203, 0, 0, 0], 8, false, true),
+                p([203, 0, 113, 0], 24, true, true),
+            ]
+        );
+        assert!(compile_blocklist(&lab()).is_empty());
     }
 
     #[test]

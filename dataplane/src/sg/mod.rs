@@ -17,6 +17,7 @@ use sluice_common::vpc::Ipv4;
 
 use crate::intent::{Action, PortRange, Protocol, Remote};
 
+pub mod apply;
 pub mod compile;
 pub mod lookup;
 

@@ -465,11 +465,45 @@ fn write_error(step: &Step, source: MapError, applied: usize, total: usize) -> A
 /// network namespace, and underlay neighbour MACs from the kernel's neighbour table (a
 /// VTEP missing from it is pinged once to trigger ARP, then looked up again).
 pub fn resolve_from_system(tables: &HostTables) -> Result<Resolved, ResolveError> {
+    resolve_with(tables, &SystemInterfaces::of(tables))
+}
+
+/// [`resolve_from_system`] against interface indexes the caller already looked up.
+pub fn resolve_with(tables: &HostTables, ifs: &SystemInterfaces) -> Result<Resolved, ResolveError> {
     let dev = tables.underlay.as_ref().map(|u| u.ifname.as_str());
     let neighbors = underlay_neighbor_macs(&tables.remote_vteps, dev);
-    resolve(tables, system_ifindex, system_mac, |vtep| {
-        neighbors.get(&vtep).copied()
-    })
+    resolve(
+        tables,
+        |n| ifs.ifindex(n),
+        system_mac,
+        |vtep| neighbors.get(&vtep).copied(),
+    )
+}
+
+/// The indexes of the interfaces a host's tables name, looked up once per agent round
+/// (the agent used to ask the kernel three times per NIC per round).
+#[derive(Clone, Debug, Default)]
+pub struct SystemInterfaces(std::collections::HashMap<String, u32>);
+
+impl SystemInterfaces {
+    /// Looks up every interface `tables` names: its ports and the underlay.
+    pub fn of(tables: &HostTables) -> Self {
+        let names = tables
+            .ports
+            .iter()
+            .map(|p| p.ifname.as_str())
+            .chain(tables.underlay.as_ref().map(|u| u.ifname.as_str()));
+        Self(
+            names
+                .filter_map(|n| Some((n.to_string(), system_ifindex(n)?)))
+                .collect(),
+        )
+    }
+
+    /// `None` for an interface that does not exist (or was not looked up).
+    pub fn ifindex(&self, ifname: &str) -> Option<u32> {
+        self.0.get(ifname).copied()
+    }
 }
 
 /// The ifindex of `ifname` in the calling thread's network namespace.

@@ -133,7 +133,9 @@ impl<'a> Index<'a> {
 
         let mut ports = Vec::new();
         let mut endpoints: BTreeMap<(u32, Ipv4), EndpointEntry> = BTreeMap::new();
-        let mut routes: BTreeMap<RoutePrefix, NextHopEntry> = BTreeMap::new();
+        // A vector sorted once at the end: at 100,000 routes a tree insert per route was
+        // most of the compile time. Later entries win (a custom route over a system one).
+        let mut routes: Vec<RouteEntry> = Vec::new();
         let mut vnis = BTreeSet::new();
         // Peer VPCs whose own NICs this host must know (it routes into their peering).
         let mut peers_reached: BTreeSet<&str> = BTreeSet::new();
@@ -183,10 +185,10 @@ impl<'a> Index<'a> {
                 endpoint(nic, vpc.vni, false);
             }
             for s in intent.subnets_of(vpc_id) {
-                routes.insert(
-                    prefix(vpc.vni, s.cidr),
-                    hop(NextHopKind::Local, vpc.vni, [0; 4]),
-                );
+                routes.push(RouteEntry {
+                    prefix: prefix(vpc.vni, s.cidr),
+                    next_hop: hop(NextHopKind::Local, vpc.vni, [0; 4]),
+                });
             }
             for r in intent.routes_of(vpc_id) {
                 let next = match &r.next_hop {
@@ -206,7 +208,10 @@ impl<'a> Index<'a> {
                     }
                     NextHop::Blackhole => hop(NextHopKind::Blackhole, vpc.vni, [0; 4]),
                 };
-                routes.insert(prefix(vpc.vni, r.destination), next);
+                routes.push(RouteEntry {
+                    prefix: prefix(vpc.vni, r.destination),
+                    next_hop: next,
+                });
             }
             for p in intent.peerings_of(vpc_id).filter(|p| p.is_active()) {
                 let other = p.other_side(vpc_id).expect("peering of this VPC");
@@ -238,10 +243,10 @@ impl<'a> Index<'a> {
         ports.sort_by(|a: &LocalPort, b| a.ifname.cmp(&b.ifname));
         out.ports = ports;
         out.endpoints = endpoints.into_values().collect();
-        out.routes = routes
-            .into_iter()
-            .map(|(prefix, next_hop)| RouteEntry { prefix, next_hop })
-            .collect();
+        routes.reverse();
+        routes.sort_by_key(|r| r.prefix); // stable: the last pushed of a prefix comes first
+        routes.dedup_by_key(|r| r.prefix);
+        out.routes = routes;
         out.vnis = vnis.into_iter().collect();
         out
     }

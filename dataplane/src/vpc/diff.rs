@@ -211,6 +211,9 @@ pub fn resolve(
         }
     }
 
+    // Collected and sorted, then built in one pass: a tree insert per route was most of
+    // resolving 100,000 routes.
+    let mut routes: Vec<(RoutePrefix, NextHop)> = Vec::with_capacity(tables.routes.len());
     for r in &tables.routes {
         if r.prefix.len > 32 {
             return Err(ResolveError::PrefixTooLong {
@@ -224,14 +227,17 @@ pub fn resolve(
                 kind: r.next_hop.kind,
             });
         }
-        let prefix = normalize(r.prefix);
-        let hop = NextHop::from(r.next_hop);
-        if out.routes.insert(prefix, hop).is_some_and(|v| v != hop) {
-            return Err(ResolveError::DuplicateRoute {
-                prefix: fmt_prefix(&prefix),
-            });
-        }
+        routes.push((normalize(r.prefix), NextHop::from(r.next_hop)));
     }
+    routes.sort_by_key(|r| r.0);
+    // The same route twice is harmless; the same prefix with two next hops is not.
+    routes.dedup();
+    if let Some(w) = routes.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(ResolveError::DuplicateRoute {
+            prefix: fmt_prefix(&w[0].0),
+        });
+    }
+    out.routes = routes.into_iter().collect();
 
     mark_direct(&mut out.endpoints, &out.routes);
     out.appliance_vteps = appliance_vteps(&out.endpoints, &out.vnis);
@@ -802,6 +808,7 @@ mod tests {
             ],
             vnis: vec![7],
             remote_vteps: vec![VTEP_A, VTEP_B],
+            ..Default::default()
         }
     }
 

@@ -7,5 +7,6 @@
 
 pub mod apply;
 pub mod compile;
+pub mod delta;
 pub mod diff;
 pub mod tables;

@@ -1,8 +1,11 @@
 //! What one host's VPC maps should hold: the output of the intent compiler and the input
 //! of the agent. Pure data; interface names stand where only the host knows the ifindex.
+//! The host's security-group tables and the blocklist travel with them.
 
 use serde::{Deserialize, Serialize};
 use sluice_common::vpc::{Endpoint, EndpointKey, HostConfig, Ipv4, Mac, NextHop, Port, RouteKey};
+
+use crate::sg::{apply::BlockPrefix, SgTables};
 
 /// An IPv4 route within one VPC: the trie key is (VNI, prefix) with prefix length 32 + `len`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -90,6 +93,12 @@ pub struct HostTables {
     /// Underlay addresses of the remote hosts this host sends to; the agent resolves their
     /// MACs from the kernel's neighbour table on the underlay interface.
     pub remote_vteps: Vec<Ipv4>,
+    /// The security-group maps of this host's NICs (`sg::compile`).
+    #[serde(default)]
+    pub security_groups: SgTables,
+    /// The operator blocklist (the same on every host).
+    #[serde(default)]
+    pub blocklist: Vec<BlockPrefix>,
 }
 
 impl EndpointEntry {

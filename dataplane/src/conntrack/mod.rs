@@ -1,0 +1,485 @@
+//! The connection table, userspace side (ABI and design: `common/src/conntrack.rs`; the
+//! datapath: `ebpf/src/conntrack.rs`): its configuration, its counts, the periodic sweep
+//! that collects expired entries and notices LRU evictions, and a listing of its flows.
+//!
+//! The table is read with `BPF_MAP_LOOKUP_BATCH` (a few hundred syscalls for a million
+//! entries instead of two million), whose bucket cursor stays valid while the datapath
+//! inserts and deletes; get-next-key iteration would restart from the first key whenever
+//! the current one vanished.
+
+use std::{
+    mem::size_of,
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use serde::{Deserialize, Serialize};
+use sluice_common::conntrack::{
+    maps, CtConfig, CtCount, CtEntry, CtEvent, CtKey, CtState, CT_COUNT_DATAPATH, CT_COUNT_EVICTED,
+    CT_COUNT_SLOTS, CT_COUNT_USERSPACE, CT_MIDSTREAM, CT_ORIG_IS_A, CT_REVOKED, CT_SEEN_REPLY,
+    CT_TOUCH_NS,
+};
+
+use crate::{
+    sg::apply::{typed, typed_mut, SgMaps},
+    vpc::apply::ApplyError,
+};
+
+/// CLOCK_MONOTONIC in ns: the clock of the entries' timestamps (`bpf_ktime_get_coarse_ns`
+/// is its coarse reading, at most a tick behind).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+// ---- configuration ----
+
+/// The configuration the datapath applies ([`CtConfig::effective`]).
+pub fn read_config(maps: &impl SgMaps) -> Result<CtConfig, ApplyError> {
+    let a: Array<&MapData, CtConfig> = typed(maps, maps::CONFIG)?;
+    let c = a.get(&0, 0).map_err(|source| ApplyError::Read {
+        map: maps::CONFIG,
+        source,
+    })?;
+    Ok(*c.effective())
+}
+
+/// Why a [`CtConfig`] cannot be written, if it cannot: a zero `max_entries` means "not
+/// configured", and a timeout under [`CT_TOUCH_NS`] would break the datapath's fast path
+/// (an entry touched less than that long ago is taken to be alive).
+pub fn config_error(cfg: &CtConfig) -> Option<String> {
+    if cfg.max_entries == 0 {
+        return Some("max_entries must be at least 1".into());
+    }
+    let timeouts = [
+        ("tcp_syn_ns", cfg.tcp_syn_ns),
+        ("tcp_established_ns", cfg.tcp_established_ns),
+        ("tcp_fin_ns", cfg.tcp_fin_ns),
+        ("tcp_close_ns", cfg.tcp_close_ns),
+        ("udp_ns", cfg.udp_ns),
+        ("icmp_ns", cfg.icmp_ns),
+        ("other_ns", cfg.other_ns),
+    ];
+    timeouts
+        .iter()
+        .find(|(_, v)| *v < CT_TOUCH_NS)
+        .map(|(name, v)| format!("{name} is {v} ns; timeouts are at least {CT_TOUCH_NS} ns (1 s)"))
+}
+
+/// Writes the admission limit and timeouts; new flows and the next packet of every flow
+/// see them. Refused, writing nothing, if [`config_error`] finds fault.
+pub fn write_config(maps: &mut impl SgMaps, cfg: &CtConfig) -> Result<(), ApplyError> {
+    if let Some(reason) = config_error(cfg) {
+        return Err(ApplyError::Write {
+            step: format!("set {}: {reason}", maps::CONFIG),
+            source: MapError::InvalidValueSize {
+                size: 0,
+                expected: 1,
+            },
+            applied: 0,
+            total: 1,
+        });
+    }
+    let mut a: Array<&mut MapData, CtConfig> = typed_mut(maps, maps::CONFIG)?;
+    a.set(0, cfg, 0).map_err(|source| ApplyError::Write {
+        step: format!("set {}", maps::CONFIG),
+        source,
+        applied: 0,
+        total: 1,
+    })
+}
+
+// ---- counts ----
+
+/// The table's counters, as metrics show them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtCounts {
+    /// Entries now (inserted minus deleted, over every writer).
+    pub entries: u64,
+    pub inserts: u64,
+    /// New flows refused: the table was at its admission limit, or the map refused the
+    /// insert.
+    pub insert_failures: u64,
+    /// Entries the LRU evicted, as sweeps found them missing.
+    pub evictions: u64,
+    /// Entries deleted because they ended (RST) or expired: by the datapath or a sweep.
+    pub collections: u64,
+    /// Per-event totals, by [`CtEvent`] discriminant.
+    pub events: [u64; CtEvent::COUNT as usize],
+}
+
+impl CtCounts {
+    pub fn event(&self, e: CtEvent) -> u64 {
+        self.events[e as usize]
+    }
+}
+
+fn read_slots(maps: &impl SgMaps) -> Result<Vec<CtCount>, ApplyError> {
+    let a: Array<&MapData, CtCount> = typed(maps, maps::COUNT)?;
+    (0..CT_COUNT_SLOTS)
+        .map(|i| {
+            a.get(&i, 0).map_err(|source| ApplyError::Read {
+                map: maps::COUNT,
+                source,
+            })
+        })
+        .collect()
+}
+
+pub fn counts(maps: &impl SgMaps) -> Result<CtCounts, ApplyError> {
+    let slots = read_slots(maps)?;
+    let stats: PerCpuArray<&MapData, u64> = typed(maps, maps::STATS)?;
+    let mut events = [0u64; CtEvent::COUNT as usize];
+    for (i, e) in events.iter_mut().enumerate() {
+        let per_cpu = stats
+            .get(&(i as u32), 0)
+            .map_err(|source| ApplyError::Read {
+                map: maps::STATS,
+                source,
+            })?;
+        *e = per_cpu.iter().sum();
+    }
+    let slot = |i: u32| slots[i as usize];
+    Ok(CtCounts {
+        entries: CtCount::entries(&slots),
+        inserts: slots.iter().map(|s| s.inserted).sum(),
+        insert_failures: events[CtEvent::Full as usize] + events[CtEvent::InsertFailed as usize],
+        evictions: slot(CT_COUNT_EVICTED).deleted,
+        collections: slot(CT_COUNT_DATAPATH).deleted + slot(CT_COUNT_USERSPACE).deleted,
+        events,
+    })
+}
+
+/// Adds to the userspace-owned slot `slot` (its only writer is this process).
+pub fn add_to_slot(
+    maps: &mut impl SgMaps,
+    slot: u32,
+    inserted: u64,
+    deleted: u64,
+) -> Result<(), ApplyError> {
+    if inserted == 0 && deleted == 0 {
+        return Ok(());
+    }
+    let mut a: Array<&mut MapData, CtCount> = typed_mut(maps, maps::COUNT)?;
+    let old = a.get(&slot, 0).map_err(|source| ApplyError::Read {
+        map: maps::COUNT,
+        source,
+    })?;
+    let new = CtCount {
+        inserted: old.inserted + inserted,
+        deleted: old.deleted + deleted,
+    };
+    a.set(slot, new, 0).map_err(|source| ApplyError::Write {
+        step: format!("add to {} slot {slot}", maps::COUNT),
+        source,
+        applied: 0,
+        total: 1,
+    })
+}
+
+// ---- reading the table ----
+
+/// Every entry, read in batches.
+pub fn entries(maps: &impl SgMaps) -> Result<Vec<(CtKey, CtEntry)>, ApplyError> {
+    let name = maps::CONNTRACK;
+    let m = maps
+        .sg_map(name)
+        .map_err(|source| ApplyError::Open { map: name, source })?;
+    let data = match m {
+        Map::LruHashMap(d) | Map::HashMap(d) => d,
+        _ => {
+            return Err(ApplyError::Open {
+                map: name,
+                source: anyhow::anyhow!("not a hash map"),
+            })
+        }
+    };
+    match lookup_batch(data.fd().as_fd()) {
+        Ok(all) => Ok(all),
+        // Kernels without batch lookups (before 5.6): one key at a time, deduplicated.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => {
+            let h: HashMap<&MapData, CtKey, CtEntry> = typed(maps, name)?;
+            let mut all = std::collections::BTreeMap::new();
+            for kv in h.iter() {
+                let (k, v) = kv.map_err(|source| ApplyError::Read { map: name, source })?;
+                all.insert(k, v);
+            }
+            Ok(all.into_iter().collect())
+        }
+        Err(io_error) => Err(ApplyError::Read {
+            map: name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            }),
+        }),
+    }
+}
+
+/// `union bpf_attr` for the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries asked for per call; a bucket holding more than this would need a larger one.
+const BATCH: usize = 8192;
+
+fn lookup_batch(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(CtKey, CtEntry)>> {
+    let mut out = Vec::new();
+    let mut keys = vec![CtKey::default(); BATCH];
+    let mut values = vec![CtEntry::default(); BATCH];
+    // The hash map's cursor is a bucket index (u32); room for a u64 costs nothing.
+    let mut cursor = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &cursor as *const u64 as u64
+            },
+            out_batch: &mut cursor as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let n = attr.count as usize;
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match err {
+            None => first = false,
+            // ENOENT: the last bucket was read.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Some(e) => return Err(e),
+        }
+    }
+}
+
+/// One connection, for listings (`sluicectl`): originator and responder as the first
+/// packet saw them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtFlow {
+    pub vni: u32,
+    pub protocol: u8,
+    pub orig: String,
+    pub orig_port: u16,
+    pub resp: String,
+    pub resp_port: u16,
+    pub state: String,
+    pub age_secs: u64,
+    pub idle_secs: u64,
+    /// Seconds left before it expires without packets (0: expired, a sweep collects it).
+    pub expires_in_secs: u64,
+    /// `seen_reply`, `revoked`, `midstream`.
+    pub flags: Vec<String>,
+    /// Local NICs it was admitted for (0: not on this host) and their policy ids.
+    pub egress_ifindex: u32,
+    pub egress_policy: u64,
+    pub ingress_ifindex: u32,
+    pub ingress_policy: u64,
+}
+
+impl CtFlow {
+    pub fn new(k: &CtKey, e: &CtEntry, now_ns: u64, cfg: &CtConfig) -> Self {
+        let ((o, op), (r, rp)) = k.ends(e.flags & CT_ORIG_IS_A != 0);
+        let flags = [
+            (CT_SEEN_REPLY, "seen_reply"),
+            (CT_REVOKED, "revoked"),
+            (CT_MIDSTREAM, "midstream"),
+        ]
+        .iter()
+        .filter(|(f, _)| e.flags & f != 0)
+        .map(|(_, n)| n.to_string())
+        .collect();
+        let idle = now_ns.saturating_sub(e.last_seen_ns);
+        Self {
+            vni: k.vni,
+            protocol: k.proto,
+            orig: Ipv4Addr::from(o).to_string(),
+            orig_port: u16::from_be_bytes(op),
+            resp: Ipv4Addr::from(r).to_string(),
+            resp_port: u16::from_be_bytes(rp),
+            state: CtState::from_u8(e.state)
+                .map_or("unknown", |s| s.name())
+                .into(),
+            age_secs: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
+            idle_secs: idle / 1_000_000_000,
+            expires_in_secs: e.timeout_ns(k.proto, cfg).saturating_sub(idle) / 1_000_000_000,
+            flags,
+            egress_ifindex: e.egress_ifindex,
+            egress_policy: e.egress_policy,
+            ingress_ifindex: e.ingress_ifindex,
+            ingress_policy: e.ingress_policy,
+        }
+    }
+}
+
+/// Every connection, oldest first.
+pub fn list(maps: &impl SgMaps, now_ns: u64) -> Result<Vec<CtFlow>, ApplyError> {
+    let cfg = read_config(maps)?;
+    let mut all = entries(maps)?;
+    all.sort_by_key(|(k, e)| (e.created_ns, *k));
+    Ok(all
+        .iter()
+        .map(|(k, e)| CtFlow::new(k, e, now_ns, &cfg))
+        .collect())
+}
+
+// ---- the sweep ----
+
+/// What one [`sweep`] found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepStats {
+    /// Entries read.
+    pub scanned: u64,
+    /// Expired entries this sweep deleted.
+    pub collected: u64,
+    /// Entries the counters promised that were neither seen, collected, nor deleted by
+    /// the datapath meanwhile: evicted by the LRU (a lower bound; a later sweep finds
+    /// the rest).
+    pub evicted: u64,
+    /// Entries left.
+    pub live: u64,
+}
+
+/// Deletes the entries expired at `now_ns` (each re-read just before its delete, so a
+/// flow the datapath refreshed meanwhile stays), and books LRU evictions.
+pub fn sweep(maps: &mut impl SgMaps, now_ns: u64) -> Result<SweepStats, ApplyError> {
+    let cfg = read_config(maps)?;
+    let before = read_slots(maps)?;
+    let all = entries(maps)?;
+    let mut st = SweepStats {
+        scanned: all.len() as u64,
+        ..Default::default()
+    };
+    {
+        let mut table: HashMap<&mut MapData, CtKey, CtEntry> = typed_mut(maps, maps::CONNTRACK)?;
+        for (k, e) in &all {
+            if !e.is_expired(now_ns, k.proto, &cfg) {
+                st.live += 1;
+                continue;
+            }
+            match table.get(k, 0) {
+                Ok(fresh) if fresh.is_expired(now_ns, k.proto, &cfg) => {}
+                Ok(_) => {
+                    st.live += 1;
+                    continue;
+                }
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(ApplyError::Read {
+                        map: maps::CONNTRACK,
+                        source,
+                    })
+                }
+            }
+            match table.remove(k) {
+                Ok(()) => st.collected += 1,
+                // The datapath collected it first (and counted it).
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(ApplyError::Write {
+                        step: format!("delete from {}", maps::CONNTRACK),
+                        source,
+                        applied: st.collected as usize,
+                        total: all.len(),
+                    })
+                }
+            }
+        }
+    }
+    let after = read_slots(maps)?;
+    let dp = CT_COUNT_DATAPATH as usize;
+    let dp_deleted = after[dp].deleted.saturating_sub(before[dp].deleted);
+    st.evicted = CtCount::entries(&before).saturating_sub(st.live + st.collected + dp_deleted);
+    add_to_slot(maps, CT_COUNT_USERSPACE, 0, st.collected)?;
+    add_to_slot(maps, CT_COUNT_EVICTED, 0, st.evicted)?;
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_attr_matches_the_kernels_layout() {
+        // struct { u64 in_batch, out_batch, keys, values; u32 count, map_fd; u64
+        // elem_flags, flags; }
+        assert_eq!(size_of::<BatchAttr>(), 56);
+        assert_eq!(std::mem::offset_of!(BatchAttr, count), 32);
+        assert_eq!(std::mem::offset_of!(BatchAttr, elem_flags), 40);
+    }
+
+    #[test]
+    fn flows_show_the_originator_first() {
+        use sluice_common::{conntrack::TCP_SYN, proto::IPPROTO_TCP};
+        let (k, src_is_a) = CtKey::new(
+            7,
+            IPPROTO_TCP,
+            [10, 0, 2, 9],
+            [0x9c, 0x40],
+            [10, 0, 1, 4],
+            [0, 80],
+        );
+        assert!(!src_is_a);
+        let e = CtEntry::new(1_000_000_000, IPPROTO_TCP, src_is_a, TCP_SYN);
+        let cfg = CtConfig::DEFAULT;
+        let f = CtFlow::new(&k, &e, 3_000_000_000, &cfg);
+        assert_eq!((f.orig.as_str(), f.orig_port), ("10.0.2.9", 40000));
+        assert_eq!((f.resp.as_str(), f.resp_port), ("10.0.1.4", 80));
+        assert_eq!(
+            (f.state.as_str(), f.age_secs, f.idle_secs),
+            ("syn_sent", 2, 2)
+        );
+        assert_eq!(f.expires_in_secs, cfg.tcp_syn_ns / 1_000_000_000 - 2);
+        assert!(f.flags.is_empty());
+    }
+
+    #[test]
+    fn configurations_need_a_limit_and_timeouts_of_a_second() {
+        assert_eq!(config_error(&CtConfig::DEFAULT), None);
+        let zero = CtConfig {
+            max_entries: 0,
+            ..CtConfig::DEFAULT
+        };
+        assert!(config_error(&zero).unwrap().contains("max_entries"));
+        let short = CtConfig {
+            udp_ns: CT_TOUCH_NS - 1,
+            ..CtConfig::DEFAULT
+        };
+        assert!(config_error(&short).unwrap().contains("udp_ns"));
+    }
+
+    #[test]
+    fn the_monotonic_clock_moves_forward() {
+        let a = monotonic_ns();
+        let b = monotonic_ns();
+        assert!(a > 0 && b >= a);
+    }
+}
