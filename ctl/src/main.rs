@@ -1,11 +1,13 @@
 //! `sluicectl`: the operator CLI for a running `sluiced`, speaking its HTTP API: the
 //! daemon's status and counters, and the controller's intent (hosts, VPCs, subnets, NICs,
-//! routes, peerings, security groups and their rules, the blocklist), one resource at a
-//! time or a whole topology with `apply -f`.
+//! routes, peerings, security groups and their rules, the blocklist, EIP pools, EIPs, NAT
+//! gateways and their SNAT/DNAT entries), one resource at a time or a whole topology with
+//! `apply -f`.
 //!
 //! Exit status: 0 done, 1 the request failed (the API's `field: reason` is printed, or
 //! the address that could not be reached), 2 usage error.
 
+mod nat;
 mod render;
 mod resource;
 mod table;
@@ -68,6 +70,18 @@ enum Command {
     Update(UpdateCmd),
     /// Create or update everything a topology file declares (never deletes); idempotent.
     Apply(ApplyArgs),
+    /// Bind an EIP to a NIC.
+    #[command(subcommand)]
+    Bind(nat::BindCmd),
+    /// Unbind an EIP from its NIC.
+    #[command(subcommand)]
+    Unbind(nat::UnbindCmd),
+    /// Attach an EIP to a NAT gateway.
+    #[command(subcommand)]
+    Attach(nat::AttachCmd),
+    /// Detach an EIP from a NAT gateway.
+    #[command(subcommand)]
+    Detach(nat::DetachCmd),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +119,10 @@ fn intent_request(command: &Command) -> Result<Option<ApiRequest>> {
         Command::Accept(c) => resource::accept(c),
         Command::Update(c) => resource::update(c)?,
         Command::Apply(a) => resource::apply(a)?,
+        Command::Bind(c) => nat::bind(c)?,
+        Command::Unbind(c) => nat::unbind(c),
+        Command::Attach(c) => nat::attach(c)?,
+        Command::Detach(c) => nat::detach(c),
     }))
 }
 
@@ -347,6 +365,129 @@ mod tests {
     }
 
     #[test]
+    fn nat_commands_map_to_their_requests() {
+        check(
+            &[
+                "create",
+                "eip-pool",
+                "--cidrs",
+                "203.0.113.0/28,198.51.100.0/30",
+            ],
+            Method::POST,
+            "/v1/eip-pools",
+            Some(json!({"cidrs": ["203.0.113.0/28", "198.51.100.0/30"]})),
+            Expect::One(Kind::EipPool),
+        );
+        check(
+            &["create", "eip", "--name", "e1", "--nic", "vm1"],
+            Method::POST,
+            "/v1/eips",
+            Some(json!({"name": "e1", "nic": "vm1"})),
+            Expect::One(Kind::Eip),
+        );
+        check(
+            &["bind", "eip", "203.0.113.5", "--nic", "vm1"],
+            Method::POST,
+            "/v1/eips/203.0.113.5/bind",
+            Some(json!({"nic": "vm1"})),
+            Expect::One(Kind::Eip),
+        );
+        check(
+            &["unbind", "eip", "e1"],
+            Method::POST,
+            "/v1/eips/e1/unbind",
+            None,
+            Expect::One(Kind::Eip),
+        );
+        check(
+            &["detach", "eip", "e1", "--nat-gateway", "gw"],
+            Method::DELETE,
+            "/v1/nat-gateways/gw/eips/e1",
+            None,
+            Expect::One(Kind::NatGateway),
+        );
+        check(
+            &[
+                "create",
+                "snat",
+                "--nat-gateway",
+                "gw",
+                "--nic",
+                "vm1",
+                "--eips",
+                "e1,e2",
+            ],
+            Method::POST,
+            "/v1/nat-gateways/gw/snat",
+            Some(json!({"nic": "vm1", "eips": ["e1", "e2"]})),
+            Expect::One(Kind::Snat),
+        );
+        check(
+            &[
+                "create",
+                "dnat",
+                "--nat-gateway",
+                "gw",
+                "--eip",
+                "e2",
+                "--protocol",
+                "any",
+                "--public-port",
+                "53",
+                "--private-ip",
+                "10.0.1.4",
+            ],
+            Method::POST,
+            "/v1/nat-gateways/gw/dnat",
+            Some(
+                json!({"eip": "e2", "protocol": "any", "public_port": 53, "private_ip": "10.0.1.4"}),
+            ),
+            Expect::One(Kind::Dnat),
+        );
+        check(
+            &["delete", "dnat", "dnat-1", "--nat-gateway", "gw"],
+            Method::DELETE,
+            "/v1/nat-gateways/gw/dnat/dnat-1",
+            None,
+            Expect::Deleted("dnat/gw:dnat-1".into()),
+        );
+        check(
+            &["list", "nat-gateways", "--vpc", "a"],
+            Method::GET,
+            "/v1/nat-gateways?vpc=a",
+            None,
+            Expect::List(Kind::NatGateway),
+        );
+        // One source only; a protocol the API does not have.
+        usage_error(&[
+            "create",
+            "snat",
+            "--nat-gateway",
+            "gw",
+            "--subnet",
+            "s",
+            "--nic",
+            "n",
+            "--eips",
+            "e",
+        ]);
+        usage_error(&[
+            "create",
+            "dnat",
+            "--nat-gateway",
+            "gw",
+            "--eip",
+            "e",
+            "--protocol",
+            "icmp",
+            "--public-port",
+            "1",
+            "--private-ip",
+            "10.0.0.4",
+        ]);
+    }
+
+    #[test]
     fn route_next_hops_map_to_the_tagged_json() {
         for (flag, hop) in [
             ("nic:fw0", json!({"type": "nic", "nic": "fw0"})),
@@ -355,6 +496,10 @@ mod tests {
                 json!({"type": "peering", "peering": "pcx-1"}),
             ),
             ("blackhole", json!({"type": "blackhole"})),
+            (
+                "nat-gateway:gw",
+                json!({"type": "nat_gateway", "nat_gateway": "gw"}),
+            ),
         ] {
             check(
                 &[
@@ -396,7 +541,7 @@ mod tests {
             "nat:x",
         ]);
         assert!(
-            e.contains("expected nic:<nic>, peering:<peering> or blackhole"),
+            e.contains("expected nic:<nic>, peering:<peering>, nat-gateway:<gateway> or blackhole"),
             "{e}"
         );
     }

@@ -4,8 +4,8 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde::de::DeserializeOwned;
 use sluice_dataplane::intent::{
-    ApplySummary, BlocklistEntry, Host, Nic, Peering, Route, RouteTableEntry, SecurityGroup,
-    SgRule, Subnet, Vpc,
+    ApplySummary, BlocklistEntry, DnatEntry, Eip, EipPool, Host, NatGateway, Nic, Peering, Route,
+    RouteTableEntry, SecurityGroup, SgRule, SnatEntry, Subnet, Vpc,
 };
 
 use crate::{
@@ -95,6 +95,14 @@ pub fn answer(expect: &Expect, value: &serde_json::Value, output: Output) -> Res
         }
         Kind::Rule => table::rules(&rows::<SgRule>(value, list, "rule")?),
         Kind::Block => table::blocklist(&rows::<BlocklistEntry>(value, list, "blocklist entry")?),
+        Kind::EipPool => table::eip_pools(&rows::<EipPool>(value, list, "EIP pool")?),
+        Kind::Eip => table::eips(&rows::<Eip>(value, list, "EIP")?),
+        Kind::NatGateway if list => {
+            table::nat_gateways(&rows::<NatGateway>(value, list, "NAT gateway")?)
+        }
+        Kind::NatGateway => table::nat_gateway(&typed::<NatGateway>(value, "a NAT gateway")?),
+        Kind::Snat => table::snat(&rows::<SnatEntry>(value, list, "SNAT entry")?),
+        Kind::Dnat => table::dnat(&rows::<DnatEntry>(value, list, "DNAT entry")?),
     })
 }
 

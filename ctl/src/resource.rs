@@ -4,13 +4,15 @@
 //! Security groups follow the same verbs: `create security-group`, and a group's rules
 //! are resources of their own (`create rule --security-group G ...`, `delete rule <id>
 //! --security-group G`, `list rules --security-group G`). Blocked prefixes are `block`s:
-//! `create block --prefix P`, `get|delete block P`, `list blocklist`.
+//! `create block --prefix P`, `get|delete block P`, `list blocklist`. EIP pools, EIPs,
+//! NAT gateways and their SNAT/DNAT entries likewise (arguments in `nat.rs`).
 
 use std::{
     io::Read,
     path::{Path, PathBuf},
 };
 
+use crate::nat::{self, DnatArgs, EipArgs, EipPoolArgs, NatGatewayArgs, SnatArgs};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::{de::DeserializeOwned, Serialize};
@@ -56,6 +58,11 @@ pub enum Kind {
     SecurityGroup,
     Rule,
     Block,
+    EipPool,
+    Eip,
+    NatGateway,
+    Snat,
+    Dnat,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -83,6 +90,18 @@ pub enum CreateCmd {
     Rule(RuleArgs),
     /// Block a prefix on every host (the operator blocklist).
     Block(BlockArgs),
+    /// Public IPv4 ranges EIPs are allocated from (operator).
+    #[command(name = "eip-pool")]
+    EipPool(EipPoolArgs),
+    /// Allocate an elastic IP from a pool.
+    Eip(EipArgs),
+    /// A NAT gateway in a VPC's subnet.
+    #[command(name = "nat-gateway")]
+    NatGateway(NatGatewayArgs),
+    /// A SNAT entry of a NAT gateway: a source to some of its EIPs.
+    Snat(SnatArgs),
+    /// A DNAT entry of a NAT gateway: (EIP, protocol, port) to a private address.
+    Dnat(DnatArgs),
 }
 
 #[derive(Debug, Args)]
@@ -185,7 +204,7 @@ pub struct RouteArgs {
     /// Destination CIDR.
     #[arg(long, required_unless_present = "file")]
     pub destination: Option<String>,
-    /// nic:<nic>, peering:<peering> or blackhole.
+    /// nic:<nic>, peering:<peering>, nat-gateway:<gateway> or blackhole.
     #[arg(long, required_unless_present = "file", value_parser = parse_next_hop)]
     pub next_hop: Option<NextHop>,
     /// Create or replace (PUT) instead of refusing an existing (VPC, destination).
@@ -332,6 +351,23 @@ pub enum ResourceRef {
         /// The prefix (CIDR).
         prefix: String,
     },
+    /// An EIP pool.
+    #[command(name = "eip-pool")]
+    EipPool {
+        /// ID or name.
+        pool: String,
+    },
+    /// An elastic IP.
+    Eip {
+        /// ID, name or address.
+        eip: String,
+    },
+    /// A NAT gateway (with its EIPs and entries).
+    #[command(name = "nat-gateway")]
+    NatGateway {
+        /// ID or name.
+        gateway: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -348,6 +384,22 @@ pub enum DeleteCmd {
         /// The VPC a group name is looked up in.
         #[arg(long)]
         vpc: Option<String>,
+    },
+    /// A SNAT entry of a NAT gateway.
+    Snat {
+        /// Entry ID (snat-<n>).
+        entry: String,
+        /// Its gateway (ID or name).
+        #[arg(long)]
+        nat_gateway: String,
+    },
+    /// A DNAT entry of a NAT gateway.
+    Dnat {
+        /// Entry ID (dnat-<n>).
+        entry: String,
+        /// Its gateway (ID or name).
+        #[arg(long)]
+        nat_gateway: String,
     },
 }
 
@@ -411,6 +463,28 @@ pub enum ListCmd {
     /// The operator blocklist.
     #[command(aliases = ["blocks", "block"])]
     Blocklist,
+    #[command(name = "eip-pools", alias = "eip-pool")]
+    EipPools,
+    #[command(alias = "eip")]
+    Eips,
+    #[command(name = "nat-gateways", alias = "nat-gateway")]
+    NatGateways {
+        /// Only this VPC's (ID or name).
+        #[arg(long)]
+        vpc: Option<String>,
+    },
+    /// A NAT gateway's SNAT entries.
+    Snat {
+        /// The gateway (ID or name).
+        #[arg(long)]
+        nat_gateway: String,
+    },
+    /// A NAT gateway's DNAT entries.
+    Dnat {
+        /// The gateway (ID or name).
+        #[arg(long)]
+        nat_gateway: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -453,14 +527,16 @@ pub struct NicChange {
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// The topology (YAML): hosts, vpcs (with subnets, routes and security groups), nics,
-    /// peerings, blocklist.
+    /// peerings, blocklist, eip_pools, eips, nat_gateways (with snat and dnat).
     #[arg(short, long, value_name = "FILE")]
     pub file: PathBuf,
 }
 
-/// `nic:<nic>`, `peering:<peering>` or `blackhole`.
+/// `nic:<nic>`, `peering:<peering>`, `nat-gateway:<gateway>` or `blackhole`.
 pub fn parse_next_hop(s: &str) -> Result<NextHop, String> {
-    let bad = || format!("{s:?}: expected nic:<nic>, peering:<peering> or blackhole");
+    let bad = || {
+        format!("{s:?}: expected nic:<nic>, peering:<peering>, nat-gateway:<gateway> or blackhole")
+    };
     if s == "blackhole" {
         return Ok(NextHop::Blackhole);
     }
@@ -473,6 +549,9 @@ pub fn parse_next_hop(s: &str) -> Result<NextHop, String> {
         "peering" => Ok(NextHop::Peering {
             peering: target.into(),
         }),
+        "nat-gateway" => Ok(NextHop::NatGateway {
+            nat_gateway: target.into(),
+        }),
         _ => Err(bad()),
     }
 }
@@ -483,6 +562,7 @@ pub fn next_hop_text(h: &NextHop) -> String {
         NextHop::Nic { nic } => format!("nic:{nic}"),
         NextHop::Peering { peering } => format!("peering:{peering}"),
         NextHop::Blackhole => "blackhole".into(),
+        NextHop::NatGateway { nat_gateway } => format!("nat-gateway:{nat_gateway}"),
     }
 }
 
@@ -519,17 +599,20 @@ pub fn read_yaml<T: DeserializeOwned>(file: &Path) -> Result<T> {
 }
 
 /// A word clap has checked against the enum's spellings, as the enum.
-fn word<T: DeserializeOwned>(w: &Option<String>) -> T {
+pub(crate) fn word<T: DeserializeOwned>(w: &Option<String>) -> T {
     serde_json::from_value(serde_json::Value::String(w.clone().unwrap_or_default()))
         .expect("clap checked the value")
 }
 
-fn json(v: &impl Serialize) -> Result<serde_json::Value> {
+pub(crate) fn json(v: &impl Serialize) -> Result<serde_json::Value> {
     serde_json::to_value(v).context("encoding the request body")
 }
 
 /// The spec from `-f`, or from the flags (clap has checked that the required ones are there).
-fn spec<T: DeserializeOwned>(file: &Option<PathBuf>, from_flags: impl FnOnce() -> T) -> Result<T> {
+pub(crate) fn spec<T: DeserializeOwned>(
+    file: &Option<PathBuf>,
+    from_flags: impl FnOnce() -> T,
+) -> Result<T> {
     match file {
         Some(f) => read_yaml(f),
         None => Ok(from_flags()),
@@ -548,7 +631,7 @@ fn query(pairs: &[(&str, &Option<String>)]) -> String {
     }
 }
 
-fn req(
+pub(crate) fn req(
     method: Method,
     path: String,
     body: Option<serde_json::Value>,
@@ -710,6 +793,11 @@ pub fn create(cmd: &CreateCmd) -> Result<ApiRequest> {
                 Expect::One(Kind::Block),
             )
         }
+        CreateCmd::EipPool(a) => nat::create_eip_pool(a)?,
+        CreateCmd::Eip(a) => nat::create_eip(a)?,
+        CreateCmd::NatGateway(a) => nat::create_nat_gateway(a)?,
+        CreateCmd::Snat(a) => nat::create_snat(a)?,
+        CreateCmd::Dnat(a) => nat::create_dnat(a)?,
     })
 }
 
@@ -766,6 +854,17 @@ fn resource_path(r: &ResourceRef) -> (String, Kind, String) {
             Kind::Block,
             format!("block/{prefix}"),
         ),
+        ResourceRef::EipPool { pool } => (
+            format!("/v1/eip-pools/{}", encode(pool)),
+            Kind::EipPool,
+            format!("eip-pool/{pool}"),
+        ),
+        ResourceRef::Eip { eip } => (nat::eip_path(eip), Kind::Eip, format!("eip/{eip}")),
+        ResourceRef::NatGateway { gateway } => (
+            nat::gateway_path(gateway),
+            Kind::NatGateway,
+            format!("nat-gateway/{gateway}"),
+        ),
     }
 }
 
@@ -803,6 +902,14 @@ pub fn delete(cmd: &DeleteCmd) -> ApiRequest {
             ),
             format!("rule/{security_group}:{rule}"),
         ),
+        DeleteCmd::Snat { entry, nat_gateway } => (
+            format!("{}/snat/{}", nat::gateway_path(nat_gateway), encode(entry)),
+            format!("snat/{nat_gateway}:{entry}"),
+        ),
+        DeleteCmd::Dnat { entry, nat_gateway } => (
+            format!("{}/dnat/{}", nat::gateway_path(nat_gateway), encode(entry)),
+            format!("dnat/{nat_gateway}:{entry}"),
+        ),
     };
     req(Method::DELETE, path, None, Expect::Deleted(what))
 }
@@ -833,6 +940,20 @@ pub fn list(cmd: &ListCmd) -> ApiRequest {
             return req(Method::GET, path, None, Expect::Rules);
         }
         ListCmd::Blocklist => ("/v1/blocklist".to_string(), Kind::Block),
+        ListCmd::EipPools => ("/v1/eip-pools".to_string(), Kind::EipPool),
+        ListCmd::Eips => ("/v1/eips".to_string(), Kind::Eip),
+        ListCmd::NatGateways { vpc } => (
+            format!("/v1/nat-gateways{}", query(&[("vpc", vpc)])),
+            Kind::NatGateway,
+        ),
+        ListCmd::Snat { nat_gateway } => (
+            format!("{}/snat", nat::gateway_path(nat_gateway)),
+            Kind::Snat,
+        ),
+        ListCmd::Dnat { nat_gateway } => (
+            format!("{}/dnat", nat::gateway_path(nat_gateway)),
+            Kind::Dnat,
+        ),
     };
     req(Method::GET, path, None, Expect::List(kind))
 }
@@ -888,6 +1009,12 @@ mod tests {
                 },
             ),
             ("blackhole", NextHop::Blackhole),
+            (
+                "nat-gateway:gw",
+                NextHop::NatGateway {
+                    nat_gateway: "gw".into(),
+                },
+            ),
         ] {
             assert_eq!(parse_next_hop(text), Ok(hop.clone()));
             assert_eq!(next_hop_text(&hop), text);
@@ -895,7 +1022,9 @@ mod tests {
         for bad in ["", "nic:", "nat:x", "fw0", "blackhole:x"] {
             let e = parse_next_hop(bad).unwrap_err();
             assert!(
-                e.contains("expected nic:<nic>, peering:<peering> or blackhole"),
+                e.contains(
+                    "expected nic:<nic>, peering:<peering>, nat-gateway:<gateway> or blackhole"
+                ),
                 "{e}"
             );
         }

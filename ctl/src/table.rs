@@ -4,8 +4,9 @@ use sluice_common::stats::Reason;
 use sluice_dataplane::{
     api::{StatsJson, StatusJson},
     intent::{
-        ApplySummary, BlocklistEntry, Host, Nic, Peering, Protocol, Remote, Route, RouteTableEntry,
-        RouteTarget, SecurityGroup, SgRule, Subnet, Vpc,
+        ApplySummary, BlocklistEntry, DnatEntry, Eip, EipPool, EipState, Host, NatGateway, Nic,
+        Peering, Protocol, Remote, Route, RouteTableEntry, RouteTarget, SecurityGroup, SgRule,
+        SnatEntry, SnatSource, Subnet, Vpc,
     },
 };
 
@@ -343,6 +344,119 @@ pub fn blocklist(entries: &[BlocklistEntry]) -> String {
     table(&["PREFIX", "APPLIES-TO", "DESCRIPTION"], &rows, &[])
 }
 
+pub fn eip_pools(pools: &[EipPool]) -> String {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            let cidrs: Vec<String> = p.cidrs.iter().map(|c| c.to_string()).collect();
+            vec![
+                p.id.clone(),
+                p.name.clone(),
+                cidrs.join(","),
+                p.description.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "CIDRS", "DESCRIPTION"], &rows, &[])
+}
+
+/// TARGET is the NIC an EIP is bound to or the gateway it is attached to.
+pub fn eips(eips: &[Eip]) -> String {
+    let rows: Vec<Vec<String>> = eips
+        .iter()
+        .map(|e| {
+            let (state, target) = match &e.state {
+                EipState::Free => ("free", String::new()),
+                EipState::Bound { nic } => ("bound", nic.clone()),
+                EipState::Attached { nat_gateway } => ("attached", nat_gateway.clone()),
+            };
+            vec![
+                e.id.clone(),
+                e.name.clone(),
+                e.address.to_string(),
+                e.pool.clone(),
+                state.into(),
+                target,
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "ADDRESS", "POOL", "STATE", "TARGET"],
+        &rows,
+        &[],
+    )
+}
+
+pub fn nat_gateways(gws: &[NatGateway]) -> String {
+    let rows: Vec<Vec<String>> = gws
+        .iter()
+        .map(|g| {
+            vec![
+                g.id.clone(),
+                g.name.clone(),
+                g.vpc.clone(),
+                g.subnet.clone(),
+                g.eips.join(","),
+                g.snat.len().to_string(),
+                g.dnat.len().to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "VPC", "SUBNET", "EIPS", "SNAT", "DNAT"],
+        &rows,
+        &[false, false, false, false, false, true, true],
+    )
+}
+
+/// One gateway: its row, then its SNAT and DNAT entries.
+pub fn nat_gateway(g: &NatGateway) -> String {
+    format!(
+        "{}
+{}
+{}",
+        nat_gateways(std::slice::from_ref(g)),
+        snat(&g.snat),
+        dnat(&g.dnat)
+    )
+}
+
+/// SOURCE as `subnet:<id>`, `cidr:<cidr>` or `nic:<id>`.
+pub fn snat(entries: &[SnatEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|s| {
+            let source = match &s.source {
+                SnatSource::Subnet(id) => format!("subnet:{id}"),
+                SnatSource::Cidr(c) => format!("cidr:{c}"),
+                SnatSource::Nic(id) => format!("nic:{id}"),
+            };
+            vec![s.id.clone(), source, s.eips.join(",")]
+        })
+        .collect();
+    table(&["SNAT", "SOURCE", "EIPS"], &rows, &[])
+}
+
+pub fn dnat(entries: &[DnatEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.eip.clone(),
+                d.protocol.to_string(),
+                d.public_port.to_string(),
+                format!("{}:{}", d.private_ip, d.private_port),
+            ]
+        })
+        .collect();
+    table(
+        &["DNAT", "EIP", "PROTOCOL", "PUBLIC-PORT", "PRIVATE"],
+        &rows,
+        &[false, false, false, true, false],
+    )
+}
+
 /// System routes say `local:<subnet>`, custom ones their next hop as `--next-hop` takes it.
 pub fn route_table(entries: &[RouteTableEntry]) -> String {
     let rows: Vec<Vec<String>> = entries
@@ -353,6 +467,7 @@ pub fn route_table(entries: &[RouteTableEntry]) -> String {
                 RouteTarget::Nic { nic } => format!("nic:{nic}"),
                 RouteTarget::Peering { peering } => format!("peering:{peering}"),
                 RouteTarget::Blackhole => "blackhole".into(),
+                RouteTarget::NatGateway { nat_gateway } => format!("nat-gateway:{nat_gateway}"),
             };
             let origin = if e.system { "system" } else { "custom" };
             vec![e.destination.to_string(), target, origin.into()]

@@ -145,6 +145,20 @@ fn row<'a>(table: &'a str, key: &str) -> Vec<&'a str> {
         .unwrap_or_else(|| panic!("no row {key:?} in\n{table}"))
 }
 
+/// Applies `file`, requiring `created` among what it created, then again: no changes.
+fn apply_twice(api: &Api, file: &str, created: &[&str]) {
+    let out = api.ok(&["apply", "-f", file]);
+    for line in created {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().eq(["created", line])),
+            "{line}: {out}"
+        );
+    }
+    let again = api.ok(&["apply", "-f", file]);
+    assert!(again.starts_with("0 created, 0 updated, "), "{again}");
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -481,7 +495,7 @@ fn errors_name_the_field_and_exit_1_usage_errors_exit_2() {
         ],
     );
     assert!(
-        e.contains("expected nic:<nic>, peering:<peering> or blackhole"),
+        e.contains("expected nic:<nic>, peering:<peering>, nat-gateway:<gateway> or blackhole"),
         "{e}"
     );
     api.fails(2, &["delete", "frobs", "x"]);
@@ -782,20 +796,15 @@ fn apply_declares_security_groups_nic_groups_and_the_blocklist() {
         + "blocklist:\n  - {prefix: 203.0.113.0/24, applies_to: source}\n";
     assert_ne!(with_groups, TOPOLOGY);
     let file = write(&api.dir, "topology.yaml", &with_groups);
-    let out = api.ok(&["apply", "-f", &file]);
-    for line in [
-        "security-group/tenant-a/web",
-        "security-group/tenant-a/db",
-        "block/203.0.113.0/24",
-    ] {
-        assert!(
-            out.lines()
-                .any(|l| l.split_whitespace().eq(["created", line])),
-            "{line}: {out}"
-        );
-    }
-    let again = api.ok(&["apply", "-f", &file]);
-    assert!(again.starts_with("0 created, 0 updated, "), "{again}");
+    apply_twice(
+        &api,
+        &file,
+        &[
+            "security-group/tenant-a/web",
+            "security-group/tenant-a/db",
+            "block/203.0.113.0/24",
+        ],
+    );
     let web = api.json(&["get", "sg", "web", "--vpc", "tenant-a"]);
     let db = api.json(&["get", "sg", "db", "--vpc", "tenant-a"]);
     assert_eq!(web["rules"][1]["group"], db["id"]);
@@ -837,4 +846,269 @@ fn apply_declares_security_groups_nic_groups_and_the_blocklist() {
         api.json(&["get", "sg", "web", "--vpc", "tenant-a"])["rules"],
         web2["rules"]
     );
+}
+
+#[test]
+fn eips_nat_gateways_and_their_entries() {
+    let api = Api::start("nat");
+    let file = write(&api.dir, "topology.yaml", TOPOLOGY);
+    api.ok(&["apply", "-f", &file]);
+
+    let out = api.ok(&[
+        "create",
+        "eip-pool",
+        "--name",
+        "pub",
+        "--cidrs",
+        "203.0.113.0/28,198.51.100.0/30",
+    ]);
+    assert_eq!(
+        row(&out, "eipp-1"),
+        ["eipp-1", "pub", "198.51.100.0/30,203.0.113.0/28"]
+    );
+    // Lowest free first; a given address; an address from no pool names the field.
+    let e1 = api.json(&["create", "eip", "--name", "e1"]);
+    assert_eq!(e1["address"], "198.51.100.0");
+    let out = api.ok(&["create", "eip", "--name", "e2", "--address", "203.0.113.7"]);
+    assert_eq!(
+        row(&out, "eip-2"),
+        ["eip-2", "e2", "203.0.113.7", "eipp-1", "free"]
+    );
+    api.ok(&["create", "eip", "--name", "e3", "--pool", "pub"]);
+    let e = api.fails(1, &["create", "eip", "--address", "192.0.2.9"]);
+    assert!(
+        e.starts_with("sluicectl: error: address: ") && e.contains("not from any EIP pool"),
+        "{e}"
+    );
+
+    // Bind, refuse a second NIC, unbind: by name or address.
+    let out = api.ok(&["bind", "eip", "e3", "--nic", "a-vm1"]);
+    let vm1 = api.json(&["get", "nic", "a-vm1"])["id"].clone();
+    assert_eq!(row(&out, "eip-3")[4..], ["bound", vm1.as_str().unwrap()]);
+    let e = api.fails(1, &["bind", "eip", "e3", "--nic", "b-vm1"]);
+    assert!(e.starts_with("sluicectl: error: eip: "), "{e}");
+    assert!(e.contains(&format!("nic/{}", vm1.as_str().unwrap())), "{e}");
+    let addr = api.json(&["get", "eip", "e3"])["address"].clone();
+    let out = api.ok(&["unbind", "eip", addr.as_str().unwrap()]);
+    assert_eq!(row(&out, "eip-3")[4], "free");
+
+    // A gateway with e1 and e2, then entries; a route to it.
+    api.ok(&[
+        "create",
+        "nat-gateway",
+        "--name",
+        "gw",
+        "--vpc",
+        "tenant-a",
+        "--subnet",
+        "web",
+        "--eips",
+        "e1,e2",
+    ]);
+    let out = api.ok(&[
+        "create",
+        "snat",
+        "--nat-gateway",
+        "gw",
+        "--subnet",
+        "web",
+        "--eips",
+        "e1",
+    ]);
+    assert_eq!(row(&out, "snat-1")[2], "eip-1");
+    let out = api.ok(&[
+        "create",
+        "dnat",
+        "--nat-gateway",
+        "gw",
+        "--eip",
+        "203.0.113.7",
+        "--protocol",
+        "tcp",
+        "--public-port",
+        "8080",
+        "--private-ip",
+        "10.0.1.10",
+        "--private-port",
+        "80",
+    ]);
+    assert_eq!(
+        row(&out, "dnat-1"),
+        ["dnat-1", "eip-2", "tcp", "8080", "10.0.1.10:80"]
+    );
+    // Same EIP for SNAT and DNAT; the same (EIP, port) with any; a source outside the VPC.
+    let e = api.fails(
+        1,
+        &[
+            "create",
+            "snat",
+            "--nat-gateway",
+            "gw",
+            "--cidr",
+            "10.0.2.0/24",
+            "--eips",
+            "e2",
+        ],
+    );
+    assert!(
+        e.starts_with("sluicectl: error: eips[0]: ") && e.contains("dnat/natgw-1:dnat-1"),
+        "{e}"
+    );
+    let e = api.fails(
+        1,
+        &[
+            "create",
+            "dnat",
+            "--nat-gateway",
+            "gw",
+            "--eip",
+            "e2",
+            "--protocol",
+            "any",
+            "--public-port",
+            "8080",
+            "--private-ip",
+            "10.0.1.11",
+        ],
+    );
+    assert!(e.starts_with("sluicectl: error: public_port: "), "{e}");
+    let e = api.fails(
+        1,
+        &[
+            "create",
+            "snat",
+            "--nat-gateway",
+            "gw",
+            "--cidr",
+            "10.1.0.0/24",
+            "--eips",
+            "e1",
+        ],
+    );
+    assert!(e.starts_with("sluicectl: error: cidr: "), "{e}");
+    api.fails(
+        2,
+        &[
+            "create",
+            "snat",
+            "--nat-gateway",
+            "gw",
+            "--cidr",
+            "10.0.2.0/24",
+            "--nic",
+            "a-vm1",
+            "--eips",
+            "e1",
+        ],
+    );
+
+    api.ok(&[
+        "create",
+        "route",
+        "--vpc",
+        "tenant-a",
+        "--destination",
+        "198.18.0.0/15",
+        "--next-hop",
+        "nat-gateway:gw",
+    ]);
+    let table = api.ok(&["get", "route-table", "tenant-a"]);
+    assert_eq!(
+        row(&table, "198.18.0.0/15"),
+        ["198.18.0.0/15", "nat-gateway:natgw-1", "custom"]
+    );
+    let gw = api.ok(&["get", "nat-gateway", "gw"]);
+    assert_eq!(row(&gw, "natgw-1")[4..], ["eip-1,eip-2", "1", "1"]);
+    assert!(
+        gw.contains("subnet:") && gw.contains("10.0.1.10:80"),
+        "{gw}"
+    );
+    assert_eq!(
+        api.json(&["list", "snat", "--nat-gateway", "gw"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let gws = api.json(&["list", "nat-gateways", "--vpc", "tenant-b"]);
+    assert_eq!(gws, serde_json::json!([]));
+
+    // Refused deletes name their dependents; then everything goes in order.
+    let e = api.fails(1, &["detach", "eip", "e2", "--nat-gateway", "gw"]);
+    assert!(e.contains("dnat/natgw-1:dnat-1"), "{e}");
+    let e = api.fails(1, &["delete", "nat-gateway", "gw"]);
+    assert!(e.contains("route/"), "{e}");
+    let e = api.fails(1, &["delete", "eip-pool", "pub"]);
+    assert!(e.contains("eip/eip-1") && e.contains("eip/eip-3"), "{e}");
+    assert_eq!(
+        api.ok(&["delete", "dnat", "dnat-1", "--nat-gateway", "gw"]),
+        "deleted dnat/gw:dnat-1\n"
+    );
+    let out = api.ok(&["detach", "eip", "e2", "--nat-gateway", "gw"]);
+    assert_eq!(row(&out, "natgw-1")[4], "eip-1");
+    api.ok(&["attach", "eip", "e3", "--nat-gateway", "gw"]);
+    api.ok(&["delete", "snat", "snat-1", "--nat-gateway", "gw"]);
+    api.ok(&["delete", "route", "198.18.0.0/15", "--vpc", "tenant-a"]);
+    api.ok(&["delete", "nat-gateway", "gw"]);
+    let eips = api.ok(&["list", "eips"]);
+    assert_eq!(eips.lines().count(), 4, "{eips}");
+    assert!(eips.lines().skip(1).all(|l| l.contains(" free")), "{eips}");
+    for e in ["e1", "e2", "e3"] {
+        api.ok(&["delete", "eip", e]);
+    }
+    assert_eq!(
+        api.ok(&["delete", "eip-pool", "pub"]),
+        "deleted eip-pool/pub\n"
+    );
+}
+
+#[test]
+fn apply_declares_eip_pools_eips_and_nat_gateways() {
+    let api = Api::start("apply-nat");
+    let nat = TOPOLOGY.replace(
+        "next_hop: {type: nic, nic: a-fw}",
+        "next_hop: {type: nat_gateway, nat_gateway: gw}",
+    ) + "\
+eip_pools:
+  - {name: pub, cidrs: [203.0.113.0/28]}
+eips:
+  - {name: e1}
+  - {name: e2, address: 203.0.113.9}
+  - {name: vm-ip, nic: b-vm1}
+nat_gateways:
+  - name: gw
+    vpc: tenant-a
+    subnet: web
+    eips: [e1, e2]
+    snat:
+      - {cidr: 10.0.0.0/16, eips: [e1]}
+    dnat:
+      - {eip: e2, protocol: tcp, public_port: 443, private_ip: 10.0.1.10}
+";
+    let file = write(&api.dir, "nat.yaml", &nat);
+    apply_twice(
+        &api,
+        &file,
+        &[
+            "eip-pool/pub",
+            "eip/e1",
+            "eip/e2",
+            "eip/vm-ip",
+            "nat-gateway/gw",
+        ],
+    );
+    let gw = api.json(&["get", "nat-gateway", "gw"]);
+    assert_eq!(gw["dnat"][0]["private_port"], 443);
+    assert_eq!(gw["snat"][0]["cidr"], "10.0.0.0/16");
+    assert_eq!(api.json(&["get", "eip", "vm-ip"])["state"], "bound");
+
+    // Declaring a DNAT entry on the SNAT EIP: refused with the field, nothing applied.
+    let bad = nat.replace("{eip: e2, protocol: tcp", "{eip: e1, protocol: tcp");
+    let file2 = write(&api.dir, "bad.yaml", &bad);
+    let e = api.fails(1, &["apply", "-f", &file2]);
+    assert!(
+        e.starts_with("sluicectl: error: nat_gateways[0].dnat[0].eip: "),
+        "{e}"
+    );
+    assert_eq!(api.json(&["get", "nat-gateway", "gw"]), gw);
 }

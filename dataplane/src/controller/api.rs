@@ -17,8 +17,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use super::Controller;
 use crate::{
     intent::{
-        BlocklistSpec, Cidr, ErrorKind, HostSpec, Intent, NicSpec, NicUpdate, PeeringSpec,
-        RouteSpec, SecurityGroupSpec, SgRuleSpec, SubnetSpec, Topology, TransactError,
+        BlocklistSpec, Cidr, DnatSpec, EipAttach, EipBind, EipPoolSpec, EipSpec, ErrorKind,
+        HostSpec, Intent, NatGatewaySpec, NicSpec, NicUpdate, PeeringSpec, RouteSpec,
+        SecurityGroupSpec, SgRuleSpec, SnatSpec, SubnetSpec, Topology, TransactError,
         ValidationError, VpcSpec,
     },
     vpc::delta::TablesDelta,
@@ -197,6 +198,38 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route(
             "/v1/blocklist/{*prefix}",
             get(get_blocklist).delete(delete_blocklist),
+        )
+        .route("/v1/eip-pools", get(list_eip_pools).post(create_eip_pool))
+        .route(
+            "/v1/eip-pools/{pool}",
+            get(get_eip_pool).delete(delete_eip_pool),
+        )
+        .route("/v1/eips", get(list_eips).post(create_eip))
+        .route("/v1/eips/{eip}", get(get_eip).delete(delete_eip))
+        .route("/v1/eips/{eip}/bind", post(bind_eip))
+        .route("/v1/eips/{eip}/unbind", post(unbind_eip))
+        .route(
+            "/v1/nat-gateways",
+            get(list_nat_gateways).post(create_nat_gateway),
+        )
+        .route(
+            "/v1/nat-gateways/{gw}",
+            get(get_nat_gateway).delete(delete_nat_gateway),
+        )
+        .route("/v1/nat-gateways/{gw}/eips", post(attach_gateway_eip))
+        .route(
+            "/v1/nat-gateways/{gw}/eips/{eip}",
+            axum::routing::delete(detach_gateway_eip),
+        )
+        .route("/v1/nat-gateways/{gw}/snat", get(list_snat).post(add_snat))
+        .route(
+            "/v1/nat-gateways/{gw}/snat/{entry}",
+            axum::routing::delete(remove_snat),
+        )
+        .route("/v1/nat-gateways/{gw}/dnat", get(list_dnat).post(add_dnat))
+        .route(
+            "/v1/nat-gateways/{gw}/dnat/{entry}",
+            axum::routing::delete(remove_dnat),
         )
         .route("/v1/topology", post(apply_topology))
         .route("/v1/agent/hosts/{host}/tables", get(agent_tables))
@@ -599,6 +632,149 @@ async fn get_blocklist(State(c): Ctl, Path(prefix): Path<String>) -> ApiResult {
 async fn delete_blocklist(State(c): Ctl, Path(prefix): Path<String>) -> ApiResult {
     commit(c, StatusCode::NO_CONTENT, move |i| {
         i.delete_blocklist(&prefix).map(|n| (n, ()))
+    })
+    .await
+}
+
+// ---- EIP pools, EIPs and NAT gateways ----
+
+async fn list_eip_pools(State(c): Ctl) -> Response {
+    Json(c.read(|i| i.eip_pools().cloned().collect::<Vec<_>>())).into_response()
+}
+
+async fn create_eip_pool(State(c): Ctl, body: Bytes) -> ApiResult {
+    let spec: EipPoolSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| i.create_eip_pool(spec)).await
+}
+
+async fn get_eip_pool(State(c): Ctl, Path(pool): Path<String>) -> ApiResult {
+    found(
+        c.read(|i| i.eip_pool(&pool).cloned()),
+        "eip_pool",
+        "EIP pool",
+        &pool,
+    )
+}
+
+async fn delete_eip_pool(State(c): Ctl, Path(pool): Path<String>) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.delete_eip_pool(&pool).map(|n| (n, ()))
+    })
+    .await
+}
+
+async fn list_eips(State(c): Ctl) -> Response {
+    Json(c.read(|i| i.eips().cloned().collect::<Vec<_>>())).into_response()
+}
+
+async fn create_eip(State(c): Ctl, body: Bytes) -> ApiResult {
+    let spec: EipSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| i.create_eip(spec)).await
+}
+
+async fn get_eip(State(c): Ctl, Path(eip): Path<String>) -> ApiResult {
+    found(c.read(|i| i.eip(&eip).cloned()), "eip", "EIP", &eip)
+}
+
+async fn delete_eip(State(c): Ctl, Path(eip): Path<String>) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.delete_eip(&eip).map(|n| (n, ()))
+    })
+    .await
+}
+
+async fn bind_eip(State(c): Ctl, Path(eip): Path<String>, body: Bytes) -> ApiResult {
+    let bind: EipBind = parse(&body)?;
+    commit(c, StatusCode::OK, move |i| i.bind_eip(&eip, bind)).await
+}
+
+async fn unbind_eip(State(c): Ctl, Path(eip): Path<String>) -> ApiResult {
+    commit(c, StatusCode::OK, move |i| i.unbind_eip(&eip)).await
+}
+
+async fn list_nat_gateways(State(c): Ctl, Query(q): Query<VpcFilter>) -> ApiResult {
+    c.read(|i| {
+        let vpc = q.vpc.as_deref().map(|v| vpc_id(i, v)).transpose()?;
+        let gws: Vec<_> = i
+            .nat_gateways()
+            .filter(|g| vpc.as_ref().is_none_or(|v| *v == g.vpc))
+            .cloned()
+            .collect();
+        Ok(Json(gws).into_response())
+    })
+}
+
+async fn create_nat_gateway(State(c): Ctl, body: Bytes) -> ApiResult {
+    let spec: NatGatewaySpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| i.create_nat_gateway(spec)).await
+}
+
+fn nat_gateway_found(c: &Controller, gw: &str) -> Result<crate::intent::NatGateway, ApiError> {
+    c.read(|i| i.nat_gateway(gw).cloned()).ok_or_else(|| {
+        ValidationError::not_found("nat_gateway", format!("no NAT gateway {gw:?}")).into()
+    })
+}
+
+async fn get_nat_gateway(State(c): Ctl, Path(gw): Path<String>) -> ApiResult {
+    Ok(Json(nat_gateway_found(&c, &gw)?).into_response())
+}
+
+async fn delete_nat_gateway(State(c): Ctl, Path(gw): Path<String>) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.delete_nat_gateway(&gw).map(|n| (n, ()))
+    })
+    .await
+}
+
+async fn attach_gateway_eip(State(c): Ctl, Path(gw): Path<String>, body: Bytes) -> ApiResult {
+    let a: EipAttach = parse(&body)?;
+    commit(c, StatusCode::OK, move |i| i.attach_nat_gateway_eip(&gw, a)).await
+}
+
+async fn detach_gateway_eip(State(c): Ctl, Path((gw, eip)): Path<(String, String)>) -> ApiResult {
+    commit(c, StatusCode::OK, move |i| {
+        i.detach_nat_gateway_eip(&gw, &eip)
+    })
+    .await
+}
+
+async fn list_snat(State(c): Ctl, Path(gw): Path<String>) -> ApiResult {
+    Ok(Json(nat_gateway_found(&c, &gw)?.snat).into_response())
+}
+
+async fn add_snat(State(c): Ctl, Path(gw): Path<String>, body: Bytes) -> ApiResult {
+    let spec: SnatSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| i.add_snat(&gw, spec)).await
+}
+
+async fn list_dnat(State(c): Ctl, Path(gw): Path<String>) -> ApiResult {
+    Ok(Json(nat_gateway_found(&c, &gw)?.dnat).into_response())
+}
+
+async fn add_dnat(State(c): Ctl, Path(gw): Path<String>, body: Bytes) -> ApiResult {
+    let spec: DnatSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| i.add_dnat(&gw, spec)).await
+}
+
+async fn remove_snat(State(c): Ctl, Path((gw, entry)): Path<(String, String)>) -> ApiResult {
+    remove_nat_entry(c, gw, entry, "snat").await
+}
+
+async fn remove_dnat(State(c): Ctl, Path((gw, entry)): Path<(String, String)>) -> ApiResult {
+    remove_nat_entry(c, gw, entry, "dnat").await
+}
+
+/// Entries of both kinds share the gateway's ID space; each path removes only its kind.
+async fn remove_nat_entry(c: Arc<Controller>, gw: String, entry: String, kind: &str) -> ApiResult {
+    if !entry.starts_with(&format!("{kind}-")) {
+        return Err(ValidationError::not_found(
+            "entry",
+            format!("{entry:?} is not a {kind} entry ({kind}-<n>)"),
+        )
+        .into());
+    }
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.remove_nat_entry(&gw, &entry).map(|n| (n, ()))
     })
     .await
 }
@@ -1248,5 +1424,179 @@ mod tests {
             (StatusCode::BAD_REQUEST, Some("prefix"))
         );
         assert!(t.controller.host_tables("h1").2.blocklist.is_empty());
+    }
+
+    #[tokio::test]
+    async fn eips_and_nat_gateways_through_the_api() {
+        let t = TempController::new("api-nat");
+        let app = lab(&t).await;
+        for (path, body) in [
+            (
+                "/v1/eip-pools",
+                r#"{"name":"pub","cidrs":["203.0.113.0/28"]}"#,
+            ),
+            ("/v1/eips", r#"{"name":"e1"}"#),
+            ("/v1/eips", r#"{"name":"e2","address":"203.0.113.5"}"#),
+            ("/v1/eips", r#"{"name":"e3"}"#),
+            (
+                "/v1/nat-gateways",
+                r#"{"name":"gw","vpc":"a","subnet":"s1","eips":["e1","e2"]}"#,
+            ),
+            (
+                "/v1/nat-gateways/gw/snat",
+                r#"{"subnet":"s1","eips":["e1"]}"#,
+            ),
+            (
+                "/v1/nat-gateways/gw/dnat",
+                r#"{"eip":"203.0.113.5","protocol":"tcp","public_port":8080,"private_ip":"10.0.1.4","private_port":80}"#,
+            ),
+            (
+                "/v1/routes",
+                r#"{"vpc":"a","destination":"0.0.0.0/0","next_hop":{"type":"nat_gateway","nat_gateway":"gw"}}"#,
+            ),
+        ] {
+            let r = call(&app, "POST", path, Some(body)).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{path}: {}", r.body);
+            assert!(r.generation.is_some());
+        }
+        let e1 = call(&app, "GET", "/v1/eips/e1", None).await.body;
+        assert_eq!(e1["address"], "203.0.113.0");
+        assert_eq!(e1["state"], "attached");
+        assert_eq!(e1["nat_gateway"], "natgw-1");
+        let gw = call(&app, "GET", "/v1/nat-gateways/gw", None).await.body;
+        assert_eq!(gw["eips"], serde_json::json!(["eip-1", "eip-2"]));
+        let dnat = call(&app, "GET", "/v1/nat-gateways/gw/dnat", None)
+            .await
+            .body;
+        assert_eq!(dnat[0]["id"], "dnat-1");
+        assert_eq!(dnat[0]["eip"], "eip-2");
+
+        // Bind and unbind without touching anything else.
+        let r = call(&app, "POST", "/v1/eips/e3/bind", Some(r#"{"nic":"a1"}"#)).await;
+        assert_eq!(
+            (r.status, &r.body["state"]),
+            (StatusCode::OK, &"bound".into())
+        );
+        let r = call(&app, "POST", "/v1/eips/203.0.113.1/unbind", None).await;
+        assert_eq!(
+            (r.status, &r.body["state"]),
+            (StatusCode::OK, &"free".into())
+        );
+
+        // Every refusal names the field and changes nothing.
+        let before = t.controller.read(|i| i.clone());
+        for (method, path, body, status, field, dependents) in [
+            (
+                "POST",
+                "/v1/nat-gateways/gw/dnat",
+                r#"{"eip":"e1","protocol":"udp","public_port":53,"private_ip":"10.0.1.4"}"#,
+                409,
+                "eip",
+                vec!["snat/natgw-1:snat-1"],
+            ),
+            (
+                "POST",
+                "/v1/nat-gateways/gw/dnat",
+                r#"{"eip":"e2","protocol":"any","public_port":8080,"private_ip":"10.0.1.4"}"#,
+                409,
+                "public_port",
+                vec!["dnat/natgw-1:dnat-1"],
+            ),
+            (
+                "POST",
+                "/v1/nat-gateways/gw/snat",
+                r#"{"cidr":"10.1.0.0/24","eips":["e1"]}"#,
+                400,
+                "cidr",
+                vec![],
+            ),
+            (
+                "POST",
+                "/v1/eips",
+                r#"{"address":"192.0.2.1"}"#,
+                400,
+                "address",
+                vec![],
+            ),
+            (
+                "POST",
+                "/v1/eips/e1/bind",
+                r#"{"nic":"a1"}"#,
+                409,
+                "eip",
+                vec!["nat-gateway/natgw-1"],
+            ),
+            (
+                "DELETE",
+                "/v1/nat-gateways/gw/eips/e2",
+                "",
+                409,
+                "eip",
+                vec!["dnat/natgw-1:dnat-1"],
+            ),
+            (
+                "DELETE",
+                "/v1/eip-pools/pub",
+                "",
+                409,
+                "eip_pool",
+                vec!["eip/eip-1", "eip/eip-2", "eip/eip-3"],
+            ),
+            (
+                "DELETE",
+                "/v1/nat-gateways/gw",
+                "",
+                409,
+                "nat_gateway",
+                vec!["route/vpc-1:0.0.0.0/0"],
+            ),
+            (
+                "DELETE",
+                "/v1/nat-gateways/gw/snat/dnat-1",
+                "",
+                404,
+                "entry",
+                vec![],
+            ),
+            (
+                "GET",
+                "/v1/nat-gateways/nope/snat",
+                "",
+                404,
+                "nat_gateway",
+                vec![],
+            ),
+            (
+                "POST",
+                "/v1/eip-pools",
+                r#"{"name":"x","cidrs":["203.0.113.8/29"]}"#,
+                409,
+                "cidrs[0]",
+                vec!["eip-pool/eipp-1"],
+            ),
+        ] {
+            let r = call(&app, method, path, (!body.is_empty()).then_some(body)).await;
+            assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.body);
+            assert_eq!(
+                r.body["error"]["field"], field,
+                "{method} {path}: {}",
+                r.body
+            );
+            let deps: Vec<String> =
+                serde_json::from_value(r.body["error"]["dependents"].clone()).unwrap_or_default();
+            assert_eq!(deps, dependents, "{method} {path}");
+        }
+        assert_eq!(t.controller.read(|i| i.clone()), before);
+
+        // The route compiles to a drop until the NAT datapath exists.
+        let (_, _, tables) = t.controller.host_tables("h1");
+        assert!(tables.routes.iter().any(|r| r.prefix.len == 0
+            && r.next_hop.kind == sluice_common::vpc::NextHopKind::Blackhole as u32));
+
+        let r = call(&app, "DELETE", "/v1/nat-gateways/gw/dnat/dnat-1", None).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        let r = call(&app, "DELETE", "/v1/nat-gateways/gw/eips/e2", None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["eips"], serde_json::json!(["eip-1"]));
     }
 }

@@ -87,6 +87,9 @@ fn document() -> Value {
         )
     };
     let sg_vpc = || query_param("vpc", "The VPC a group name is looked up in", "string");
+    let pool = || path_param("pool", "EIP pool ID or name");
+    let eip = || path_param("eip", "EIP ID, name or address");
+    let gw = || path_param("gw", "NAT gateway ID or name");
     let list = |s: &str| Some(array_of(schema_ref(s)));
     let one = |s: &str| Some(schema_ref(s));
     let paths = json!({
@@ -170,6 +173,56 @@ fn document() -> Value {
             "get": op("Get a blocklist entry", vec![path_param("prefix", "The blocked CIDR, `/` percent-encoded as %2F")], None, ("200", one("BlocklistEntry"))),
             "delete": op("Unblock a prefix", vec![path_param("prefix", "The blocked CIDR, `/` percent-encoded as %2F")], None, ("204", None)),
         },
+        "/v1/eip-pools": {
+            "get": op("List EIP pools", vec![], None, ("200", list("EipPool"))),
+            "post": op("Create an EIP pool (409 if a range overlaps another pool's)", vec![], Some("EipPoolSpec"), ("201", one("EipPool"))),
+        },
+        "/v1/eip-pools/{pool}": {
+            "get": op("Get an EIP pool", vec![pool()], None, ("200", one("EipPool"))),
+            "delete": op("Delete an EIP pool without allocated EIPs", vec![pool()], None, ("204", None)),
+        },
+        "/v1/eips": {
+            "get": op("List EIPs", vec![], None, ("200", list("Eip"))),
+            "post": op("Allocate an EIP from a pool (a given address, or the lowest free), optionally bound to a NIC", vec![], Some("EipSpec"), ("201", one("Eip"))),
+        },
+        "/v1/eips/{eip}": {
+            "get": op("Get an EIP", vec![eip()], None, ("200", one("Eip"))),
+            "delete": op("Release a free EIP", vec![eip()], None, ("204", None)),
+        },
+        "/v1/eips/{eip}/bind": {
+            "post": op("Bind a free EIP to a NIC (1:1; a NIC has at most one)", vec![eip()], Some("EipBind"), ("200", one("Eip"))),
+        },
+        "/v1/eips/{eip}/unbind": {
+            "post": op("Unbind a bound EIP (it stays allocated)", vec![eip()], None, ("200", one("Eip"))),
+        },
+        "/v1/nat-gateways": {
+            "get": op("List NAT gateways", vec![query_param("vpc", "Only this VPC's (ID or name)", "string")], None, ("200", list("NatGateway"))),
+            "post": op("Create a NAT gateway with its EIPs and SNAT/DNAT entries", vec![], Some("NatGatewaySpec"), ("201", one("NatGateway"))),
+        },
+        "/v1/nat-gateways/{gw}": {
+            "get": op("Get a NAT gateway", vec![gw()], None, ("200", one("NatGateway"))),
+            "delete": op("Delete a NAT gateway no route sends to (its entries go with it, its EIPs become free)", vec![gw()], None, ("204", None)),
+        },
+        "/v1/nat-gateways/{gw}/eips": {
+            "post": op("Attach a free EIP to a NAT gateway", vec![gw()], Some("EipAttach"), ("200", one("NatGateway"))),
+        },
+        "/v1/nat-gateways/{gw}/eips/{eip}": {
+            "delete": op("Detach an EIP no SNAT or DNAT entry uses", vec![gw(), eip()], None, ("200", one("NatGateway"))),
+        },
+        "/v1/nat-gateways/{gw}/snat": {
+            "get": op("A NAT gateway's SNAT entries", vec![gw()], None, ("200", list("SnatEntry"))),
+            "post": op("Add a SNAT entry: a source inside the VPC to some of the gateway's EIPs (none of them serving DNAT)", vec![gw()], Some("SnatSpec"), ("201", one("SnatEntry"))),
+        },
+        "/v1/nat-gateways/{gw}/snat/{entry}": {
+            "delete": op("Remove a SNAT entry", vec![gw(), path_param("entry", "snat-<n>")], None, ("204", None)),
+        },
+        "/v1/nat-gateways/{gw}/dnat": {
+            "get": op("A NAT gateway's DNAT entries", vec![gw()], None, ("200", list("DnatEntry"))),
+            "post": op("Add a DNAT entry (409 if its EIP serves SNAT or another entry has its (EIP, protocol, port); any overlaps tcp and udp)", vec![gw()], Some("DnatSpec"), ("201", one("DnatEntry"))),
+        },
+        "/v1/nat-gateways/{gw}/dnat/{entry}": {
+            "delete": op("Remove a DNAT entry", vec![gw(), path_param("entry", "dnat-<n>")], None, ("204", None)),
+        },
         "/v1/peerings/{pcx}/accept": {
             "post": op("Accept a peering", vec![path_param("pcx", "Peering ID or name")], None, ("200", one("Peering"))),
         },
@@ -197,6 +250,7 @@ fn document() -> Value {
             object(&["type", "nic"], json!({"type": {"type": "string", "enum": ["nic"]}, "nic": string("Appliance NIC (ID or name)")}), json!({"type": "nic", "nic": "fw0"})),
             object(&["type", "peering"], json!({"type": {"type": "string", "enum": ["peering"]}, "peering": string("Accepted peering (ID or name)")}), json!({"type": "peering", "peering": "pcx-1"})),
             object(&["type"], json!({"type": {"type": "string", "enum": ["blackhole"]}}), json!({"type": "blackhole"})),
+            object(&["type", "nat_gateway"], json!({"type": {"type": "string", "enum": ["nat_gateway"]}, "nat_gateway": string("NAT gateway of the VPC (ID or name); dropped and counted until the NAT datapath exists")}), json!({"type": "nat_gateway", "nat_gateway": "gw"})),
         ],
         "example": {"type": "nic", "nic": "fw0"},
     });
@@ -207,6 +261,7 @@ fn document() -> Value {
             object(&["type", "nic"], json!({"type": {"type": "string", "enum": ["nic"]}, "nic": string("NIC ID")}), json!({"type": "nic", "nic": "nic-1"})),
             object(&["type", "peering"], json!({"type": {"type": "string", "enum": ["peering"]}, "peering": string("Peering ID")}), json!({"type": "peering", "peering": "pcx-1"})),
             object(&["type"], json!({"type": {"type": "string", "enum": ["blackhole"]}}), json!({"type": "blackhole"})),
+            object(&["type", "nat_gateway"], json!({"type": {"type": "string", "enum": ["nat_gateway"]}, "nat_gateway": string("NAT gateway ID")}), json!({"type": "nat_gateway", "nat_gateway": "natgw-1"})),
         ],
         "example": {"type": "local", "subnet": "subnet-1"},
     });
@@ -263,6 +318,70 @@ fn document() -> Value {
         "BlocklistEntry": object(&["prefix", "applies_to"], json!({
             "prefix": string("IPv4 CIDR"), "applies_to": applies_to(), "description": string("Free text"),
         }), json!({"prefix": "203.0.113.0/24", "applies_to": "both"})),
+    });
+    let nat_protocol = || json!({"type": "string", "enum": ["tcp", "udp", "any"], "description": "any: both tcp and udp"});
+    let snat_props = |resource: bool| {
+        let mut p = json!({
+            "subnet": string(if resource { "Source: a subnet ID of the VPC" } else { "Source: a subnet of the VPC (ID or name); exactly one of subnet, cidr and nic" }),
+            "cidr": string("Source: a CIDR inside the VPC"),
+            "nic": string(if resource { "Source: a NIC ID of the VPC" } else { "Source: a NIC of the VPC (ID or name)" }),
+            "eips": array_of(string(if resource { "EIP ID" } else { "One of the gateway's EIPs (ID, name or address)" })),
+        });
+        if resource {
+            p["id"] = string("snat-<n>");
+        }
+        p
+    };
+    let nat_schemas = json!({
+        "EipPoolSpec": object(&["cidrs"], json!({
+            "name": string("Unique name (default: the ID)"),
+            "cidrs": array_of(string("Public IPv4 range, /16 to /32, overlapping no other pool's")),
+            "description": string("Free text"),
+        }), json!({"name": "pub", "cidrs": ["203.0.113.0/24"]})),
+        "EipPool": object(&["id", "name", "cidrs"], json!({
+            "id": string("eipp-<n>"), "name": string("Name"), "cidrs": array_of(string("IPv4 CIDR")), "description": string("Free text"),
+        }), json!({"id": "eipp-1", "name": "pub", "cidrs": ["203.0.113.0/24"]})),
+        "EipSpec": object(&[], json!({
+            "name": string("Unique name, not an address (default: the ID)"),
+            "pool": string("Pool ID or name (default: the pool holding address, or the first with room)"),
+            "address": string("An address inside a pool (default: the lowest free)"),
+            "nic": string("Bind to this NIC (ID or name) at once"),
+        }), json!({"name": "web-ip", "pool": "pub", "nic": "web1"})),
+        "Eip": object(&["id", "name", "pool", "address", "state"], json!({
+            "id": string("eip-<n>"), "name": string("Name"), "pool": string("Pool ID"), "address": string("The public IPv4 address"),
+            "state": {"type": "string", "enum": ["free", "bound", "attached"]},
+            "nic": string("bound: the NIC ID"),
+            "nat_gateway": string("attached: the NAT gateway ID"),
+        }), json!({"id": "eip-1", "name": "web-ip", "pool": "eipp-1", "address": "203.0.113.0", "state": "bound", "nic": "nic-1"})),
+        "EipBind": object(&["nic"], json!({"nic": string("NIC ID or name")}), json!({"nic": "web1"})),
+        "EipAttach": object(&["eip"], json!({"eip": string("A free EIP (ID, name or address)")}), json!({"eip": "e3"})),
+        "SnatSpec": object(&["eips"], snat_props(false), json!({"cidr": "10.0.2.0/24", "eips": ["e1"]})),
+        "SnatEntry": object(&["id", "eips"], snat_props(true), json!({"id": "snat-1", "subnet": "subnet-1", "eips": ["eip-1"]})),
+        "DnatSpec": object(&["eip", "protocol", "public_port", "private_ip"], json!({
+            "eip": string("One of the gateway's EIPs (ID, name or address), serving no SNAT"),
+            "protocol": nat_protocol(),
+            "public_port": integer("1 to 65535"),
+            "private_ip": string("An address in one of the VPC's subnets"),
+            "private_port": integer("1 to 65535 (default: the public port)"),
+        }), json!({"eip": "e2", "protocol": "tcp", "public_port": 8080, "private_ip": "10.0.1.4", "private_port": 80})),
+        "DnatEntry": object(&["id", "eip", "protocol", "public_port", "private_ip", "private_port"], json!({
+            "id": string("dnat-<n>"), "eip": string("EIP ID"), "protocol": nat_protocol(),
+            "public_port": integer("Port"), "private_ip": string("IPv4"), "private_port": integer("Port"),
+        }), json!({"id": "dnat-1", "eip": "eip-2", "protocol": "tcp", "public_port": 8080, "private_ip": "10.0.1.4", "private_port": 80})),
+        "NatGatewaySpec": object(&["vpc", "subnet"], json!({
+            "name": string("Unique name (default: the ID)"),
+            "vpc": string("VPC ID or name"), "subnet": string("Subnet ID or name within the VPC"),
+            "eips": array_of(string("A free EIP to attach (ID, name or address)")),
+            "snat": array_of(schema_ref("SnatSpec")), "dnat": array_of(schema_ref("DnatSpec")),
+        }), json!({"name": "gw", "vpc": "tenant-a", "subnet": "web", "eips": ["e1", "e2"],
+                   "snat": [{"subnet": "web", "eips": ["e1"]}],
+                   "dnat": [{"eip": "e2", "protocol": "tcp", "public_port": 443, "private_ip": "10.0.1.10"}]})),
+        "NatGateway": object(&["id", "name", "vpc", "subnet", "eips", "snat", "dnat"], json!({
+            "id": string("natgw-<n>"), "name": string("Name"), "vpc": string("VPC ID"), "subnet": string("Subnet ID"),
+            "eips": array_of(string("Attached EIP ID")),
+            "snat": array_of(schema_ref("SnatEntry")), "dnat": array_of(schema_ref("DnatEntry")),
+        }), json!({"id": "natgw-1", "name": "gw", "vpc": "vpc-1", "subnet": "subnet-1", "eips": ["eip-1"],
+                   "snat": [{"id": "snat-1", "cidr": "10.0.0.0/16", "eips": ["eip-1"]}], "dnat": []})),
     });
     let mut schemas = json!({
         "Error": object(&["error"], json!({"error": object(
@@ -364,6 +483,9 @@ fn document() -> Value {
             "hosts": array_of(schema_ref("HostSpec")), "vpcs": array_of(schema_ref("TopologyVpc")),
             "nics": array_of(schema_ref("TopologyNic")), "peerings": array_of(schema_ref("TopologyPeering")),
             "blocklist": array_of(schema_ref("BlocklistSpec")),
+            "eip_pools": array_of(schema_ref("EipPoolSpec")),
+            "eips": array_of(schema_ref("EipSpec")),
+            "nat_gateways": array_of(schema_ref("NatGatewaySpec")),
         }), json!({"hosts": [{"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0"}], "vpcs": [{"name": "tenant-a", "cidr": "10.0.0.0/16"}]})),
         "ApplySummary": object(&["created", "updated", "unchanged"], json!({
             "created": names.clone(), "updated": names, "unchanged": integer("Resources already as declared"),
@@ -376,7 +498,12 @@ fn document() -> Value {
             "delta": {"type": "object", "description": "The change from the tables of generation base (TablesDelta): per table, keys removed and entries added or replaced"},
         }), json!({"generation": 7, "registered": false, "tables": {"underlay": null, "ports": [], "endpoints": [], "routes": [], "vnis": [], "remote_vteps": []}})),
     });
-    for (name, schema) in sg_schemas.as_object().expect("an object") {
+    for (name, schema) in sg_schemas
+        .as_object()
+        .into_iter()
+        .chain(nat_schemas.as_object())
+        .flatten()
+    {
         schemas[name] = schema.clone();
     }
 
@@ -385,7 +512,7 @@ fn document() -> Value {
         "info": {
             "title": "Sluice intent API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "VPCs, subnets, hosts, NICs, routes, peerings, security groups and the operator blocklist. Every request is all or nothing; every change answers with the header `sluice-generation`, the intent generation it produced.",
+            "description": "VPCs, subnets, hosts, NICs, routes, peerings, security groups, the operator blocklist, EIP pools, elastic IPs and NAT gateways. Every request is all or nothing; every change answers with the header `sluice-generation`, the intent generation it produced.",
         },
         "paths": paths,
         "components": { "schemas": schemas },
@@ -527,6 +654,18 @@ mod tests {
             "SecurityGroup" => p::<SecurityGroup>(example),
             "BlocklistSpec" => p::<BlocklistSpec>(example),
             "BlocklistEntry" => p::<BlocklistEntry>(example),
+            "EipPoolSpec" => p::<EipPoolSpec>(example),
+            "EipPool" => p::<EipPool>(example),
+            "EipSpec" => p::<EipSpec>(example),
+            "Eip" => p::<Eip>(example),
+            "EipBind" => p::<EipBind>(example),
+            "EipAttach" => p::<EipAttach>(example),
+            "SnatSpec" => p::<SnatSpec>(example),
+            "SnatEntry" => p::<SnatEntry>(example),
+            "DnatSpec" => p::<DnatSpec>(example),
+            "DnatEntry" => p::<DnatEntry>(example),
+            "NatGatewaySpec" => p::<NatGatewaySpec>(example),
+            "NatGateway" => p::<NatGateway>(example),
             other => Err(format!("no Rust type is known for schema {other}")),
         }
     }
@@ -591,6 +730,10 @@ mod tests {
             // The setup's group's rule: after VPC a's and c's default groups' two each.
             .replace("{rule}", "sgr-5")
             .replace("{prefix}", "203.0.113.0%2F24")
+            .replace("{pool}", "pub")
+            .replace("{eip}", "e3")
+            .replace("{gw}", "gw")
+            .replace("{entry}", "snat-1")
     }
 
     /// Documented operations are served (answers come from a handler, not the router's
@@ -643,6 +786,22 @@ mod tests {
                 examples("SecurityGroupSpec").replace("tenant-a", "a"),
             ),
             ("POST", "/v1/blocklist", examples("BlocklistSpec")),
+            (
+                "POST",
+                "/v1/eip-pools",
+                r#"{"name":"pub","cidrs":["198.51.100.0/28"]}"#.to_string(),
+            ),
+            ("POST", "/v1/eips", r#"{"name":"e1"}"#.to_string()),
+            ("POST", "/v1/eips", r#"{"name":"e2"}"#.to_string()),
+            ("POST", "/v1/eips", r#"{"name":"e3"}"#.to_string()),
+            (
+                "POST",
+                "/v1/nat-gateways",
+                examples("NatGatewaySpec")
+                    .replace("tenant-a", "a")
+                    .replace("web", "s1")
+                    .replace("10.0.1.10", "10.0.1.4"),
+            ),
         ];
         for (method, path, body) in setup {
             let (status, body) = send(&app, method, path, Some(body)).await;
@@ -651,7 +810,7 @@ mod tests {
 
         let all = ["get", "post", "put", "patch", "delete"];
         let paths = d["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 23, "documented paths");
+        assert_eq!(paths.len(), 37, "documented paths");
         // Reads and idempotent bodies first; deletes last (in an order dependents allow).
         let mut ops: Vec<(String, String, Value)> = vec![];
         for (path, item) in paths {
@@ -671,6 +830,7 @@ mod tests {
             }
         }
         let rank = |m: &str, p: &str| match (m, p) {
+            ("delete", p) if p.starts_with("/v1/nat-gateways/{gw}/") => 7,
             ("delete", p) if p.contains("rules") => 8,
             ("delete", p) if p.contains("security-groups") => 9,
             ("delete", p) if p.contains("routes") => 10,
@@ -701,6 +861,10 @@ mod tests {
                 ("post", "/v1/peerings") => Some(r#"{"vpc":"c","peer_vpc":"vpc-9"}"#.to_string()),
                 ("post", "/v1/security-groups") => Some(r#"{"vpc":"a","name":"api"}"#.to_string()),
                 ("post", "/v1/blocklist") => Some(r#"{"prefix":"198.51.100.0/24"}"#.to_string()),
+                ("post", "/v1/eip-pools") => Some(r#"{"cidrs":["192.0.2.0/28"]}"#.to_string()),
+                ("post", "/v1/eips") => Some(r#"{"pool":"pub"}"#.to_string()),
+                ("post", "/v1/eips/{eip}/bind") => Some(r#"{"nic":"fw0"}"#.to_string()),
+                ("post", "/v1/nat-gateways") => Some(r#"{"vpc":"a","subnet":"s1"}"#.to_string()),
                 _ => body,
             };
             let (status, reply) = send(&app, &method.to_uppercase(), &concrete(&path), body).await;

@@ -9,10 +9,12 @@
 //! - [`store`]: the intent in redb, one write transaction per committed change.
 //! - [`sg`]: security groups (every VPC has a `default` one) and the NICs' groups;
 //!   [`blocklist`]: the operator's blocked prefixes.
+//! - [`nat`]: EIP pools, elastic IPs and NAT gateways (SNAT/DNAT entries).
 //!
 //! IDs. Hosts are identified by their name. Every other resource gets an allocated ID that
 //! is never reused: `vpc-<n>`, `subnet-<n>`, `nic-<n>`, `pcx-<n>` (peerings), `sg-<n>`
-//! (security groups, [`sg`]; their rules `sgr-<n>`), and a name
+//! (security groups, [`sg`]; their rules `sgr-<n>`), `eipp-<n>`, `eip-<n>`, `natgw-<n>`,
+//! `snat-<n>` and `dnat-<n>` ([`nat`]), and a name
 //! (given, or the ID). Requests may refer to a resource by ID or by name. VPC, NIC and
 //! peering names are unique across the cloud, subnet names within their VPC; a name may
 //! not look like an ID. A custom route is identified by its VPC and destination CIDR (its
@@ -32,12 +34,17 @@
 
 pub mod blocklist;
 pub mod model;
+pub mod nat;
 pub mod sg;
 pub mod store;
 pub mod validate;
 
 pub use blocklist::{BlockAppliesTo, BlocklistEntry, BlocklistSpec};
 pub use model::*;
+pub use nat::{
+    DnatEntry, DnatSpec, Eip, EipAttach, EipBind, EipPool, EipPoolSpec, EipSpec, EipState,
+    NatGateway, NatGatewaySpec, NatProtocol, SnatEntry, SnatSource, SnatSpec,
+};
 pub use sg::{
     Action, Direction, PortRange, Protocol, Remote, SecurityGroup, SecurityGroupSpec, SgRule,
     SgRuleSpec,

@@ -293,6 +293,8 @@ pub enum NextHop {
     Peering { peering: String },
     /// Drop.
     Blackhole,
+    /// A NAT gateway of this VPC (see `intent/nat.rs`).
+    NatGateway { nat_gateway: String },
 }
 
 /// A custom route of a VPC's route table. A route is identified by (VPC, destination).
@@ -335,6 +337,9 @@ pub enum RouteTarget {
         peering: String,
     },
     Blackhole,
+    NatGateway {
+        nat_gateway: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -494,6 +499,14 @@ pub struct Topology {
     /// The operator blocklist: prefixes added or updated (never removed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocklist: Vec<super::blocklist::BlocklistSpec>,
+    /// EIP pools, EIPs and NAT gateways, matched by name (see `intent/nat.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eip_pools: Vec<super::nat::EipPoolSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eips: Vec<super::nat::EipSpec>,
+    /// A gateway's declared EIPs and SNAT/DNAT entries are its whole sets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_gateways: Vec<super::nat::NatGatewaySpec>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -603,6 +616,16 @@ pub struct Counters {
     pub next_sg: u64,
     #[serde(default = "super::sg::first_counter")]
     pub next_sg_rule: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_eip_pool: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_eip: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_nat_gateway: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_snat: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_dnat: u64,
 }
 
 impl Default for Counters {
@@ -616,6 +639,11 @@ impl Default for Counters {
             next_mac: 1,
             next_sg: 1,
             next_sg_rule: 1,
+            next_eip_pool: 1,
+            next_eip: 1,
+            next_nat_gateway: 1,
+            next_snat: 1,
+            next_dnat: 1,
         }
     }
 }
@@ -637,6 +665,9 @@ pub(crate) enum NameKind {
     Peering,
     /// Scoped by VPC ID.
     SecurityGroup,
+    EipPool,
+    Eip,
+    NatGateway,
 }
 
 /// The intent as flat lists of records: the store's layout, and a full JSON dump.
@@ -654,6 +685,12 @@ pub struct Records {
     pub security_groups: Vec<super::sg::SecurityGroup>,
     #[serde(default)]
     pub blocklist: Vec<super::blocklist::BlocklistEntry>,
+    #[serde(default)]
+    pub eip_pools: Vec<super::nat::EipPool>,
+    #[serde(default)]
+    pub eips: Vec<super::nat::Eip>,
+    #[serde(default)]
+    pub nat_gateways: Vec<super::nat::NatGateway>,
 }
 
 /// The whole declared state. Immutable from outside: every change goes through a pure,
@@ -672,6 +709,9 @@ pub struct Intent {
     pub(crate) security_groups: BTreeMap<String, super::sg::SecurityGroup>,
     /// The operator blocklist, by prefix.
     pub(crate) blocklist: BTreeMap<Cidr, super::blocklist::BlocklistEntry>,
+    pub(crate) eip_pools: BTreeMap<String, super::nat::EipPool>,
+    pub(crate) eips: BTreeMap<String, super::nat::Eip>,
+    pub(crate) nat_gateways: BTreeMap<String, super::nat::NatGateway>,
     pub(crate) counters: Counters,
     /// Derived: (kind, scope, name) -> ID. Rebuilt on load.
     pub(crate) names: BTreeMap<(NameKind, String, String), String>,
@@ -716,6 +756,7 @@ impl Intent {
         for b in r.blocklist {
             i.blocklist.insert(b.prefix, b);
         }
+        super::nat::index_nat(&mut i, r.eip_pools, r.eips, r.nat_gateways);
         i
     }
 
@@ -732,6 +773,9 @@ impl Intent {
             peerings: self.peerings.values().cloned().collect(),
             security_groups: self.security_groups.values().cloned().collect(),
             blocklist: self.blocklist.values().cloned().collect(),
+            eip_pools: self.eip_pools.values().cloned().collect(),
+            eips: self.eips.values().cloned().collect(),
+            nat_gateways: self.nat_gateways.values().cloned().collect(),
         }
     }
 
@@ -864,6 +908,9 @@ impl Intent {
                         peering: peering.clone(),
                     },
                     NextHop::Blackhole => RouteTarget::Blackhole,
+                    NextHop::NatGateway { nat_gateway } => RouteTarget::NatGateway {
+                        nat_gateway: nat_gateway.clone(),
+                    },
                 },
                 system: false,
             }))

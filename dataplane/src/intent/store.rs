@@ -28,6 +28,9 @@ const ROUTES: TableDefinition<&str, &str> = TableDefinition::new("routes");
 const PEERINGS: TableDefinition<&str, &str> = TableDefinition::new("peerings");
 const SECURITY_GROUPS: TableDefinition<&str, &str> = TableDefinition::new("security_groups");
 const BLOCKLIST: TableDefinition<&str, &str> = TableDefinition::new("blocklist");
+const EIP_POOLS: TableDefinition<&str, &str> = TableDefinition::new("eip_pools");
+const EIPS: TableDefinition<&str, &str> = TableDefinition::new("eips");
+const NAT_GATEWAYS: TableDefinition<&str, &str> = TableDefinition::new("nat_gateways");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Layout version of the records; bumped (with a migration) when it changes.
@@ -91,6 +94,9 @@ impl Store {
                 PEERINGS,
                 SECURITY_GROUPS,
                 BLOCKLIST,
+                EIP_POOLS,
+                EIPS,
+                NAT_GATEWAYS,
             ] {
                 txn.open_table(t).map_err(dberr)?;
             }
@@ -156,6 +162,9 @@ impl Store {
             peerings: all(&txn, PEERINGS)?,
             security_groups: all(&txn, SECURITY_GROUPS)?,
             blocklist: all(&txn, BLOCKLIST)?,
+            eip_pools: all(&txn, EIP_POOLS)?,
+            eips: all(&txn, EIPS)?,
+            nat_gateways: all(&txn, NAT_GATEWAYS)?,
         }))
     }
 
@@ -181,6 +190,17 @@ impl Store {
         written += write_diff(&txn, BLOCKLIST, &old.blocklist, &new.blocklist, |k| {
             k.to_string()
         })?;
+        written += write_diff(&txn, EIP_POOLS, &old.eip_pools, &new.eip_pools, |k| {
+            k.clone()
+        })?;
+        written += write_diff(&txn, EIPS, &old.eips, &new.eips, |k| k.clone())?;
+        written += write_diff(
+            &txn,
+            NAT_GATEWAYS,
+            &old.nat_gateways,
+            &new.nat_gateways,
+            |k| k.clone(),
+        )?;
         let empty = Arc::default();
         let vpcs: BTreeSet<&String> = old.routes.keys().chain(new.routes.keys()).collect();
         for vpc in vpcs {
@@ -473,6 +493,58 @@ mod tests {
         // Written: the next open finds nothing to do.
         let (_, again) = Store::open(&tmp.path()).unwrap();
         assert_eq!(again, read);
+    }
+
+    #[test]
+    fn eips_and_nat_gateways_survive_reopening() {
+        let tmp = TempStore::new("nat");
+        let written = {
+            let (store, mut current) = Store::open(&tmp.path()).unwrap();
+            let yaml = r#"
+eip_pools: [{name: pub, cidrs: [203.0.113.0/28]}]
+eips: [{name: e1}, {name: e2}, {name: e3}]
+nat_gateways:
+  - name: gw
+    vpc: tenant-a
+    subnet: web
+    eips: [e1, e2]
+    snat: [{subnet: web, eips: [e1]}]
+    dnat: [{eip: e2, protocol: udp, public_port: 53, private_ip: 10.0.1.10}]
+"#;
+            let mut t = lab_topology();
+            let nat: crate::intent::Topology = serde_yaml::from_str(yaml).unwrap();
+            t.eip_pools = nat.eip_pools;
+            t.eips = nat.eips;
+            t.nat_gateways = nat.nat_gateways;
+            store.transact(&mut current, |i| i.apply(t)).unwrap();
+            store
+                .transact(&mut current, |i| {
+                    i.bind_eip(
+                        "e3",
+                        crate::intent::EipBind {
+                            nic: "a-vm1".into(),
+                        },
+                    )
+                })
+                .unwrap();
+            store
+                .transact(&mut current, |i| {
+                    i.remove_nat_entry("gw", "dnat-1").map(|i| (i, ()))
+                })
+                .unwrap();
+            current
+        };
+        let (_, read) = Store::open(&tmp.path()).unwrap();
+        assert_eq!(read, written);
+        assert_eq!(read.nat_gateway("gw").unwrap().snat.len(), 1);
+        assert!(read.nat_gateway("gw").unwrap().dnat.is_empty());
+        assert!(matches!(
+            read.eip("e3").unwrap().state,
+            crate::intent::EipState::Bound { .. }
+        ));
+        // Names are indexed again and the counters go on.
+        assert_eq!(read.counters().next_dnat, 2);
+        assert_eq!(read.eip("e1").unwrap().id, "eip-1");
     }
 
     #[test]

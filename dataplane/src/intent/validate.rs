@@ -191,7 +191,7 @@ pub(super) fn parse_cidr(field: &str, s: &str) -> Result<Cidr> {
         .map_err(|e: String| ValidationError::invalid(field, e))
 }
 
-fn parse_ip(field: &str, s: &str) -> Result<Ipv4Addr> {
+pub(super) fn parse_ip(field: &str, s: &str) -> Result<Ipv4Addr> {
     s.trim()
         .parse()
         .map_err(|_| ValidationError::invalid(field, format!("{s:?} is not an IPv4 address")))
@@ -517,6 +517,7 @@ impl Intent {
                 .filter(|g| g.name != DEFAULT_GROUP_NAME)
                 .map(|g| format!("security-group/{}", g.id)),
         );
+        deps.extend(self.nat_dependents(Some(&vpc.id), None, None));
         if !deps.is_empty() {
             return Err(ValidationError::conflict(
                 "vpc",
@@ -610,11 +611,12 @@ impl Intent {
             .values()
             .filter(|n| n.subnet == subnet.id)
             .map(|n| format!("nic/{}", n.id))
+            .chain(self.nat_dependents(None, Some(&subnet.id), None))
             .collect();
         if !nics.is_empty() {
             return Err(ValidationError::conflict(
                 "subnet",
-                format!("subnet {} still has NICs", subnet.id),
+                format!("subnet {} still has NICs or NAT resources", subnet.id),
                 nics,
             ));
         }
@@ -805,12 +807,13 @@ impl Intent {
             .routes_of(&nic.vpc)
             .filter(|r| matches!(&r.next_hop, NextHop::Nic { nic: n } if *n == nic.id))
             .map(Route::reference)
+            .chain(self.nat_dependents(None, None, Some(&nic.id)))
             .collect();
         if !routes.is_empty() {
             return Err(ValidationError::conflict(
                 "nic",
                 format!(
-                    "NIC {} is the next hop of routes; delete or change them first",
+                    "NIC {} is the next hop of routes, has a bound EIP or is a SNAT source; delete or change them first",
                     nic.id
                 ),
                 routes,
@@ -861,6 +864,23 @@ impl Intent {
                 Ok(NextHop::Peering { peering: p.id })
             }
             NextHop::Blackhole => Ok(NextHop::Blackhole),
+            NextHop::NatGateway { nat_gateway } => {
+                let g = self.nat_gateway(nat_gateway).ok_or_else(|| {
+                    ValidationError::not_found(
+                        "next_hop.nat_gateway",
+                        format!("no NAT gateway {nat_gateway:?}"),
+                    )
+                })?;
+                if g.vpc != vpc.id {
+                    return Err(ValidationError::invalid(
+                        "next_hop.nat_gateway",
+                        format!("NAT gateway {} is in VPC {}, not {}", g.id, g.vpc, vpc.id),
+                    ));
+                }
+                Ok(NextHop::NatGateway {
+                    nat_gateway: g.id.clone(),
+                })
+            }
         }
     }
 
@@ -1126,6 +1146,9 @@ impl Intent {
             record("peering", &p.name, c);
         }
 
+        // After NICs (EIP bindings) and before routes (which may name a gateway).
+        self.apply_nat_mut(&t.eip_pools, &t.eips, &t.nat_gateways, &mut record)?;
+
         for (k, v) in t.vpcs.iter().enumerate() {
             for (j, r) in v.routes.iter().enumerate() {
                 let spec = RouteSpec {
@@ -1335,7 +1358,7 @@ fn immutable(
     )
 }
 
-fn no_duplicates<'a>(field: &str, names: impl Iterator<Item = &'a str>) -> Result<()> {
+pub(super) fn no_duplicates<'a>(field: &str, names: impl Iterator<Item = &'a str>) -> Result<()> {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (k, n) in names.enumerate() {
         if let Some(first) = seen.insert(n, k) {

@@ -207,6 +207,9 @@ impl<'a> Index<'a> {
                         hop(NextHopKind::Peering, peer.vni, [0; 4])
                     }
                     NextHop::Blackhole => hop(NextHopKind::Blackhole, vpc.vni, [0; 4]),
+                    // Until the NAT datapath replaces it: dropped and counted, never
+                    // sent somewhere else (see intent/nat.rs).
+                    NextHop::NatGateway { .. } => hop(NextHopKind::Blackhole, vpc.vni, [0; 4]),
                 };
                 routes.push(RouteEntry {
                     prefix: prefix(vpc.vni, r.destination),
@@ -524,6 +527,53 @@ mod tests {
             direct(&i, "h2", "10.0.1.20"),
             "the firewall itself still is"
         );
+    }
+
+    #[test]
+    fn a_nat_gateway_route_compiles_to_a_drop_until_the_nat_datapath_exists() {
+        let i = lab();
+        let a = vni(&i, "tenant-a");
+        let (i, _) = i
+            .create_eip_pool(crate::intent::EipPoolSpec {
+                name: Some("pub".into()),
+                cidrs: vec!["203.0.113.0/28".into()],
+                description: None,
+            })
+            .unwrap();
+        let (i, _) = i
+            .create_nat_gateway(crate::intent::NatGatewaySpec {
+                name: Some("gw".into()),
+                vpc: "tenant-a".into(),
+                subnet: "web".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let (i, _) = i
+            .put_route(RouteSpec {
+                vpc: "tenant-a".into(),
+                destination: "0.0.0.0/0".into(),
+                next_hop: NextHop::NatGateway {
+                    nat_gateway: "gw".into(),
+                },
+            })
+            .unwrap();
+        for host in ["h1", "h2"] {
+            let t = compile_host(&i, host);
+            assert_eq!(
+                route(&t, a, "0.0.0.0/0"),
+                Some(NextHopEntry {
+                    kind: NextHopKind::Blackhole as u32,
+                    vni: a,
+                    ip: [0; 4],
+                }),
+                "{host}"
+            );
+            // The subnets' own routes are untouched.
+            assert_eq!(
+                route(&t, a, "10.0.1.0/24").map(|h| h.kind),
+                Some(NextHopKind::Local as u32)
+            );
+        }
     }
 
     #[test]
