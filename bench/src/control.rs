@@ -528,6 +528,7 @@ pub fn topology(vpcs: u32, routes: u32) -> Topology {
         nics,
         peerings: vec![],
         blocklist: vec![],
+        ..Default::default()
     }
 }
 

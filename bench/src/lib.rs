@@ -1,11 +1,13 @@
-//! `sluice-bench`: Sluice's benchmark harness. One module per mode (`micro`, `control`;
-//! `e2e` is not written yet), plus the shared measuring, statistics and reporting pieces.
+//! `sluice-bench`: Sluice's benchmark harness. One module per mode (`micro`, `e2e`,
+//! `control`), plus the shared measuring, statistics and reporting pieces.
 
 pub mod affinity;
 pub mod control;
+pub mod e2e;
 pub mod machine;
 pub mod micro;
 pub mod packets;
 pub mod report;
+pub mod sg;
 pub mod stats;
 pub mod vpc;

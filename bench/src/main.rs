@@ -4,14 +4,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use sluice_bench::{control, micro, report};
+use sluice_bench::{control, e2e, micro, report};
 
 /// Results land in the source tree's bench/results/latest unless --out says otherwise.
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest");
-
-/// Exit code of a mode that is not implemented yet (distinct from a failure, 1).
-const EXIT_NOT_IMPLEMENTED: u8 = 2;
-const NOT_IMPLEMENTED: &str = "not yet implemented: needs the VPC overlay (issue 3)";
 
 #[derive(Parser)]
 #[command(name = "sluice-bench", about = "Benchmarks the Sluice dataplane")]
@@ -24,11 +20,12 @@ struct Cli {
 enum Mode {
     /// Per-packet cost of every datapath path by BPF_PROG_TEST_RUN (needs root).
     Micro(MicroArgs),
-    /// End-to-end traffic between namespaces (not yet implemented: exits 2).
-    E2e,
+    /// Traffic between two VMs on two hosts, Sluice against the kernel's bridge + VXLAN
+    /// (needs root, iperf3).
+    E2e(E2eArgs),
     /// Control-plane latency and scale with a real sluiced in a lab namespace (needs root).
     Control(ControlArgs),
-    /// Every implemented mode: micro with these options, then control (with --quick if given).
+    /// Every mode: micro with these options, then e2e and control (with --quick if given).
     All(MicroArgs),
 }
 
@@ -51,6 +48,32 @@ struct MicroArgs {
     #[arg(long, value_name = "SUBSTRING")]
     only: Vec<String>,
     /// Output directory for micro.json, summary.md and micro.svg.
+    #[arg(long, default_value = DEFAULT_OUT)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct E2eArgs {
+    /// One round of short tests (0.3 s, 300 pings, 1 s of iperf3): proves it works.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds, each running every test for both dataplanes [default: 5, --quick: 1].
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Seconds of UDP generation and of short connections per test; iperf3 runs 5/3 of it,
+    /// rounded [default: 3, --quick: 0.3].
+    #[arg(long)]
+    secs: Option<f64>,
+    /// CPU of the sending ends (generator, clients); the path's softirq work runs there.
+    #[arg(long, default_value_t = e2e::Params::DEFAULT_SENDER_CPU)]
+    sender_cpu: usize,
+    /// CPU of the receiving ends (UDP receiver, servers).
+    #[arg(long, default_value_t = e2e::Params::DEFAULT_RECEIVER_CPU)]
+    receiver_cpu: usize,
+    /// The sluiced binary [default: next to sluice-bench].
+    #[arg(long)]
+    sluiced: Option<PathBuf>,
+    /// Output directory for e2e.json, e2e.svg and the e2e section of summary.md.
     #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
 }
@@ -87,14 +110,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {
         Mode::Micro(args) => run_micro(&args),
-        Mode::E2e => {
-            eprintln!("sluice-bench: {NOT_IMPLEMENTED}");
-            return ExitCode::from(EXIT_NOT_IMPLEMENTED);
-        }
+        Mode::E2e(args) => run_e2e(&args),
         Mode::Control(args) => run_control(&args),
-        Mode::All(args) => {
-            eprintln!("sluice-bench all: skipping e2e ({NOT_IMPLEMENTED})");
-            run_micro(&args).and_then(|()| {
+        Mode::All(args) => run_micro(&args)
+            .and_then(|()| {
+                run_e2e(&E2eArgs {
+                    quick: args.quick,
+                    runs: None,
+                    secs: None,
+                    sender_cpu: e2e::Params::DEFAULT_SENDER_CPU,
+                    receiver_cpu: e2e::Params::DEFAULT_RECEIVER_CPU,
+                    sluiced: None,
+                    out: args.out.clone(),
+                })
+            })
+            .and_then(|()| {
                 run_control(&ControlArgs {
                     quick: args.quick,
                     changes: None,
@@ -105,8 +135,7 @@ fn main() -> ExitCode {
                     sluiced: None,
                     out: args.out.clone(),
                 })
-            })
-        }
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +158,36 @@ fn run_micro(args: &MicroArgs) -> Result<()> {
     print!("{}", report::table_markdown(&result));
     eprintln!(
         "sluice-bench micro: wrote micro.json, summary.md, micro.svg to {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn run_e2e(args: &E2eArgs) -> Result<()> {
+    let params = e2e::Params::new(
+        args.quick,
+        args.runs,
+        args.secs,
+        args.sender_cpu,
+        args.receiver_cpu,
+        args.sluiced.clone(),
+    )?;
+    eprintln!(
+        "sluice-bench e2e: {} rounds, UDP {} s, {} pings, iperf3 {} s, connections {} s; senders on CPU {}, receivers on CPU {}; sluiced {}",
+        params.runs,
+        params.udp_secs,
+        params.pings,
+        params.tcp_secs,
+        params.crr_secs,
+        params.sender_cpu,
+        params.receiver_cpu,
+        params.sluiced.display()
+    );
+    let result = e2e::run(&params, |step| eprintln!("e2e: {step}"))?;
+    report::write_e2e(&result, &args.out)?;
+    print!("{}", report::e2e_markdown(&result));
+    eprintln!(
+        "sluice-bench e2e: wrote e2e.json, e2e.svg and summary.md's e2e section to {}",
         args.out.display()
     );
     Ok(())

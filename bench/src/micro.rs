@@ -24,6 +24,7 @@ use crate::{
     affinity,
     machine::Machine,
     packets,
+    sg::{self, SgInfo, SgScale},
     stats::Summary,
     vpc::{self, Scale},
 };
@@ -68,6 +69,10 @@ pub enum Method {
     /// (few enough that all take the same path). The run's figure is the mean over the
     /// calls; net of a floor measured the same way.
     Fresh { repeat: u32 },
+    /// Paths that must see a flow they never saw (a connection-table insert): many calls
+    /// per run, one repetition each, every call's frame another flow (`PathSpec::vary`).
+    /// Net of the floor measured with one repetition per call.
+    NewFlows,
 }
 
 impl Method {
@@ -82,6 +87,10 @@ impl Method {
                 repeat,
                 calls: params.fresh_packets.div_ceil(repeat).max(1),
             },
+            Method::NewFlows => Plan {
+                repeat: 1,
+                calls: params.fresh_packets.max(1),
+            },
         }
     }
 
@@ -90,12 +99,13 @@ impl Method {
         match self {
             Method::Repeat | Method::RepeatRestored => FLOOR.into(),
             Method::Fresh { repeat } => format!("{FLOOR}_repeat_{repeat}"),
+            Method::NewFlows => format!("{FLOOR}_repeat_1"),
         }
     }
 
     /// Whether the frame left after a run must equal the frame fed in.
     fn frame_must_survive(self) -> bool {
-        !matches!(self, Method::Fresh { .. })
+        !matches!(self, Method::Fresh { .. } | Method::NewFlows)
     }
 
     /// Short form for tables: `repeat 1000000`, `restored 1000000`, `fresh 200 × 20`.
@@ -105,6 +115,7 @@ impl Method {
             Method::Repeat => format!("repeat {}", plan.repeat),
             Method::RepeatRestored => format!("restored {}", plan.repeat),
             Method::Fresh { .. } => format!("fresh {} × {}", plan.repeat, plan.calls),
+            Method::NewFlows => format!("new flows 1 × {}", plan.calls),
         }
     }
 }
@@ -140,7 +151,15 @@ pub struct PathSpec {
     /// (no port, host not configured), where the parse paths and floors run as before
     /// the overlay existed.
     pub scale: Option<Scale>,
+    /// The security-group state the path runs against (an instance of its own, with the
+    /// 10-route VPC tables); wins over `scale`.
+    pub sg: Option<SgScale>,
+    /// For [`Method::NewFlows`]: the frame of the next call, from `frame`.
+    pub vary: Option<NextFrame>,
 }
+
+/// Makes the next call's frame from a path's frame.
+pub type NextFrame = fn(&[u8]) -> Vec<u8>;
 
 /// Every path: the floors first, then the parse paths, then each VPC path at both scales.
 pub fn paths() -> Vec<PathSpec> {
@@ -155,6 +174,8 @@ pub fn paths() -> Vec<PathSpec> {
         reason,
         method: Method::Repeat,
         scale: None,
+        sg: None,
+        vary: None,
     };
     let floor = |method: Method, description: &str| PathSpec {
         name: method.floor_name(),
@@ -276,6 +297,9 @@ pub fn paths() -> Vec<PathSpec> {
         }
     }
     all.append(&mut large);
+    for scale in SgScale::ALL {
+        all.extend(sg::paths(scale));
+    }
     all
 }
 
@@ -374,6 +398,57 @@ pub struct MicroReport {
     pub paths: Vec<PathResult>,
     /// Each VPC path at 100k routes against itself at 10.
     pub scale_ratios: Vec<ScaleRatio>,
+    /// The security-group state the SG paths ran against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sg_scales: Vec<SgInfo>,
+    /// The issue-4 figures: rule-count growth and the established-flow cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sg_targets: Option<SgTargets>,
+}
+
+/// Security-group figures against their targets (net medians, ns per packet): a new
+/// flow with 1,000 rules costs at most 2x one with 1 rule; an established flow costs at
+/// most 40 ns more than the same path on an unfiltered NIC.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SgTargets {
+    pub new_flow_net_1: f64,
+    pub new_flow_net_1000: f64,
+    pub new_flow_ratio: Option<f64>,
+    pub first_packet_net_1: f64,
+    pub first_packet_net_1000: f64,
+    pub first_packet_ratio: Option<f64>,
+    /// `sg_established@1r` and `vpc_local@10`, and the difference of their raw medians
+    /// (the fast path's own cost).
+    pub established_net: f64,
+    pub vpc_local_net: f64,
+    pub established_added: f64,
+    /// `sg_established@1m` net, and `sg_new_flow@1m` net.
+    pub established_net_1m: Option<f64>,
+    pub new_flow_net_1m: Option<f64>,
+}
+
+/// [`SgTargets`] from the results, when every path it needs was measured.
+pub fn sg_targets(results: &[PathResult]) -> Option<SgTargets> {
+    let get = |name: &str| results.iter().find(|r| r.name == name);
+    let (nf1, nf1000) = (get("sg_new_flow@1r")?, get("sg_new_flow@1000r")?);
+    let (fp1, fp1000) = (get("sg_first_packet@1r")?, get("sg_first_packet@1000r")?);
+    let (est, local) = (get("sg_established@1r")?, get("vpc_local@10")?);
+    let ratio = |a: &PathResult, b: &PathResult| {
+        (a.net_ns.median > 0.0).then(|| b.net_ns.median / a.net_ns.median)
+    };
+    Some(SgTargets {
+        new_flow_net_1: nf1.net_ns.median,
+        new_flow_net_1000: nf1000.net_ns.median,
+        new_flow_ratio: ratio(nf1, nf1000),
+        first_packet_net_1: fp1.net_ns.median,
+        first_packet_net_1000: fp1000.net_ns.median,
+        first_packet_ratio: ratio(fp1, fp1000),
+        established_net: est.net_ns.median,
+        vpc_local_net: local.net_ns.median,
+        established_added: est.raw_ns.median - local.raw_ns.median,
+        established_net_1m: get("sg_established@1m").map(|r| r.net_ns.median),
+        new_flow_net_1m: get("sg_new_flow@1m").map(|r| r.net_ns.median),
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -412,6 +487,8 @@ pub struct PathResult {
     /// The floor path whose median `net_ns` subtracts (measured the same way).
     pub floor: String,
     pub scale: Option<Scale>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sg: Option<SgScale>,
     pub ingress_ifindex: u32,
     /// Size of the program after the verifier (eBPF instructions) and after the JIT (bytes;
     /// 0 when the JIT is off).
@@ -440,7 +517,9 @@ bench-only wrapper program that runs the real entry point and moves `data` back,
 encapsulating and decapsulating paths (the figure includes the wrapper); `fresh`: paths that change \
 their frame for good (TTL decrement, ARP reply) run many calls per run, each on a fresh copy with a \
 small repeat (200 for routed paths from TTL 255, 1 for the ARP reply), and the run's figure is the \
-mean over the calls. Every method has its own floor (an empty program measured the same way) and net \
+mean over the calls; `new_flows`: security-group paths that must meet a flow they never saw run \
+one repetition per call, each call's frame another flow (its ports count up), like the ARP reply. \
+Every method has its own floor (an empty program measured the same way) and net \
 figures subtract the median of that floor. One verified warm-up round, then `runs` rounds visiting \
 every path in turn (round-robin, so machine noise spreads over all paths). Every run checks the stats \
 map: exactly repeat × calls packets under the expected reason, nothing else, the expected bytes, \
@@ -486,7 +565,25 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
         });
         instances.push((scale, dp));
     }
+    let mut sg_instances: Vec<(SgScale, Dataplane)> = Vec::new();
+    let mut sg_scales = Vec::new();
+    for scale in SgScale::ALL {
+        if !paths.iter().any(|p| p.sg == Some(scale)) {
+            continue;
+        }
+        progress(&format!("loading the programs and {}", scale.label()));
+        let mut dp = load()?;
+        sg_scales.push(sg::install(&mut dp, scale)?);
+        sg_instances.push((scale, dp));
+    }
     let dp_for = |path: &PathSpec| -> &Dataplane {
+        if let Some(s) = path.sg {
+            return &sg_instances
+                .iter()
+                .find(|(x, _)| *x == s)
+                .expect("one instance per security-group scale")
+                .1;
+        }
         match path.scale {
             None => &plain,
             Some(scale) => {
@@ -513,9 +610,18 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
     // Instances no selected path ran on (`--only`) counted nothing, rightly.
     let used = instances
         .iter()
-        .filter(|(scale, _)| paths.iter().any(|p| p.scale == Some(*scale)))
-        .map(|(_, dp)| dp);
-    for dp in std::iter::once(&plain).chain(used) {
+        .filter(|(scale, _)| {
+            paths
+                .iter()
+                .any(|p| p.scale == Some(*scale) && p.sg.is_none())
+        })
+        .map(|(_, dp)| dp)
+        .chain(sg_instances.iter().map(|(_, dp)| dp));
+    // The plain instance too, unless only floors (which count nothing) ran on it.
+    let plain_used = paths
+        .iter()
+        .any(|p| p.scale.is_none() && p.sg.is_none() && p.reason.is_some());
+    for dp in plain_used.then_some(&plain).into_iter().chain(used) {
         check_all_counted_on(dp, params.cpu)?;
     }
 
@@ -548,6 +654,7 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
                 method_short: path.method.short(params),
                 floor: path.method.floor_name(),
                 scale: path.scale,
+                sg: path.sg,
                 ingress_ifindex: path.ingress_ifindex,
                 program_xlated_insns: info.size_translated().unwrap_or(0) / 8,
                 program_jited_bytes: info.size_jitted(),
@@ -578,6 +685,8 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
         floor_ns,
         scales,
         scale_ratios: scale_ratios(&results),
+        sg_scales,
+        sg_targets: sg_targets(&results),
         paths: results,
     })
 }
@@ -637,8 +746,9 @@ pub fn run_plan(dp: &Dataplane, path: &PathSpec, plan: Plan) -> Result<f64> {
     let mut total_ns = 0.0;
     let before = dp.stats()?;
     for _ in 0..plan.calls {
+        let varied = path.vary.map(|next| next(&path.frame));
         let opts = TestRunOptions {
-            data_in: Some(&path.frame),
+            data_in: Some(varied.as_deref().unwrap_or(&path.frame)),
             data_out: Some(&mut data_out),
             ctx_in: ctx_in.as_ref().map(|c| &c[..]),
             repeat: plan.repeat,
@@ -981,6 +1091,7 @@ mod tests {
             method_short: String::new(),
             floor: FLOOR.into(),
             scale,
+            sg: None,
             ingress_ifindex: 0,
             program_xlated_insns: 0,
             program_jited_bytes: 0,

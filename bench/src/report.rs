@@ -5,12 +5,18 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{Context, Result};
 use plotters::{
+    coord::{
+        ranged1d::{SegmentedCoord, ValueFormatter},
+        types::RangedCoordusize,
+    },
     prelude::*,
     style::text_anchor::{HPos, Pos, VPos},
 };
 
 use crate::{
     control::{self, ControlReport, Dist, StepResult},
+    e2e::{labs::Dataplane, Compared, E2eReport},
+    machine::Machine,
     micro::{MicroReport, PathResult},
     stats::Summary,
     vpc::Scale,
@@ -386,19 +392,33 @@ pub fn splice_section(text: &str, mode: &str, body: &str) -> String {
 
 /// Writes `control.json`, `control.svg` and the control section of `summary.md`.
 pub fn write_control(report: &ControlReport, out_dir: &Path) -> Result<()> {
+    write_mode(
+        out_dir,
+        "control",
+        report,
+        &control_markdown(report),
+        |svg| control_chart_svg(report, svg),
+    )
+}
+
+/// Writes `<mode>.json` (`report`), `<mode>.svg` (by `chart`) and `mode`'s section of
+/// `summary.md` (`markdown`), keeping the other sections.
+fn write_mode<R: serde::Serialize>(
+    out_dir: &Path,
+    mode: &str,
+    report: &R,
+    markdown: &str,
+    chart: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     fs::create_dir_all(out_dir)
         .with_context(|| format!("creating output directory {}", out_dir.display()))?;
     let json = serde_json::to_string_pretty(report)?;
-    write(&out_dir.join("control.json"), &(json + "\n"))?;
+    write(&out_dir.join(format!("{mode}.json")), &(json + "\n"))?;
     let summary = out_dir.join("summary.md");
     let existing = fs::read_to_string(&summary).unwrap_or_default();
-    write(
-        &summary,
-        &splice_section(&existing, "control", &control_markdown(report)),
-    )?;
-    let svg = out_dir.join("control.svg");
-    control_chart_svg(report, &svg).with_context(|| format!("drawing {}", svg.display()))?;
-    Ok(())
+    write(&summary, &splice_section(&existing, mode, markdown))?;
+    let svg = out_dir.join(format!("{mode}.svg"));
+    chart(&svg).with_context(|| format!("drawing {}", svg.display()))
 }
 
 fn yes(ok: bool) -> &'static str {
@@ -453,18 +473,26 @@ fn steps_table(steps: &[StepResult], scale: f64, unit: &str) -> String {
     s
 }
 
-/// The control section of summary.md (also printed by the mode).
-pub fn control_markdown(r: &ControlReport) -> String {
-    let m = &r.machine;
-    let p = &r.params;
+/// What a mode run with a real `sluiced` says about itself at the top of its section.
+struct RunHeader<'a> {
+    mode: &'a str,
+    date_utc: &'a str,
+    git_commit: Option<&'a str>,
+    machine: &'a Machine,
+    sluiced: &'a Path,
+    sluiced_debug_build: bool,
+    bench_debug_build: bool,
+    /// Why a debug build of the harness matters for this mode.
+    bench_debug_note: &'a str,
+}
+
+/// Title, date, source, machine and the builds of `sluiced` and the harness.
+fn run_header(h: &RunHeader) -> String {
+    let m = h.machine;
     let mut s = String::new();
-    let _ = writeln!(s, "# sluice-bench control\n");
-    let _ = writeln!(s, "- date: {}", r.date_utc);
-    let _ = writeln!(
-        s,
-        "- source: {}",
-        r.git_commit.as_deref().unwrap_or("unknown commit")
-    );
+    let _ = writeln!(s, "# sluice-bench {}\n", h.mode);
+    let _ = writeln!(s, "- date: {}", h.date_utc);
+    let _ = writeln!(s, "- source: {}", h.git_commit.unwrap_or("unknown commit"));
     let _ = writeln!(
         s,
         "- machine: {} ({} CPUs), kernel {} {}; load average at start: {}",
@@ -473,18 +501,34 @@ pub fn control_markdown(r: &ControlReport) -> String {
     let _ = writeln!(
         s,
         "- sluiced: {}{}; harness{}",
-        p.sluiced.display(),
-        if r.sluiced_debug_build {
+        h.sluiced.display(),
+        if h.sluiced_debug_build {
             " (**debug build**: not for publishing)"
         } else {
             ""
         },
-        if r.bench_debug_build {
-            " **debug build** (the in-process figures are not for publishing)"
+        if h.bench_debug_build {
+            format!(" **debug build** ({})", h.bench_debug_note)
         } else {
-            " optimised"
+            " optimised".to_string()
         }
     );
+    s
+}
+
+/// The control section of summary.md (also printed by the mode).
+pub fn control_markdown(r: &ControlReport) -> String {
+    let p = &r.params;
+    let mut s = run_header(&RunHeader {
+        mode: "control",
+        date_utc: &r.date_utc,
+        git_commit: r.git_commit.as_deref(),
+        machine: &r.machine,
+        sluiced: &p.sluiced,
+        sluiced_debug_build: r.sluiced_debug_build,
+        bench_debug_build: r.bench_debug_build,
+        bench_debug_note: "the in-process figures are not for publishing",
+    });
     let _ = writeln!(
         s,
         "- parameters: {} changes on 1 VPC, {} at scale; scale intent {} VPCs x {} custom routes ({} routes in the trie); {} runs{}; watcher pause {} µs",
@@ -787,6 +831,407 @@ fn control_chart_svg(r: &ControlReport, out: &Path) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// e2e
+// ---------------------------------------------------------------------------------------
+
+/// Writes `e2e.json`, `e2e.svg` and the e2e section of `summary.md`.
+pub fn write_e2e(report: &E2eReport, out_dir: &Path) -> Result<()> {
+    write_mode(out_dir, "e2e", report, &e2e_markdown(report), |svg| {
+        e2e_chart_svg(report, svg)
+    })
+}
+
+/// A figure with the precision its size needs.
+fn sig(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn spread(s: &Summary) -> String {
+    format!("{} ({}–{})", sig(s.median), sig(s.min), sig(s.max))
+}
+
+/// The e2e section of summary.md (also printed by the mode).
+pub fn e2e_markdown(r: &E2eReport) -> String {
+    let p = &r.params;
+    let mut s = run_header(&RunHeader {
+        mode: "e2e",
+        date_utc: &r.date_utc,
+        git_commit: r.git_commit.as_deref(),
+        machine: &r.machine,
+        sluiced: &p.sluiced,
+        sluiced_debug_build: r.sluiced_debug_build,
+        bench_debug_build: r.bench_debug_build,
+        bench_debug_note:
+            "its own threads, generator and receivers, are slower: not for publishing",
+    });
+    let _ = writeln!(s, "- load average at the end: {}", r.loadavg_at_end);
+    let _ = writeln!(
+        s,
+        "- {} round(s){}: UDP {} s, {} pings, iperf3 {} s, short connections {} s per test; senders pinned to CPU {}, receivers to CPU {}; VNI {}; labs {}",
+        p.runs,
+        if p.quick { " (--quick)" } else { "" },
+        p.udp_secs,
+        p.pings,
+        p.tcp_secs,
+        p.crr_secs,
+        p.sender_cpu,
+        p.receiver_cpu,
+        r.vni,
+        r.labs.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "\n## Sluice against the kernel (median, min–max over rounds)\n"
+    );
+    s.push_str(
+        "| test | unit | Sluice | kernel | Sluice ÷ kernel | better |\n|---|---|--:|--:|--:|---|\n",
+    );
+    for c in &r.comparisons {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.metric,
+            c.unit,
+            spread(&c.sluice),
+            spread(&c.kernel),
+            c.ratio.as_ref().map_or("n/a".into(), spread),
+            if c.higher_is_better {
+                "higher"
+            } else {
+                "lower"
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nRatios are taken per round (the two dataplanes measured back to back), then summarised."
+    );
+
+    let _ = writeln!(s, "\n## UDP, 64-byte frames, per round\n");
+    s.push_str("| round | dataplane | sent Mpps | arrived at rx NIC Mpps | received Mpps | loss % | socket buffer overflows | path: sender host / receiver host / drops |\n|--:|---|--:|--:|--:|--:|--:|---|\n");
+    for u in &r.udp {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {} / {} / {} |",
+            u.run,
+            u.dataplane.name(),
+            u.offered_pps / 1e6,
+            u.arrived_pps / 1e6,
+            u.received_pps / 1e6,
+            u.loss * 100.0,
+            u.rcvbuf_errors,
+            u.path.sender_host,
+            u.path.receiver_host,
+            u.path.drops
+        );
+    }
+    let _ = writeln!(s, "\n## UDP ping-pong RTT (µs), per round\n");
+    s.push_str("| round | dataplane | n | lost | min | p50 | p99 | p99.9 | max |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|\n");
+    for l in &r.latency {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            l.run,
+            l.dataplane.name(),
+            l.n,
+            l.lost,
+            l.min_us,
+            l.p50_us,
+            l.p99_us,
+            l.p999_us,
+            l.max_us
+        );
+    }
+    let _ = writeln!(s, "\n## TCP, per round\n");
+    s.push_str("| round | dataplane | iperf3 Gbit/s | retransmits | connections/s | connections | failed |\n|--:|---|--:|--:|--:|--:|--:|\n");
+    for t in &r.tcp {
+        let c = r
+            .crr
+            .iter()
+            .find(|c| c.run == t.run && c.dataplane == t.dataplane);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {} | {} | {} | {} |",
+            t.run,
+            t.dataplane.name(),
+            t.gbit_per_s,
+            t.retransmits,
+            c.map_or("-".into(), |c| format!("{:.0}", c.per_second)),
+            c.map_or("-".into(), |c| c.connections.to_string()),
+            c.map_or("-".into(), |c| c.failures.to_string()),
+        );
+    }
+    let md = &r.method;
+    let _ = writeln!(s, "\n## Method\n");
+    for (what, text) in [
+        ("Topology", &md.topology),
+        ("Generator", &md.generator),
+        ("Receiver", &md.receiver),
+        ("Latency", &md.latency),
+        ("TCP throughput", &md.tcp),
+        ("Connections", &md.crr),
+        ("CPUs", &md.cpus),
+        ("Rounds", &md.rounds),
+    ] {
+        let _ = writeln!(s, "- **{what}.** {text}");
+    }
+    let _ = writeln!(
+        s,
+        "\nAfter teardown no namespace of the labs was left (`ip netns list` checked)."
+    );
+    s
+}
+
+const SLUICE_COLOUR: RGBColor = RGBColor(0x2f, 0x9e, 0x44);
+const KERNEL_COLOUR: RGBColor = RGBColor(0x7a, 0x7a, 0x7a);
+
+/// One panel: for each group two bars (Sluice, kernel), each a median with a min–max
+/// whisker; bar `2g` is group `g`'s Sluice figure, `2g + 1` its kernel one.
+fn e2e_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    unit: &str,
+    groups: &[(&str, &Compared)],
+    log_scale: bool,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let bars: Vec<(String, Dataplane, Summary)> = groups
+        .iter()
+        .flat_map(|(g, c)| {
+            [(Dataplane::Sluice, c.sluice), (Dataplane::Kernel, c.kernel)]
+                .into_iter()
+                .map(move |(dp, v)| {
+                    let label = if groups.len() == 1 {
+                        dp.name().to_string()
+                    } else {
+                        format!("{g} {}", dp.name())
+                    };
+                    (label, dp, v)
+                })
+        })
+        .collect();
+    let n = bars.len();
+    let top = bars
+        .iter()
+        .map(|(_, _, v)| v.max.max(v.median))
+        .fold(0.0_f64, f64::max)
+        .max(1e-9);
+    let floor = bars
+        .iter()
+        .map(|(_, _, v)| v.min)
+        .fold(f64::INFINITY, f64::min)
+        .max(1e-9);
+    // Log scale: bars start at a third of the smallest figure; whiskers and labels stay
+    // inside. Linear: from 0, with room for the labels.
+    let (y_min, y_max) = if log_scale {
+        (floor / 3.0, top * 6.0)
+    } else {
+        (0.0, top * 1.2)
+    };
+    let y = |v: f64| v.max(y_min);
+    let above = |v: f64| {
+        if log_scale {
+            v * 1.08
+        } else {
+            v + y_max * 0.01
+        }
+    };
+    let builder = |area| {
+        let mut b = ChartBuilder::on(area);
+        b.caption(title, ("sans-serif", 17))
+            .margin(14)
+            .x_label_area_size(30)
+            .y_label_area_size(64);
+        b
+    };
+    // Segments 0..n-1 (plus the axis end): one per bar.
+    let x = (0..n.saturating_sub(1)).into_segmented();
+    if log_scale {
+        let chart = builder(area).build_cartesian_2d(x, (y_min..y_max).log_scale())?;
+        e2e_bars(chart, &bars, unit, y, above)
+    } else {
+        let chart = builder(area).build_cartesian_2d(x, y_min..y_max)?;
+        e2e_bars(chart, &bars, unit, y, above)
+    }
+}
+
+/// Draws [`e2e_panel`]'s bars, whiskers, labels and legend on either kind of y axis.
+fn e2e_bars<'a, DB: DrawingBackend + 'a, Y>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<SegmentedCoord<RangedCoordusize>, Y>>,
+    bars: &[(String, Dataplane, Summary)],
+    unit: &str,
+    y: impl Fn(f64) -> f64,
+    above: impl Fn(f64) -> f64,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len())
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                bars.get(*i).map(|b| b.0.clone()).unwrap_or_default()
+            }
+            SegmentValue::Last => String::new(),
+        })
+        .y_desc(unit)
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 14))
+        .draw()?;
+    for (dp, colour) in [
+        (Dataplane::Sluice, SLUICE_COLOUR),
+        (Dataplane::Kernel, KERNEL_COLOUR),
+    ] {
+        let rects = bars
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.1 == dp)
+            .map(|(i, b)| {
+                let mut r = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), y(0.0)),
+                        (SegmentValue::Exact(i + 1), y(b.2.median)),
+                    ],
+                    colour.filled(),
+                );
+                r.set_margin(0, 0, 10, 10);
+                r
+            });
+        chart
+            .draw_series(rects)?
+            .label(dp.name())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
+    }
+    chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
+        PathElement::new(
+            vec![
+                (SegmentValue::CenterOf(i), y(b.2.min)),
+                (SegmentValue::CenterOf(i), y(b.2.max)),
+            ],
+            BLACK.stroke_width(2),
+        )
+    }))?;
+    let label_style =
+        TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
+        Text::new(
+            sig(b.2.median),
+            (SegmentValue::CenterOf(i), above(y(b.2.max.max(b.2.median)))),
+            label_style.clone(),
+        )
+    }))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// Four panels: UDP packet rate, ping-pong RTT percentiles, TCP throughput, connections.
+fn e2e_chart_svg(r: &E2eReport, out: &Path) -> Result<()> {
+    let find = |metric: &str| {
+        r.comparisons
+            .iter()
+            .find(|c| c.metric == metric)
+            .with_context(|| format!("no {metric} comparison"))
+    };
+    let root = SVGBackend::new(out, (1100, 820)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(56);
+    for (i, line) in [
+        format!(
+            "sluice-bench e2e: Sluice against the kernel's bridge + VXLAN, VM to VM across two hosts; median of {} round(s), whiskers min–max",
+            r.params.runs
+        ),
+        format!(
+            "{} ({} CPUs), kernel {}; senders pinned to CPU {}, receivers to CPU {}; {}",
+            r.machine.cpu_model,
+            r.machine.nproc,
+            r.machine.kernel_release,
+            r.params.sender_cpu,
+            r.params.receiver_cpu,
+            r.date_utc
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        top.draw(&Text::new(
+            line.clone(),
+            (14, 10 + 22 * i as i32),
+            ("sans-serif", 16).into_font(),
+        ))?;
+    }
+    let panels = body.split_evenly((2, 2));
+    let ratio = |c: &Compared| match &c.ratio {
+        Some(r) => format!("Sluice ÷ kernel {:.2}", r.median),
+        None => "no ratio".into(),
+    };
+    let (sent, arrived, recv) = (
+        find("UDP sent")?,
+        find("UDP arrived at rx NIC")?,
+        find("UDP received")?,
+    );
+    e2e_panel(
+        &panels[0],
+        &format!(
+            "UDP, 64-byte frames, generator flat out (received: {})",
+            ratio(recv)
+        ),
+        "Mpps",
+        &[("sent", sent), ("arrived", arrived), ("received", recv)],
+        false,
+    )?;
+    let (p50, p99, p999) = (
+        find("latency p50")?,
+        find("latency p99")?,
+        find("latency p99.9")?,
+    );
+    e2e_panel(
+        &panels[1],
+        &format!("UDP ping-pong RTT, log scale (p50: {})", ratio(p50)),
+        "µs",
+        &[("p50", p50), ("p99", p99), ("p99.9", p999)],
+        true,
+    )?;
+    let tcp = find("TCP throughput")?;
+    e2e_panel(
+        &panels[2],
+        &format!("TCP throughput, iperf3 ({})", ratio(tcp)),
+        "Gbit/s",
+        &[("1 stream", tcp)],
+        false,
+    )?;
+    let crr = find("TCP connections")?;
+    e2e_panel(
+        &panels[3],
+        &format!("TCP connections per second ({})", ratio(crr)),
+        "connections/s",
+        &[("connect, 1 B each way, close", crr)],
+        false,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod section_tests {
     use super::*;
@@ -820,5 +1265,171 @@ mod section_tests {
             marked_sections("<!-- sluice-bench control: begin -->\nx"),
             ""
         );
+    }
+}
+
+#[cfg(test)]
+mod e2e_tests {
+    use super::*;
+    use crate::e2e::{labs::PathCounters, CrrRun, LatencyRun, Method, Params, TcpRun, UdpRun};
+
+    fn summary(v: f64) -> Summary {
+        Summary {
+            median: v,
+            min: v * 0.9,
+            max: v * 1.1,
+        }
+    }
+
+    fn compared(metric: &str, unit: &str, s: f64, k: f64) -> Compared {
+        Compared {
+            metric: metric.into(),
+            unit: unit.into(),
+            higher_is_better: !matches!(unit, "µs" | "%"),
+            sluice: summary(s),
+            kernel: summary(k),
+            ratio: (k != 0.0).then(|| summary(s / k)),
+        }
+    }
+
+    pub fn sample() -> E2eReport {
+        let dp = [Dataplane::Sluice, Dataplane::Kernel];
+        let text = String::from("text");
+        E2eReport {
+            mode: "e2e".into(),
+            date_utc: "2026-12-03T00:00:00Z".into(),
+            git_commit: Some("abc".into()),
+            machine: crate::machine::Machine::collect(),
+            loadavg_at_end: "0.50 0.40 0.30 1/100 1".into(),
+            params: Params {
+                quick: true,
+                runs: 1,
+                udp_secs: 0.3,
+                pings: 300,
+                ping_warmup: 20,
+                tcp_secs: 1.0,
+                crr_secs: 0.3,
+                sender_cpu: 1,
+                receiver_cpu: 0,
+                sluiced: "/x/release/sluiced".into(),
+            },
+            bench_debug_build: false,
+            sluiced_debug_build: false,
+            method: Method {
+                topology: text.clone(),
+                generator: text.clone(),
+                receiver: text.clone(),
+                latency: text.clone(),
+                tcp: text.clone(),
+                crr: text.clone(),
+                cpus: text.clone(),
+                rounds: text,
+            },
+            labs: vec!["sl0001".into(), "sl0002".into()],
+            leftover_namespaces: vec![],
+            vni: 1,
+            comparisons: vec![
+                compared("UDP sent", "Mpps", 1.2, 0.4),
+                compared("UDP arrived at rx NIC", "Mpps", 1.15, 0.4),
+                compared("UDP received", "Mpps", 1.1, 0.4),
+                compared("UDP loss", "%", 2.0, 0.0),
+                compared("latency p50", "µs", 40.0, 50.0),
+                compared("latency p99", "µs", 90.0, 120.0),
+                compared("latency p99.9", "µs", 900.0, 2000.0),
+                compared("TCP throughput", "Gbit/s", 1.5, 2.0),
+                compared("TCP connections", "per s", 5000.0, 4000.0),
+            ],
+            udp: dp
+                .iter()
+                .map(|d| UdpRun {
+                    run: 0,
+                    dataplane: *d,
+                    sent: 100,
+                    secs: 1.0,
+                    offered_pps: 100.0,
+                    received: 99,
+                    received_pps: 99.0,
+                    loss: 0.01,
+                    arrived_nic: 99,
+                    arrived_pps: 99.0,
+                    rcvbuf_errors: 0,
+                    foreign: 0,
+                    path: PathCounters::default(),
+                })
+                .collect(),
+            latency: dp
+                .iter()
+                .map(|d| LatencyRun {
+                    run: 0,
+                    dataplane: *d,
+                    n: 300,
+                    lost: 0,
+                    min_us: 30.0,
+                    p50_us: 40.0,
+                    p99_us: 90.0,
+                    p999_us: 900.0,
+                    max_us: 1000.0,
+                })
+                .collect(),
+            tcp: dp
+                .iter()
+                .map(|d| TcpRun {
+                    run: 0,
+                    dataplane: *d,
+                    gbit_per_s: 1.5,
+                    retransmits: 0,
+                })
+                .collect(),
+            crr: dp
+                .iter()
+                .map(|d| CrrRun {
+                    run: 0,
+                    dataplane: *d,
+                    connections: 1500,
+                    failures: 0,
+                    secs: 0.3,
+                    per_second: 5000.0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn e2e_files_are_written_and_other_sections_kept() {
+        let dir = std::env::temp_dir().join(format!("sluice-e2e-report-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let summary = splice_section("# micro\n", "control", "control body");
+        fs::write(dir.join("summary.md"), summary).unwrap();
+        let r = sample();
+        write_e2e(&r, &dir).unwrap();
+        let back: E2eReport =
+            serde_json::from_str(&fs::read_to_string(dir.join("e2e.json")).unwrap()).unwrap();
+        // (Floats may differ in the last bit after the round trip.)
+        assert_eq!(back.comparisons.len(), r.comparisons.len());
+        assert_eq!((&back.udp, &back.tcp, &back.crr), (&r.udp, &r.tcp, &r.crr));
+        let md = fs::read_to_string(dir.join("summary.md")).unwrap();
+        assert!(md.starts_with("# micro"), "{md}");
+        assert!(md.contains("control body"));
+        assert!(md.contains("<!-- sluice-bench e2e: begin -->"));
+        // Loss has no ratio when the kernel lost nothing.
+        assert!(
+            md.contains("| UDP loss | % | 2.00 (1.80–2.20) | 0.000 (0.000–0.000) | n/a | lower |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| UDP received | Mpps | 1.10 (0.990–1.21)"),
+            "{md}"
+        );
+        let svg = fs::read_to_string(dir.join("e2e.svg")).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("p99.9 kernel"),
+            "not the chart"
+        );
+        // Written twice, the section is replaced, not repeated.
+        write_e2e(&r, &dir).unwrap();
+        let md = fs::read_to_string(dir.join("summary.md")).unwrap();
+        assert_eq!(md.matches("e2e: begin").count(), 1);
+        fs::remove_dir_all(&dir).ok();
     }
 }

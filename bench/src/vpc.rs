@@ -524,6 +524,8 @@ pub fn paths(scale: Scale) -> Vec<PathSpec> {
         reason: Some(reason),
         method,
         scale: Some(scale),
+        sg: None,
+        vary: None,
     };
     let fresh = |repeat| Method::Fresh { repeat };
     let mut out = vec![

@@ -1,5 +1,6 @@
 //! The harness runs end to end in --quick mode and writes complete results. Proves the
-//! harness works (every path verified against the stats map); asserts no timing.
+//! harness works (micro: every path verified against the stats map; e2e: traffic flowed
+//! along the path under test and the labs are gone); asserts no timing.
 mod support;
 
 use std::{path::PathBuf, process::Command};
@@ -27,6 +28,20 @@ const EXPECTED: [(&str, Option<&str>); 14] = [
         Some("drop_vxlan_bad_flags"),
     ),
     ("vpc_local_wrapped@10", Some("fwd_local")),
+];
+
+/// The security-group paths (all `fwd_local`) with their method kind.
+const EXPECTED_SG: [(&str, &str); 10] = [
+    ("sg_new_flow@1r", "new_flows"),
+    ("sg_first_packet@1r", "repeat"),
+    ("sg_established@1r", "repeat"),
+    ("sg_new_flow@100r", "new_flows"),
+    ("sg_first_packet@100r", "repeat"),
+    ("sg_new_flow@1000r", "new_flows"),
+    ("sg_first_packet@1000r", "repeat"),
+    ("sg_established@1000r", "repeat"),
+    ("sg_new_flow@1m", "new_flows"),
+    ("sg_established@1m", "repeat"),
 ];
 
 /// The VPC paths, each measured at both scales (`@10`, `@100k`), with their reason and
@@ -100,6 +115,10 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
             expected.push((name, Some(reason.to_string())));
         }
     }
+    for (name, method) in EXPECTED_SG {
+        assert_eq!(find(name)["method"]["kind"], method, "{name}");
+        expected.push((name.to_string(), Some("fwd_local".into())));
+    }
     for (name, reason) in &expected {
         let path = find(name);
         assert_eq!(
@@ -149,6 +168,19 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
     }
     assert_eq!(ratios.len(), EXPECTED_VPC.len());
 
+    // The security-group instances, and the figures against the issue-4 targets.
+    let sg_rules: Vec<f64> = report["sg_scales"]
+        .as_array()
+        .expect("sg_scales is a list")
+        .iter()
+        .map(|s| number(&s["rules"], "rules"))
+        .collect();
+    assert_eq!(sg_rules, [1.0, 100.0, 1000.0, 1.0]);
+    let t = &report["sg_targets"];
+    for k in ["new_flow_net_1", "new_flow_net_1000", "established_added"] {
+        number(&t[k], k);
+    }
+
     for file in ["summary.md", "micro.svg"] {
         let len = std::fs::metadata(out.join(file))
             .unwrap_or_else(|e| panic!("{file}: {e}"))
@@ -169,20 +201,181 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// A Summary over rounds: min ≤ median ≤ max.
+fn check_summary(s: &Value, what: &str) {
+    let (min, med, max) = (
+        number(&s["min"], what),
+        number(&s["median"], what),
+        number(&s["max"], what),
+    );
+    assert!(min <= med && med <= max, "{what}: {s}");
+}
+
+/// Every comparison e2e reports, Sluice against the kernel.
+const E2E_METRICS: [&str; 9] = [
+    "UDP sent",
+    "UDP arrived at rx NIC",
+    "UDP received",
+    "UDP loss",
+    "latency p50",
+    "latency p99",
+    "latency p99.9",
+    "TCP throughput",
+    "TCP connections",
+];
+
 #[test]
-fn e2e_exits_2_as_not_yet_implemented() {
-    // `control` is implemented: tests/control.rs runs it (a bare `control` would run the full
-    // benchmark into bench/results/latest).
+fn e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace() {
+    if !support::privileged("e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace") {
+        return;
+    }
+    let out = scratch_dir("e2e");
+    // A summary.md from another mode must keep its content.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("summary.md"),
+        "# sluice-bench micro\n\nmicro table\n",
+    )
+    .unwrap();
     let run = Command::new(BIN)
-        .arg("e2e")
+        .args(["e2e", "--quick", "--out"])
+        .arg(&out)
         .output()
         .expect("run sluice-bench");
-    assert_eq!(run.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
-        stderr.contains("not yet implemented: needs the VPC overlay (issue 3)"),
-        "{stderr}"
+        run.status.success(),
+        "sluice-bench e2e --quick failed ({}):\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
     );
+
+    let json = std::fs::read_to_string(out.join("e2e.json")).expect("e2e.json written");
+    let r: Value = serde_json::from_str(&json).expect("e2e.json parses");
+    assert_eq!(r["mode"], "e2e");
+    let p = &r["params"];
+    assert_eq!(p["quick"], true);
+    let rounds = p["runs"].as_u64().expect("runs");
+    let pings = p["pings"].as_u64().expect("pings");
+    assert!(rounds >= 1 && pings >= 1, "{p}");
+    assert_ne!(p["sender_cpu"], p["receiver_cpu"]);
+    assert!(r["machine"]["kernel_release"].as_str().is_some());
+
+    // Both labs were torn down: none of their namespaces is left.
+    let labs: Vec<String> = r["labs"]
+        .as_array()
+        .expect("labs")
+        .iter()
+        .map(|l| l.as_str().expect("lab name").to_string())
+        .collect();
+    assert_eq!(labs.len(), 2);
+    assert_eq!(r["leftover_namespaces"].as_array().map(Vec::len), Some(0));
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    for lab in &labs {
+        assert!(
+            !netns.contains(&format!("{lab}-")),
+            "namespaces of lab {lab} left:\n{netns}"
+        );
+    }
+
+    let comparisons = r["comparisons"].as_array().expect("comparisons");
+    for metric in E2E_METRICS {
+        let c = comparisons
+            .iter()
+            .find(|c| c["metric"] == metric)
+            .unwrap_or_else(|| panic!("no comparison {metric}"));
+        check_summary(&c["sluice"], metric);
+        check_summary(&c["kernel"], metric);
+        if !c["ratio"].is_null() {
+            check_summary(&c["ratio"], metric);
+        }
+    }
+    assert_eq!(comparisons.len(), E2E_METRICS.len());
+
+    for dataplane in ["sluice", "kernel"] {
+        let of = |test: &str| -> Vec<Value> {
+            r[test]
+                .as_array()
+                .unwrap_or_else(|| panic!("{test} is a list"))
+                .iter()
+                .filter(|x| x["dataplane"] == dataplane)
+                .cloned()
+                .collect()
+        };
+        let udp = of("udp");
+        assert_eq!(udp.len() as u64, rounds, "{dataplane} UDP runs");
+        for u in &udp {
+            let (sent, received) = (
+                number(&u["sent"], "sent"),
+                number(&u["received"], "received"),
+            );
+            // Traffic flowed, along the path under test, and nothing foreign was counted.
+            assert!(received > 0.0 && received <= sent, "{dataplane}: {u}");
+            assert!(
+                number(&u["path"]["sender_host"], "sender_host") >= received,
+                "{u}"
+            );
+            assert!(
+                number(&u["path"]["receiver_host"], "receiver_host") >= received,
+                "{u}"
+            );
+            assert_eq!(u["foreign"], 0, "{u}");
+        }
+        let latency = of("latency");
+        assert_eq!(latency.len() as u64, rounds);
+        for l in &latency {
+            let n = l["n"].as_u64().unwrap() + l["lost"].as_u64().unwrap();
+            assert_eq!(n, pings, "{dataplane}: {l}");
+            let v: Vec<f64> = ["min_us", "p50_us", "p99_us", "p999_us", "max_us"]
+                .iter()
+                .map(|k| number(&l[k], k))
+                .collect();
+            assert!(v.windows(2).all(|w| w[0] <= w[1]), "{dataplane}: {l}");
+        }
+        let tcp = of("tcp");
+        assert_eq!(tcp.len() as u64, rounds);
+        assert!(tcp.iter().all(|t| number(&t["gbit_per_s"], "gbit") > 0.0));
+        let crr = of("crr");
+        assert_eq!(crr.len() as u64, rounds);
+        assert!(
+            crr.iter().all(|c| c["connections"].as_u64() > Some(0)),
+            "{crr:?}"
+        );
+    }
+
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.starts_with("# sluice-bench micro"), "{summary}");
+    for needle in [
+        "<!-- sluice-bench e2e: begin -->",
+        "Sluice ÷ kernel",
+        "UDP received",
+        "latency p99.9",
+    ] {
+        assert!(summary.contains(needle), "{needle} missing:\n{summary}");
+    }
+    let svg = std::fs::read_to_string(out.join("e2e.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "not an SVG");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn e2e_refuses_one_cpu_for_both_ends() {
+    let run = Command::new(BIN)
+        .args([
+            "e2e",
+            "--quick",
+            "--sender-cpu",
+            "0",
+            "--receiver-cpu",
+            "0",
+            "--out",
+        ])
+        .arg(scratch_dir("e2e-bad-args"))
+        .output()
+        .expect("run sluice-bench");
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("both 0"), "{stderr}");
 }
 
 #[test]

@@ -21,6 +21,8 @@ fn spec(frame: Vec<u8>, action: u32, reason: Option<Reason>) -> PathSpec {
         reason,
         method: Method::Repeat,
         scale: None,
+        sg: None,
+        vary: None,
     }
 }
 

@@ -37,6 +37,18 @@
 //! Time is `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC). `last_seen_ns` is written only
 //! when it is [`CT_TOUCH_NS`] old, so a busy flow dirties its entry once a second, not per
 //! packet; timeouts are therefore accurate to a second.
+//!
+//! Fast path. Most packets of a live flow change nothing: an established TCP segment
+//! without SYN/FIN/RST, a datagram whose reply was seen. For those the datapath does one
+//! lookup and compares the entry's policy ids and the `touched` jiffies the full path last
+//! wrote ([`CT_FRESH_JIFFIES`], at most a second: such an entry cannot have expired, as
+//! timeouts are at least [`CT_TOUCH_NS`]); no clock read, no write. Everything else (new
+//! flows, state changes, a changed policy id, an entry idle for a while, ICMP) takes the
+//! full path.
+//!
+//! An end that is not a filtered NIC of this host (remote, or its slot lacks
+//! `NIC_SG_ENFORCED`) is recorded as ifindex 0 and policy 0: when it becomes a filtered
+//! local NIC, the ifindex differs and the flow is re-checked.
 
 use crate::vpc::Ipv4;
 
@@ -399,11 +411,7 @@ impl CtCount {
             del = del.wrapping_add(slots[i].deleted);
             i += 1;
         }
-        if del > ins {
-            0
-        } else {
-            ins - del
-        }
+        ins.saturating_sub(del)
     }
 }
 
@@ -587,6 +595,16 @@ mod tests {
         assert_eq!(e.last_seen_ns, 5);
         e.touch(5 + CT_TOUCH_NS);
         assert_eq!(e.last_seen_ns, 5 + CT_TOUCH_NS);
+    }
+
+    #[test]
+    fn every_security_group_and_connection_map_is_pinned() {
+        for name in maps::ALL.iter().chain(crate::sg::maps::ALL.iter()) {
+            assert!(
+                crate::maps::ALL.contains(name),
+                "{name} missing from maps::ALL"
+            );
+        }
     }
 
     #[test]

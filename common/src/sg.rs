@@ -239,8 +239,9 @@ impl NicSg {
     }
 }
 
-/// Recorded in a connection entry for a side that was not filtered when admitted: when
-/// filtering starts, the id differs and the flow is re-checked. Never a compiled id.
+/// What [`NicSg::version`] says of an unfiltered slot; never a compiled id. (Connection
+/// entries record an unfiltered end as ifindex 0 instead, which differs just the same once
+/// filtering starts, so the flow is re-checked.)
 pub const POLICY_UNENFORCED: u64 = u64::MAX;
 
 /// Data of a [`maps::REMOTES`] key: the policy id (big-endian, so the first 64 prefix

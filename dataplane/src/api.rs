@@ -119,6 +119,15 @@ impl ApiState {
         }
     }
 
+    /// Export the connection table's counts (entries, inserts, failures, evictions,
+    /// collections) in `/metrics`, read from the kernel at scrape time.
+    pub fn with_conntrack(self, source: Arc<dyn metrics::ConntrackSource>) -> Self {
+        self.registry
+            .register(Box::new(metrics::ConntrackCollector::new(source)))
+            .expect("the conntrack collector registers once");
+        self
+    }
+
     /// Serve the intent API of `controller` too, and report its generation.
     pub fn with_controller(mut self, controller: Arc<Controller>) -> Self {
         self.controller = Some(controller);

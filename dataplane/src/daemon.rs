@@ -112,7 +112,8 @@ async fn serve(config: Config) -> Result<()> {
     }
     let configured = interfaces.iter().map(|i| i.name.clone()).collect();
     let dataplane = Arc::new(Mutex::new(dataplane));
-    let mut state = ApiState::new(dataplane.clone(), config.pin_dir.clone(), interfaces);
+    let mut state = ApiState::new(dataplane.clone(), config.pin_dir.clone(), interfaces)
+        .with_conntrack(dataplane.clone());
     if let Some(c) = &controller {
         log::info!(
             "controller: intent store {} at generation {}",

@@ -347,6 +347,8 @@ fn daemon_counts_traffic_survives_restart_and_detaches_on_exit() {
     );
     assert!(metric(&api, "sluice_bytes_total{reason=\"pass_ipv4\"}") >= scraped * 34);
     assert_eq!(metric(&api, "sluice_interfaces_attached"), 1);
+    // The connection table is exported; this NIC has no security groups, so it holds nothing.
+    assert_eq!(metric(&api, "sluice_conntrack_entries"), 0);
 
     // SIGTERM with keep: the socket goes, XDP and the pinned counters stay and keep counting.
     assert!(daemon.stop().success());

@@ -254,7 +254,10 @@ pub fn insert(sc: &Scratch) -> Result<(), InsertError> {
         event(CtEvent::Full);
         return Err(InsertError::Full);
     }
-    match CT.insert(&sc.key, &sc.entry, BPF_NOEXIST as u64) {
+    // By reference: by value, the key and entry would be copied to the stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let res = CT.insert(&sc.key, &sc.entry, BPF_NOEXIST as u64);
+    match res {
         Ok(()) => {
             count(false);
             event(CtEvent::Inserted);

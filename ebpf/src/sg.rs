@@ -70,19 +70,19 @@ fn nic(ifindex: u32) -> Option<&'static NicSg> {
 /// lookups unless an end is filtered.
 #[inline(always)]
 pub fn check(ctx: &XdpContext, pkt: &Packet, ends: &Ends) -> Result<(), Reason> {
-    let sender = nic(ends.sender_ifindex);
-    let receiver = nic(ends.receiver_ifindex);
-    if sender.is_none() && receiver.is_none() {
+    let s = End::of(ends.sender_ifindex);
+    let r = End::of(ends.receiver_ifindex);
+    if s.ifindex == 0 && r.ifindex == 0 {
         return Ok(());
     }
     // Ends in two VNIs (a peering) take two entries: always the full check.
-    if sender.is_none() || receiver.is_none() || ends.sender_vni == ends.receiver_vni {
-        let (vni, s, r) = match (sender, receiver) {
-            (Some(_), Some(_)) => (ends.sender_vni, ends.sender_ifindex, ends.receiver_ifindex),
-            (Some(_), None) => (ends.sender_vni, ends.sender_ifindex, 0),
-            _ => (ends.receiver_vni, 0, ends.receiver_ifindex),
+    if s.ifindex == 0 || r.ifindex == 0 || ends.sender_vni == ends.receiver_vni {
+        let vni = if s.ifindex != 0 {
+            ends.sender_vni
+        } else {
+            ends.receiver_vni
         };
-        if steady(ctx, pkt, vni, s, r) {
+        if steady(ctx, pkt, vni, &s, &r) {
             return Ok(());
         }
     }
@@ -110,34 +110,67 @@ pub fn check(ctx: &XdpContext, pkt: &Packet, ends: &Ends) -> Result<(), Reason> 
     }
 }
 
+/// A local end as connection entries record it ([`recorded`]): ifindex 0 and ids 0 when
+/// not a filtered NIC of this host. Scalars, not slot references: LLVM turns a choice
+/// between two pointers into masking, which the verifier refuses.
+struct End {
+    ifindex: u32,
+    egress: u64,
+    ingress: u64,
+}
+
+impl End {
+    /// The NIC at `ifindex`, read from its slot once.
+    #[inline(always)]
+    fn of(ifindex: u32) -> End {
+        match NICS.get(ifindex) {
+            Some(s) if s.flags & NIC_SG_ENFORCED != 0 => End {
+                ifindex,
+                egress: s.egress,
+                ingress: s.ingress,
+            },
+            _ => End {
+                ifindex: 0,
+                egress: 0,
+                ingress: 0,
+            },
+        }
+    }
+}
+
 /// The fast path, inline: a TCP or UDP packet of a live flow that needs no write (its
 /// entry took the full path less than [`CT_FRESH_JIFFIES`] ago, so it cannot have
 /// expired; no policy id changed; no TCP state to advance; a reply already seen). The key
 /// is built from the headers' words, one lookup, a few comparisons, and jiffies (a load,
 /// not a call). Anything else returns false and takes the full check.
 #[inline(always)]
-fn steady(ctx: &XdpContext, pkt: &Packet, vni: u32, sender: u32, receiver: u32) -> bool {
+fn steady(ctx: &XdpContext, pkt: &Packet, vni: u32, sender: &End, receiver: &End) -> bool {
     let proto = pkt.ip_proto;
     if pkt.l4_off == 0 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return false;
     }
     let (start, end) = (ctx.data(), ctx.data_end());
     let (l3, l4) = (start + pkt.l3_off, start + pkt.l4_off);
-    if l3 + IP_LEN > end || l4 + 14 > end {
+    if l3 + IP_LEN > end || l4 + 4 > end {
         return false;
     }
     // Raw words in memory order, as the key stores them.
-    let (src, dst, sport, dport, tcp_flags) = unsafe {
+    let (src, dst, sport, dport) = unsafe {
         (
             core::ptr::read_unaligned((l3 + 12) as *const u32),
             core::ptr::read_unaligned((l3 + 16) as *const u32),
             core::ptr::read_unaligned(l4 as *const u16),
             core::ptr::read_unaligned((l4 + 2) as *const u16),
-            *((l4 + 13) as *const u8),
         )
     };
-    if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-        return false;
+    if proto == IPPROTO_TCP {
+        if l4 + 14 > end {
+            return false;
+        }
+        let tcp_flags = unsafe { *((l4 + 13) as *const u8) };
+        if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+            return false;
+        }
     }
     let s = ((u32::from_be(src) as u64) << 16) | u16::from_be(sport) as u64;
     let d = ((u32::from_be(dst) as u64) << 16) | u16::from_be(dport) as u64;
@@ -147,34 +180,33 @@ fn steady(ctx: &XdpContext, pkt: &Packet, vni: u32, sender: u32, receiver: u32) 
     } else {
         (dst, dport, src, sport)
     };
-    let key = CtKey {
+    // Word by word (LLVM zeroes a struct's pad bytes with a call to `memset`).
+    let [pa0, pa1] = pa.to_ne_bytes();
+    let [pb0, pb1] = pb.to_ne_bytes();
+    let words: [u32; 5] = [
         vni,
-        addr_a: a.to_ne_bytes(),
-        addr_b: b.to_ne_bytes(),
-        port_a: pa.to_ne_bytes(),
-        port_b: pb.to_ne_bytes(),
-        proto,
-        _pad: [0; 3],
-    };
+        a,
+        b,
+        u32::from_ne_bytes([pa0, pa1, pb0, pb1]),
+        u32::from_ne_bytes([proto, 0, 0, 0]),
+    ];
+    // SAFETY: `CtKey` is five aligned words: vni, two addresses, two ports, protocol + pad.
+    let key: CtKey = unsafe { core::mem::transmute(words) };
     let Some(e) = ct::lookup(&key) else {
         return false;
     };
     let e = unsafe { &*e };
     let from_orig = e.from_orig(src_is_a);
-    // (Ifindexes, not slot references: LLVM turns a choice between two pointers into
-    // masking, which the verifier refuses.)
     let (orig, resp) = if from_orig {
         (sender, receiver)
     } else {
         (receiver, sender)
     };
-    let (egress_ifindex, egress_policy) = recorded(orig, true);
-    let (ingress_ifindex, ingress_policy) = recorded(resp, false);
     e.flags & CT_REVOKED == 0
-        && egress_ifindex == e.egress_ifindex
-        && egress_policy == e.egress_policy
-        && ingress_ifindex == e.ingress_ifindex
-        && ingress_policy == e.ingress_policy
+        && orig.ifindex == e.egress_ifindex
+        && orig.egress == e.egress_policy
+        && resp.ifindex == e.ingress_ifindex
+        && resp.ingress == e.ingress_policy
         && (from_orig || e.flags & CT_SEEN_REPLY != 0)
         && (proto != IPPROTO_TCP || e.state == CtState::Established as u8)
         && ct::jiffies().wrapping_sub(e.touched) < CT_FRESH_JIFFIES
@@ -253,12 +285,12 @@ fn allows(id: u64, egress: bool, remote: Ipv4, proto: u8, port: u16) -> bool {
     if id == POLICY_NONE {
         return default;
     }
-    let r = REMOTES.get(&Key::new(REMOTE_LOOKUP_LEN, RemoteKey::new(id, remote)));
-    let s = SERVICES.get(&Key::new(
+    let r = REMOTES.get(Key::new(REMOTE_LOOKUP_LEN, RemoteKey::new(id, remote)));
+    let s = SERVICES.get(Key::new(
         SERVICE_LOOKUP_LEN,
         ServiceKey::new(id, proto, port),
     ));
-    let info = unsafe { POLICIES.get(&id) };
+    let info = unsafe { POLICIES.get(id) };
     decide(r, s, info).unwrap_or(default)
 }
 
@@ -398,7 +430,7 @@ fn blocklist_active() -> bool {
 /// The blocklist entry covering `addr` for `which` (`BLOCK_SRC` / `BLOCK_DST`), counted.
 #[inline(always)]
 fn blocked(addr: Ipv4, which: u32, len: usize) -> bool {
-    let Some(entry) = BLOCKLIST.get(&Key::new(32, BlockKey { addr })) else {
+    let Some(entry) = BLOCKLIST.get(Key::new(32, BlockKey { addr })) else {
         return false;
     };
     if entry.flags & which == 0 {

@@ -96,11 +96,17 @@ pub fn vm_egress(ctx: &XdpContext, pkt: &Packet) -> Option<Outcome> {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let port = PORTS.get(ifindex).filter(|p| p.vni != 0)?;
     let host = host()?;
-    Some(vm_egress_port(ctx, pkt, port, host))
+    Some(vm_egress_port(ctx, pkt, ifindex, port, host))
 }
 
 #[inline(always)]
-fn vm_egress_port(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outcome {
+fn vm_egress_port(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    ifindex: u32,
+    port: &Port,
+    host: &HostConfig,
+) -> Outcome {
     let Some(eth) = ptr_mut::<[u8; ETH_LEN]>(ctx, 0) else {
         return drop(Reason::DropEthTruncated);
     };
@@ -123,7 +129,7 @@ fn vm_egress_port(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig
     }
     match pkt.ethertype {
         ETH_P_ARP => arp_reply(ctx, port, host),
-        ETH_P_IP => route(ctx, pkt, port, host),
+        ETH_P_IP => route(ctx, pkt, ifindex, port, host),
         _ => drop(Reason::DropVmNotIpv4),
     }
 }
@@ -186,8 +192,9 @@ fn lookup_route(vni: u32, dst: Ipv4) -> Option<&'static NextHop> {
     ))
 }
 
+/// `ifindex`: the sending port's (its context field costs three dependent loads).
 #[inline(always)]
-fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outcome {
+fn route(ctx: &XdpContext, pkt: &Packet, ifindex: u32, port: &Port, host: &HostConfig) -> Outcome {
     let Some(ip) = ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN) else {
         return drop(Reason::DropIpv4Truncated);
     };
@@ -241,7 +248,7 @@ fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outc
         return drop(Reason::DropTtlExceeded);
     }
     // Last check, so only a packet that leaves moves the connection table.
-    if let Err(reason) = security_groups(ctx, pkt, port.vni, vni, ep) {
+    if let Err(reason) = security_groups(ctx, pkt, ifindex, port.vni, vni, ep) {
         return drop(reason);
     }
     if !same_subnet {
@@ -266,12 +273,13 @@ fn route(ctx: &XdpContext, pkt: &Packet, port: &Port, host: &HostConfig) -> Outc
 fn security_groups(
     ctx: &XdpContext,
     pkt: &Packet,
+    port_ifindex: u32,
     port_vni: u32,
     dst_vni: u32,
     ep: &Endpoint,
 ) -> Result<(), Reason> {
     let ends = sg::Ends {
-        sender_ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        sender_ifindex: port_ifindex,
         sender_vni: port_vni,
         receiver_ifindex: if ep.flags & ENDPOINT_LOCAL != 0 {
             ep.ifindex

@@ -39,6 +39,16 @@ pub fn monotonic_ns() -> u64 {
 
 // ---- configuration ----
 
+/// `max_entries` to give `SLUICE_CT` for an admission limit of `max_entries` on this
+/// machine (LRU headroom per possible CPU; see [`sluice_common::conntrack::ct_map_size`]).
+/// The object declares the size for [`CtConfig::DEFAULT`] and 64 CPUs; a loader wanting
+/// another passes this to `EbpfLoader::set_max_entries` before the map is created (a pinned
+/// map keeps the size it was created with).
+pub fn map_size_for(max_entries: u32) -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(64, |n| n as u32);
+    sluice_common::conntrack::ct_map_size(max_entries, cpus)
+}
+
 /// The configuration the datapath applies ([`CtConfig::effective`]).
 pub fn read_config(maps: &impl SgMaps) -> Result<CtConfig, ApplyError> {
     let a: Array<&MapData, CtConfig> = typed(maps, maps::CONFIG)?;

@@ -99,58 +99,6 @@ pub fn parse_pcap(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     Ok(frames)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pcap(frames: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-        out.extend_from_slice(&2u16.to_le_bytes());
-        out.extend_from_slice(&4u16.to_le_bytes());
-        out.extend_from_slice(&[0; 8]);
-        out.extend_from_slice(&SNAPLEN.to_le_bytes());
-        out.extend_from_slice(&1u32.to_le_bytes());
-        for f in frames {
-            out.extend_from_slice(&[0; 8]);
-            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(f.len() as u32 + 100).to_le_bytes());
-            out.extend_from_slice(f);
-        }
-        out
-    }
-
-    #[test]
-    fn frames_come_back_in_order() {
-        let frames = parse_pcap(&pcap(&[b"first frame", b"second"])).unwrap();
-        assert_eq!(frames, [b"first frame".to_vec(), b"second".to_vec()]);
-        assert_eq!(parse_pcap(&pcap(&[])).unwrap(), Vec::<Vec<u8>>::new());
-    }
-
-    #[test]
-    fn damaged_files_are_errors() {
-        let mut file = pcap(&[b"frame"]);
-        file.truncate(file.len() - 2);
-        assert!(parse_pcap(&file)
-            .unwrap_err()
-            .to_string()
-            .contains("past the end"));
-        assert!(parse_pcap(b"short").is_err());
-        let mut bad_magic = pcap(&[]);
-        bad_magic[0] = 0;
-        assert!(parse_pcap(&bad_magic)
-            .unwrap_err()
-            .to_string()
-            .contains("magic"));
-        let mut not_ethernet = pcap(&[]);
-        not_ethernet[20] = 113;
-        assert!(parse_pcap(&not_ethernet)
-            .unwrap_err()
-            .to_string()
-            .contains("113"));
-    }
-}
-
 // ---- reading captured frames ----
 
 /// The IPv4 packet in an untagged Ethernet frame (the frame may be cut at [`SNAPLEN`]).
@@ -212,4 +160,56 @@ pub fn vxlan(frame: &[u8]) -> Option<Vxlan<'_>> {
         vni,
         inner,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcap(frames: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&SNAPLEN.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        for f in frames {
+            out.extend_from_slice(&[0; 8]);
+            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(f.len() as u32 + 100).to_le_bytes());
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_come_back_in_order() {
+        let frames = parse_pcap(&pcap(&[b"first frame", b"second"])).unwrap();
+        assert_eq!(frames, [b"first frame".to_vec(), b"second".to_vec()]);
+        assert_eq!(parse_pcap(&pcap(&[])).unwrap(), Vec::<Vec<u8>>::new());
+    }
+
+    #[test]
+    fn damaged_files_are_errors() {
+        let mut file = pcap(&[b"frame"]);
+        file.truncate(file.len() - 2);
+        assert!(parse_pcap(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end"));
+        assert!(parse_pcap(b"short").is_err());
+        let mut bad_magic = pcap(&[]);
+        bad_magic[0] = 0;
+        assert!(parse_pcap(&bad_magic)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        let mut not_ethernet = pcap(&[]);
+        not_ethernet[20] = 113;
+        assert!(parse_pcap(&not_ethernet)
+            .unwrap_err()
+            .to_string()
+            .contains("113"));
+    }
 }

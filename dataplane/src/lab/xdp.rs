@@ -66,7 +66,7 @@ fn load_pass_program() -> Result<OwnedFd> {
 /// Loads raw eBPF instructions (`insns`, 8 bytes each) as an XDP program named `name`
 /// (at most 15 bytes).
 pub fn load_xdp_program(insns: &[u8], name: &str) -> Result<OwnedFd> {
-    if insns.is_empty() || insns.len() % 8 != 0 || name.len() > 15 {
+    if insns.is_empty() || !insns.len().is_multiple_of(8) || name.len() > 15 {
         bail!("XDP program {name:?}: {} bytes of instructions (whole 8-byte instructions, name at most 15 bytes)", insns.len());
     }
     let license = c"GPL";

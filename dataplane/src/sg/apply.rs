@@ -391,27 +391,30 @@ pub fn execute(
         }
     }
     // The tries last: no NIC uses these ids any more, and their allow sets are gone.
-    let mut remotes: LpmTrie<&mut MapData, RemoteKey, RuleSet> = typed_mut(maps, maps::REMOTES)?;
-    for (len, k) in &stale_remotes {
-        absent_ok(remotes.remove(&Key::new(*len, *k))).map_err(|source| ApplyError::Write {
-            step: format!("delete {} {}", maps::REMOTES, remote_name(*len, k)),
-            source,
-            applied: total,
-            total,
-        })?;
-        done.trie_deletes += 1;
-    }
-    let mut services: LpmTrie<&mut MapData, ServiceKey, RuleSet> = typed_mut(maps, maps::SERVICES)?;
-    for (len, k) in &stale_services {
-        absent_ok(services.remove(&Key::new(*len, *k))).map_err(|source| ApplyError::Write {
-            step: format!("delete {} {}", maps::SERVICES, service_name(*len, k)),
-            source,
-            applied: total,
-            total,
-        })?;
-        done.trie_deletes += 1;
-    }
+    done.trie_deletes += delete_trie_keys(maps, maps::REMOTES, &stale_remotes, remote_name, total)?;
+    done.trie_deletes +=
+        delete_trie_keys(maps, maps::SERVICES, &stale_services, service_name, total)?;
     Ok(done)
+}
+
+/// Deletes `keys` from the rule-set trie `name`; how many it deleted (or found gone).
+fn delete_trie_keys<K: aya::Pod>(
+    maps: &mut impl SgMaps,
+    name: &'static str,
+    keys: &[TrieKey<K>],
+    describe: fn(u32, &K) -> String,
+    total: usize,
+) -> Result<usize, ApplyError> {
+    let mut trie: LpmTrie<&mut MapData, K, RuleSet> = typed_mut(maps, name)?;
+    for (len, k) in keys {
+        absent_ok(trie.remove(&Key::new(*len, *k))).map_err(|source| ApplyError::Write {
+            step: format!("delete {name} {}", describe(*len, k)),
+            source,
+            applied: total,
+            total,
+        })?;
+    }
+    Ok(keys.len())
 }
 
 fn remote_name(len: u32, k: &RemoteKey) -> String {

@@ -1,0 +1,441 @@
+//! The two labs: the same two hosts and two VMs, once with Sluice and once with the
+//! kernel's bridge and VXLAN device.
+//!
+//! ```text
+//!   h1      ul0 172.31.0.1/24 ───── veth, MTU 1500 ───── ul0 172.31.0.2/24      h2
+//!           vm-tx (host end)                              vm-rx (host end)
+//!             │ veth, MTU 1450                               │ veth, MTU 1450
+//!   tx      eth0 10.0.1.10/24 (generator, clients)  rx  eth0 10.0.1.11/24 (receiver, servers)
+//! ```
+//!
+//! The hosts are wired back to back ([`Lab::underlay_back_to_back`], GRO on both ends, as a
+//! NIC has it), not through the labs' usual fabric bridge: a bridge would turn every frame
+//! Sluice redirects into the underlay into an skb and back, a cost no NIC adds, and the
+//! comparison would measure the bridge.
+//!
+//! Sluice: a [`TopologyLab`]: `sluiced` on each host (h1's is also the controller), the
+//! topology posted to the API; `xdp_vm` on vm-tx/vm-rx, `xdp_underlay` on ul0, native mode.
+//!
+//! Kernel: the same namespaces, addresses, MACs and MTUs, built by the harness: on each host
+//! a bridge `br0` holding the VM's host end and a VXLAN device `vx0` (the VPC's VNI, UDP
+//! port 4789, `local` its underlay address, `remote` the other host's: the static
+//! equivalent of Sluice's endpoint table), learning left to the bridge, and no netfilter
+//! calls from the bridge (`bridge-nf-call-*` = 0).
+//!
+//! The VMs are configured alike: TX checksum offload off (Sluice's VMs need it: frames
+//! redirected by XDP lose the offload state). Differences each dataplane needs: Sluice's VM
+//! ends carry the lab's pass-everything XDP program (to receive redirected frames and
+//! XDP_TX answers); the kernel's host ends have GRO on, which gives them NAPI, without
+//! which a veth does not accept the generator's XDP frames (Sluice's host ends have NAPI
+//! from `xdp_vm`).
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sluice_common::{proto::VXLAN_PORT, stats::Reason, vpc::Mac};
+use sluice_dataplane::{
+    intent::Vpc,
+    lab::{
+        cmd,
+        overlay::{format_mac, parse_mac, UNDERLAY_MTU, VM_MTU},
+        topology::{topology_from_yaml, VM_IFNAME},
+        Lab, TopologyLab, UnderlayPort,
+    },
+    stats::StatsSnapshot,
+};
+
+use super::netns::{link_counters, LinkCounters};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    Sluice,
+    Kernel,
+}
+
+impl Dataplane {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataplane::Sluice => "sluice",
+            Dataplane::Kernel => "kernel",
+        }
+    }
+}
+
+pub const HOSTS: [(&str, &str); 2] = [("h1", "172.31.0.1"), ("h2", "172.31.0.2")];
+const UNDERLAY_IF: &str = "ul0";
+const VPC_NAME: &str = "bench";
+const SUBNET: &str = "10.0.1.0/24";
+const SUBNET_LEN: u8 = 24;
+const GATEWAY: &str = "10.0.1.1";
+
+/// One VM of a lab.
+#[derive(Clone, Debug)]
+pub struct Vm {
+    /// Its lab label (namespace `<lab>-<label>`).
+    pub label: &'static str,
+    pub host: &'static str,
+    pub netns: String,
+    /// Its interface inside its namespace.
+    pub ifname: &'static str,
+    /// The host end, in the host's namespace.
+    pub host_if: &'static str,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+/// Sender and receiver: the same in both labs.
+pub const TX: (&str, &str, &str, [u8; 4], Mac) = (
+    "tx",
+    "h1",
+    "vm-tx",
+    [10, 0, 1, 10],
+    [0x02, 0xbe, 0, 0, 0, 0x0a],
+);
+pub const RX: (&str, &str, &str, [u8; 4], Mac) = (
+    "rx",
+    "h2",
+    "vm-rx",
+    [10, 0, 1, 11],
+    [0x02, 0xbe, 0, 0, 0, 0x0b],
+);
+
+fn vm(lab: &Lab, spec: (&'static str, &'static str, &'static str, [u8; 4], Mac)) -> Vm {
+    let (label, host, host_if, ip, mac) = spec;
+    Vm {
+        label,
+        host,
+        netns: lab.netns(label),
+        ifname: VM_IFNAME,
+        host_if,
+        ip: Ipv4Addr::from(ip),
+        mac,
+    }
+}
+
+/// Counters along the path between the two VMs, to prove the traffic took it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathCounters {
+    /// Sluice: h1's `fwd_encap`; kernel: packets `vx0` on h1 sent.
+    pub sender_host: u64,
+    /// Sluice: h2's `fwd_decap`; kernel: packets `vx0` on h2 received.
+    pub receiver_host: u64,
+    /// Sluice: every drop reason on both hosts; kernel: drops `vx0` counted on both hosts.
+    pub drops: u64,
+    /// Sluice: the drops by reason (`h1:drop_...`), nonzero ones only.
+    #[serde(default)]
+    pub drop_reasons: BTreeMap<String, u64>,
+}
+
+impl PathCounters {
+    pub fn since(&self, earlier: &PathCounters) -> PathCounters {
+        PathCounters {
+            sender_host: self.sender_host.saturating_sub(earlier.sender_host),
+            receiver_host: self.receiver_host.saturating_sub(earlier.receiver_host),
+            drops: self.drops.saturating_sub(earlier.drops),
+            drop_reasons: self
+                .drop_reasons
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v - earlier.drop_reasons.get(k).copied().unwrap_or(0),
+                    )
+                })
+                .filter(|(_, v)| *v > 0)
+                .collect(),
+        }
+    }
+}
+
+/// A built lab of either kind.
+pub struct Side<'lab> {
+    pub dataplane: Dataplane,
+    pub lab: &'lab Lab,
+    pub tx: Vm,
+    pub rx: Vm,
+    /// The VPC's VNI (the kernel's VXLAN devices use Sluice's).
+    pub vni: u32,
+    /// Sluice's daemons live as long as this.
+    topology: Option<TopologyLab<'lab>>,
+}
+
+impl<'lab> Side<'lab> {
+    /// The Sluice lab, through the controller's API.
+    pub fn sluice(lab: &'lab Lab, sluiced: &Path) -> Result<Side<'lab>> {
+        let (tx, rx) = (vm(lab, TX), vm(lab, RX));
+        let nic = |v: &Vm| {
+            format!(
+                "  - {{ name: {}, vpc: {VPC_NAME}, subnet: web, host: {}, ifname: {}, ip: {}, mac: \"{}\" }}\n",
+                v.label,
+                v.host,
+                v.host_if,
+                v.ip,
+                format_mac(&v.mac)
+            )
+        };
+        let mut yaml = String::from("hosts:\n");
+        for (h, ip) in HOSTS {
+            yaml += &format!(
+                "  - {{ name: {h}, underlay_ip: {ip}, underlay_ifname: {UNDERLAY_IF} }}\n"
+            );
+        }
+        yaml += &format!(
+            "vpcs:\n  - name: {VPC_NAME}\n    cidr: 10.0.0.0/16\n    subnets:\n      - {{ name: web, cidr: {SUBNET} }}\nnics:\n"
+        );
+        yaml += &nic(&tx);
+        yaml += &nic(&rx);
+        let topology = topology_from_yaml(&yaml).context("the e2e lab's topology")?;
+        let (a, b) = underlay(lab)?;
+        let tl = TopologyLab::build_on(lab, topology, sluiced, vec![a, b])?;
+        let vpc: Vpc = tl.get(&format!("/v1/vpcs/{VPC_NAME}"))?.json()?;
+        Ok(Side {
+            dataplane: Dataplane::Sluice,
+            lab,
+            tx,
+            rx,
+            vni: vpc.vni,
+            topology: Some(tl),
+        })
+    }
+
+    /// The kernel lab: the same layout with a bridge and a VXLAN device of VNI `vni` on
+    /// each host.
+    pub fn kernel(lab: &'lab Lab, vni: u32) -> Result<Side<'lab>> {
+        let (tx, rx) = (vm(lab, TX), vm(lab, RX));
+        underlay(lab)?;
+        for (i, (h, ip)) in HOSTS.iter().enumerate() {
+            let (_, remote) = HOSTS[1 - i];
+            // br_netfilter (loaded on this machine) would run bridged frames through the
+            // iptables hooks: off, as a tuned kernel dataplane has it (`-e`: absent keys are
+            // fine).
+            for family in ["iptables", "ip6tables", "arptables"] {
+                let key = format!("net.bridge.bridge-nf-call-{family}=0");
+                lab.exec(h, &["sysctl", "-e", "-q", "-w", &key])?;
+            }
+            lab.bridge(h, "br0")?;
+            let ns = lab.netns(h);
+            let vni = vni.to_string();
+            let port = VXLAN_PORT.to_string();
+            cmd::ip_in(
+                &ns,
+                &[
+                    "link",
+                    "add",
+                    "vx0",
+                    "type",
+                    "vxlan",
+                    "id",
+                    &vni,
+                    "local",
+                    ip,
+                    "remote",
+                    remote,
+                    "dstport",
+                    &port,
+                    "dev",
+                    UNDERLAY_IF,
+                    "nolearning",
+                ],
+            )?;
+            lab.enslave(h, "vx0", "br0")?;
+            lab.up(h, "vx0")?;
+        }
+        for v in [&tx, &rx] {
+            kernel_vm(lab, v)?;
+        }
+        Ok(Side {
+            dataplane: Dataplane::Kernel,
+            lab,
+            tx,
+            rx,
+            vni,
+            topology: None,
+        })
+    }
+
+    /// Counters along the path now.
+    pub fn path_counters(&self) -> Result<PathCounters> {
+        match &self.topology {
+            Some(tl) => {
+                let stats =
+                    |h: &str| -> Result<StatsSnapshot> { tl.host(h)?.daemon.pinned_stats() };
+                let (s1, s2) = (stats(HOSTS[0].0)?, stats(HOSTS[1].0)?);
+                let mut drop_reasons = BTreeMap::new();
+                for (h, s) in [(HOSTS[0].0, &s1), (HOSTS[1].0, &s2)] {
+                    for r in Reason::ALL.iter().filter(|r| r.name().starts_with("drop_")) {
+                        let n = s.get(*r).packets;
+                        if n > 0 {
+                            drop_reasons.insert(format!("{h}:{}", r.name()), n);
+                        }
+                    }
+                }
+                Ok(PathCounters {
+                    sender_host: s1.get(Reason::FwdEncap).packets,
+                    receiver_host: s2.get(Reason::FwdDecap).packets,
+                    drops: drop_reasons.values().sum(),
+                    drop_reasons,
+                })
+            }
+            None => {
+                let c =
+                    |h: &str| -> Result<LinkCounters> { link_counters(&self.lab.netns(h), "vx0") };
+                let (c1, c2) = (c(HOSTS[0].0)?, c(HOSTS[1].0)?);
+                Ok(PathCounters {
+                    sender_host: c1.tx_packets,
+                    receiver_host: c2.rx_packets,
+                    drops: c1.tx_dropped + c1.rx_dropped + c2.tx_dropped + c2.rx_dropped,
+                    drop_reasons: BTreeMap::new(),
+                })
+            }
+        }
+    }
+
+    /// The receiving VM's interface counters.
+    pub fn rx_nic(&self) -> Result<LinkCounters> {
+        link_counters(&self.rx.netns, self.rx.ifname)
+    }
+
+    /// The receiving VM's UDP `RcvbufErrors` (from its namespace's /proc/net/snmp).
+    pub fn rx_udp_errors(&self) -> Result<u64> {
+        let snmp = self
+            .lab
+            .exec(self.rx.label, &["cat", "/proc/net/snmp"])?
+            .stdout;
+        snmp_field(&snmp, "Udp", "RcvbufErrors")
+    }
+
+    /// Pings the receiver from the sender (ARP, the bridges' forwarding tables) and returns
+    /// the MAC the sender's stack resolved the receiver's address to: the destination MAC
+    /// of the generator's frames.
+    pub fn warm_up(&self) -> Result<Mac> {
+        let dst = self.rx.ip.to_string();
+        self.lab
+            .exec(
+                self.tx.label,
+                &["ping", "-c", "3", "-i", "0.2", "-W", "2", &dst],
+            )
+            .with_context(|| format!("{}: tx cannot ping rx", self.dataplane.name()))?;
+        let out = cmd::ip_in(
+            &self.tx.netns,
+            &["-j", "neigh", "show", &dst, "dev", self.tx.ifname],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("ip -j neigh: {text}"))?;
+        let mac = v[0]["lladdr"]
+            .as_str()
+            .with_context(|| format!("tx has no neighbour entry for {dst}: {text}"))?;
+        parse_mac(mac)
+    }
+
+    /// Per-namespace sysctls for many short connections from the sender: a wide ephemeral
+    /// port range and TIME_WAIT reuse.
+    pub fn tune_for_short_connections(&self) -> Result<()> {
+        for kv in [
+            "net.ipv4.ip_local_port_range=1024 65000",
+            "net.ipv4.tcp_tw_reuse=1",
+        ] {
+            self.lab.exec(self.tx.label, &["sysctl", "-q", "-w", kv])?;
+        }
+        Ok(())
+    }
+
+    /// Stops Sluice's daemons (before the lab goes).
+    pub fn close(self) {
+        drop(self.topology);
+    }
+}
+
+/// h1 and h2, wired back to back.
+fn underlay(lab: &Lab) -> Result<(UnderlayPort, UnderlayPort)> {
+    let [(h1, ip1), (h2, ip2)] = HOSTS;
+    lab.underlay_back_to_back(
+        (h1, &format!("{ip1}/24")),
+        (h2, &format!("{ip2}/24")),
+        UNDERLAY_IF,
+        UNDERLAY_MTU,
+    )
+}
+
+/// A kernel-lab VM: as [`Lab::overlay_vm_named`] builds Sluice's, without the XDP program on
+/// the VM end, its host end on the bridge with GRO on.
+fn kernel_vm(lab: &Lab, v: &Vm) -> Result<()> {
+    lab.add_host(v.label)?;
+    lab.disable_ipv6(v.label)?;
+    lab.veth(v.host, v.host_if, v.label, v.ifname)?;
+    lab.mtu(v.label, v.ifname, VM_MTU)?;
+    lab.mtu(v.host, v.host_if, VM_MTU)?;
+    lab.set_mac(v.label, v.ifname, &format_mac(&v.mac))?;
+    lab.addr(v.label, v.ifname, &format!("{}/{SUBNET_LEN}", v.ip))?;
+    lab.up(v.label, v.ifname)?;
+    lab.exec(v.label, &["ethtool", "-K", v.ifname, "tx", "off"])?;
+    lab.enslave(v.host, v.host_if, "br0")?;
+    lab.up(v.host, v.host_if)?;
+    lab.enable_gro(v.host, v.host_if)?;
+    cmd::ip_in(
+        &v.netns,
+        &["route", "add", "default", "via", GATEWAY, "dev", v.ifname],
+    )?;
+    Ok(())
+}
+
+/// Field `field` of protocol `proto` in /proc/net/snmp (a header line, then a value line).
+fn snmp_field(snmp: &str, proto: &str, field: &str) -> Result<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next(), lines.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no {proto} lines in /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no {proto} {field} in /proc/net/snmp"))
+}
+
+/// The namespaces of `labs` still listed by `ip netns` (there should be none after close).
+pub fn leftover_namespaces(labs: &[String]) -> Result<Vec<String>> {
+    let all = cmd::list_netns()?;
+    Ok(all
+        .into_iter()
+        .filter(|n| labs.iter().any(|l| n.starts_with(&format!("{l}-"))))
+        .collect())
+}
+
+/// Fails unless `side`'s VM ends look as this module's docs say (a guard against a lab
+/// builder change silently making the comparison unfair).
+pub fn check_vm_offloads(side: &Side) -> Result<()> {
+    for v in [&side.tx, &side.rx] {
+        let out = side.lab.exec(v.label, &["ethtool", "-k", v.ifname])?.stdout;
+        let tx_csum = out
+            .lines()
+            .find(|l| l.starts_with("tx-checksumming:"))
+            .unwrap_or("");
+        if !tx_csum.contains("off") {
+            bail!(
+                "{}: VM {} has TX checksum offload on ({tx_csum:?})",
+                side.dataplane.name(),
+                v.label
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snmp_fields_are_found_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 2 64\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdp: 10 1 5 3 4 0\nUdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 9\n";
+        assert_eq!(snmp_field(snmp, "Udp", "RcvbufErrors").unwrap(), 4);
+        assert_eq!(snmp_field(snmp, "UdpLite", "RcvbufErrors").unwrap(), 9);
+        assert!(snmp_field(snmp, "Udp", "Nope").is_err());
+        assert!(snmp_field(snmp, "Tcp", "RcvbufErrors").is_err());
+    }
+}
