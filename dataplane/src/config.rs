@@ -11,6 +11,8 @@ use std::{
 use aya::programs::XdpMode;
 use serde::Deserialize;
 
+use sluice_common::conntrack::{CtConfig, DEFAULT_MAX_ENTRIES};
+
 use crate::loader::Role;
 
 /// Default API address, shared with `sluicectl`.
@@ -159,6 +161,73 @@ fn default_resync_secs() -> u64 {
     5
 }
 
+/// `conntrack:`: the connection table's admission limit and timeouts (seconds). Anything
+/// left out keeps its default ([`CtConfig::DEFAULT`]: 1,048,576 entries; TCP SYN 60 s,
+/// established 6 h, FIN 30 s, closed 10 s; UDP 60 s; ICMP 30 s; other 60 s).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackConfig {
+    pub max_entries: Option<u32>,
+    pub tcp_syn_secs: Option<u64>,
+    pub tcp_established_secs: Option<u64>,
+    pub tcp_fin_secs: Option<u64>,
+    pub tcp_close_secs: Option<u64>,
+    pub udp_secs: Option<u64>,
+    pub icmp_secs: Option<u64>,
+    pub other_secs: Option<u64>,
+}
+
+impl ConntrackConfig {
+    /// The value written to the datapath's configuration slot.
+    pub fn ct_config(&self) -> CtConfig {
+        let d = CtConfig::DEFAULT;
+        let ns = |secs: Option<u64>, default: u64| secs.map_or(default, |s| s * 1_000_000_000);
+        CtConfig {
+            max_entries: self.max_entries.unwrap_or(d.max_entries),
+            flags: d.flags,
+            tcp_syn_ns: ns(self.tcp_syn_secs, d.tcp_syn_ns),
+            tcp_established_ns: ns(self.tcp_established_secs, d.tcp_established_ns),
+            tcp_fin_ns: ns(self.tcp_fin_secs, d.tcp_fin_ns),
+            tcp_close_ns: ns(self.tcp_close_secs, d.tcp_close_ns),
+            udp_ns: ns(self.udp_secs, d.udp_ns),
+            icmp_ns: ns(self.icmp_secs, d.icmp_ns),
+            other_ns: ns(self.other_secs, d.other_ns),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(n) = self.max_entries {
+            // The map is sized for the default limit when the programs load; a larger
+            // limit would admit flows the map has no room for.
+            if n == 0 || n > DEFAULT_MAX_ENTRIES {
+                return Err(ConfigError::invalid(
+                    "conntrack.max_entries",
+                    format!("must be 1 to {DEFAULT_MAX_ENTRIES} (the table's size), got {n}"),
+                ));
+            }
+        }
+        let timeouts = [
+            ("tcp_syn_secs", self.tcp_syn_secs),
+            ("tcp_established_secs", self.tcp_established_secs),
+            ("tcp_fin_secs", self.tcp_fin_secs),
+            ("tcp_close_secs", self.tcp_close_secs),
+            ("udp_secs", self.udp_secs),
+            ("icmp_secs", self.icmp_secs),
+            ("other_secs", self.other_secs),
+        ];
+        for (name, secs) in timeouts {
+            // At least a second: the datapath refreshes an entry's timestamp once a second.
+            if let Some(s) = secs.filter(|s| !(1..=365 * 24 * 3600).contains(s)) {
+                return Err(ConfigError::invalid(
+                    format!("conntrack.{name}"),
+                    format!("must be 1 to 31536000 seconds, got {s}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -170,6 +239,7 @@ pub struct Config {
     pub interfaces: Vec<InterfaceConfig>,
     pub controller: Option<ControllerConfig>,
     pub agent: Option<AgentConfig>,
+    pub conntrack: ConntrackConfig,
 }
 
 /// The file as written; `api` stays a string so its error can name the field.
@@ -189,6 +259,8 @@ struct RawConfig {
     controller: Option<ControllerConfig>,
     #[serde(default)]
     agent: Option<RawAgentConfig>,
+    #[serde(default)]
+    conntrack: ConntrackConfig,
 }
 
 fn default_api() -> String {
@@ -230,6 +302,7 @@ impl Config {
                         })
                     })
                     .transpose()?,
+                conntrack: raw.conntrack,
             };
         config.validate()?;
         Ok(config)
@@ -246,6 +319,7 @@ impl Config {
                 ),
             ));
         }
+        self.conntrack.validate()?;
         if self.interfaces.is_empty() && self.controller.is_none() && self.agent.is_none() {
             return Err(ConfigError::invalid(
                 "interfaces",
@@ -335,6 +409,34 @@ mod tests {
                 role: Role::Vm
             }]
         );
+    }
+
+    #[test]
+    fn conntrack_defaults_and_overrides() {
+        let c = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.conntrack.ct_config(), CtConfig::DEFAULT);
+        let c = Config::from_yaml(&format!(
+            "{MINIMAL}conntrack: {{ max_entries: 1000, udp_secs: 5, tcp_established_secs: 3600 }}\n"
+        ))
+        .unwrap();
+        let ct = c.conntrack.ct_config();
+        assert_eq!(ct.max_entries, 1000);
+        assert_eq!(ct.udp_ns, 5_000_000_000);
+        assert_eq!(ct.tcp_established_ns, 3_600_000_000_000);
+        assert_eq!(ct.tcp_syn_ns, CtConfig::DEFAULT.tcp_syn_ns);
+    }
+
+    #[test]
+    fn conntrack_limits_are_refused_by_name() {
+        for (yaml, field) in [
+            ("max_entries: 0", "conntrack.max_entries"),
+            ("max_entries: 2000000", "conntrack.max_entries"),
+            ("udp_secs: 0", "conntrack.udp_secs"),
+        ] {
+            let e = err(&format!("{MINIMAL}conntrack: {{ {yaml} }}\n"));
+            assert!(e.contains(field), "{yaml}: {e}");
+        }
+        assert!(err(&format!("{MINIMAL}conntrack: {{ udp: 5 }}\n")).contains("udp"));
     }
 
     #[test]

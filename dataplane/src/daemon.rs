@@ -97,6 +97,9 @@ async fn serve(config: Config) -> Result<()> {
             config.pin_dir.display()
         )
     })?;
+    // Before any program is attached: the timeouts and limit apply from the first packet.
+    crate::conntrack::write_config(&mut dataplane, &config.conntrack.ct_config())
+        .context("writing the connection-table configuration")?;
     let interfaces = attach_all(&mut dataplane, &config)?;
     for i in &interfaces {
         let how = match i.attach {
