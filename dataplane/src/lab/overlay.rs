@@ -306,6 +306,7 @@ impl Lab {
         // Redirected frames and the ARP responder's XDP_TX land here: see `lab::xdp`.
         self.attach_xdp_pass(vm, &vm_if)?;
         self.exec(vm, &["ethtool", "-K", &vm_if, "tx", "off"])?;
+        self.guest_nic(vm, &vm_if)?;
         self.up(host, &host_if)?;
         let gw = gateway.to_string();
         cmd::ip_in(
@@ -322,6 +323,21 @@ impl Lab {
             gateway,
             mac,
         })
+    }
+
+    /// Gives a VM's interface what a guest's NIC has: a qdisc and GRO.
+    ///
+    /// A veth has no qdisc, and when its peer runs NAPI (here `xdp_vm`) a full peer ring
+    /// (256 frames) drops the VM's TCP segments: hundreds of retransmits per second. With a
+    /// qdisc the veth stops the queue instead and the stack requeues (kernel 6.15+), as a
+    /// guest's virtio TX ring does. GRO lets the receiving VM take redirected segments in
+    /// aggregates, as a virtio guest does.
+    pub fn guest_nic(&self, vm: &str, vm_if: &str) -> Result<()> {
+        self.exec(
+            vm,
+            &["tc", "qdisc", "replace", "dev", vm_if, "root", "pfifo_fast"],
+        )?;
+        self.enable_gro(vm, vm_if)
     }
 
     pub fn mtu(&self, host: &str, iface: &str, mtu: u32) -> Result<()> {

@@ -79,13 +79,18 @@ impl<'a> Index<'a> {
         for n in intent.nics() {
             nics_by_vpc.entry(&n.vpc).or_default().push(n);
         }
-        let appliances = intent
-            .routes()
-            .filter_map(|r| match &r.next_hop {
-                NextHop::Nic { nic } => Some(nic.as_str()),
-                _ => None,
-            })
-            .collect();
+        // Routes of a VPC mostly name the same few appliances: skip repeats before hashing
+        // (this loop sees every route of the cloud on every compile).
+        let mut appliances = HashSet::new();
+        let mut last: Option<&str> = None;
+        for r in intent.routes() {
+            if let NextHop::Nic { nic } = &r.next_hop {
+                if last != Some(nic.as_str()) {
+                    appliances.insert(nic.as_str());
+                    last = Some(nic.as_str());
+                }
+            }
+        }
         Self {
             intent,
             nics_by_vpc,
@@ -190,11 +195,20 @@ impl<'a> Index<'a> {
                     next_hop: hop(NextHopKind::Local, vpc.vni, [0; 4]),
                 });
             }
+            // The last appliance looked up: consecutive routes usually share it.
+            let mut last_nic: Option<(&str, Ipv4)> = None;
             for r in intent.routes_of(vpc_id) {
                 let next = match &r.next_hop {
                     NextHop::Nic { nic } => {
-                        let Some(n) = intent.nic(nic) else { continue };
-                        hop(NextHopKind::Nic, vpc.vni, n.ip.octets())
+                        let ip = match last_nic {
+                            Some((id, ip)) if id == nic.as_str() => ip,
+                            _ => {
+                                let Some(n) = intent.nic(nic) else { continue };
+                                last_nic = Some((nic.as_str(), n.ip.octets()));
+                                n.ip.octets()
+                            }
+                        };
+                        hop(NextHopKind::Nic, vpc.vni, ip)
                     }
                     NextHop::Peering { peering } => {
                         let Some(p) = intent.peering(peering).filter(|p| p.is_active()) else {
