@@ -1130,6 +1130,62 @@ fn demo_default_lab() {
     t.wait_current().expect("agents remove the route");
     demo_traffic(&t, "a1", "a3", true);
 
+    step("security groups: tenant-a's default group denies everything from a1 (priority 10)");
+    assert!(show(
+        &ctl,
+        &api,
+        &[
+            "create",
+            "rule",
+            "--vpc",
+            "tenant-a",
+            "--sg",
+            "default",
+            "--direction",
+            "ingress",
+            "--protocol",
+            "all",
+            "--cidr",
+            "10.0.1.10/32",
+            "--action",
+            "deny",
+            "--priority",
+            "10",
+            "--description",
+            "demo: deny a1"
+        ]
+    ));
+    t.wait_current().expect("agents apply the rule");
+    let before = stats(&t);
+    demo_traffic(&t, "a1", "a3", false);
+    demo_traffic(&t, "b1", "b3", true);
+    for (h, d) in since(&t, &before) {
+        println!(
+            "{h}: drop_sg_ingress +{}",
+            d.get(Reason::DropSgIngress).packets
+        );
+    }
+    let group: serde_json::Value = client::blocking_get(
+        t.controller_api(),
+        "/v1/security-groups/default?vpc=tenant-a",
+    )
+    .and_then(|r| r.error_for_status())
+    .and_then(|r| r.json())
+    .expect("tenant-a's default group");
+    let rule = group["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["description"] == "demo: deny a1"))
+        .and_then(|r| r["id"].as_str())
+        .expect("the demo rule")
+        .to_string();
+    assert!(show(
+        &ctl,
+        &api,
+        &["delete", "rule", &rule, "--vpc", "tenant-a", "--sg", "default"]
+    ));
+    t.wait_current().expect("agents remove the rule");
+    demo_traffic(&t, "a1", "a3", true);
+
     step("isolation: what tcpdump saw on every VM interface during all of this");
     watch_vms.finish();
     for h in t.hosts() {

@@ -325,19 +325,18 @@ impl Lab {
         })
     }
 
-    /// Gives a VM's interface what a guest's NIC has: a qdisc and GRO.
+    /// Gives a VM's interface a qdisc, as a guest's NIC has.
     ///
-    /// A veth has no qdisc, and when its peer runs NAPI (here `xdp_vm`) a full peer ring
-    /// (256 frames) drops the VM's TCP segments: hundreds of retransmits per second. With a
-    /// qdisc the veth stops the queue instead and the stack requeues (kernel 6.15+), as a
-    /// guest's virtio TX ring does. GRO lets the receiving VM take redirected segments in
-    /// aggregates, as a virtio guest does.
+    /// A veth has none, and when its peer runs NAPI (here `xdp_vm`) a full peer ring (256
+    /// frames) drops the VM's TCP segments: hundreds of retransmits per second. With a
+    /// qdisc the veth stops the queue instead and the stack requeues (kernel 6.15+), as
+    /// with a guest's full virtio TX ring.
     pub fn guest_nic(&self, vm: &str, vm_if: &str) -> Result<()> {
         self.exec(
             vm,
             &["tc", "qdisc", "replace", "dev", vm_if, "root", "pfifo_fast"],
         )?;
-        self.enable_gro(vm, vm_if)
+        Ok(())
     }
 
     pub fn mtu(&self, host: &str, iface: &str, mtu: u32) -> Result<()> {
