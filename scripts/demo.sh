@@ -11,9 +11,9 @@
 # The topology is posted to the controller; the agents compile it into their XDP maps. The
 # demo then sends pings and TCP across hosts in both tenants at once, captures every VM
 # interface to show that neither tenant sees the other, adds and removes a more specific
-# route with sluicectl, and prints the XDP counters. The lab builder is the Rust one the
-# namespace tests use (dataplane/src/lab/topology.rs), run as an ignored test of
-# dataplane/tests/overlay_api.rs.
+# route and a security-group deny with sluicectl, and prints the XDP counters. The lab
+# builder is the Rust one the namespace tests use (dataplane/src/lab/topology.rs), run as a
+# test of dataplane/tests/overlay_api.rs.
 #
 #   scripts/demo.sh          run the demo and tear the lab down
 #   scripts/demo.sh --hold   keep the lab up at the end (prints what to try), until Enter
@@ -48,4 +48,4 @@ export SLUICECTL=$PWD/target/release/sluicectl
 source scripts/lab.sh
 trap 'lab_sweep "$PWD/target/release/sluiced"' EXIT
 cargo test --release -p sluice-dataplane --test overlay_api -q -- \
-  --ignored --exact demo_default_lab --nocapture --test-threads 1
+  --exact demo_default_lab --nocapture --test-threads 1

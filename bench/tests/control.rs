@@ -3,29 +3,18 @@
 //! its reason checked, the scale apply was counted in the pinned maps); asserts no timing.
 mod support;
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-bench");
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn num(v: &Value, what: &str) -> f64 {
-    v.as_f64()
-        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
-}
 
 /// A latency distribution: n samples, min ≤ p50 ≤ p90 ≤ p99 ≤ max.
 fn check_dist(d: &Value, what: &str, n: u64) {
     assert_eq!(d["n"].as_u64(), Some(n), "{what}: {d}");
     let v: Vec<f64> = ["min", "p50", "p90", "p99", "max"]
         .iter()
-        .map(|k| num(&d[k], &format!("{what}.{k}")))
+        .map(|k| support::number(&d[k], &format!("{what}.{k}")))
         .collect();
     assert!(
         v.windows(2).all(|w| w[0] <= w[1]),
@@ -36,9 +25,9 @@ fn check_dist(d: &Value, what: &str, n: u64) {
 /// A Summary over runs: min ≤ median ≤ max.
 fn check_summary(s: &Value, what: &str) {
     let (min, med, max) = (
-        num(&s["min"], what),
-        num(&s["median"], what),
-        num(&s["max"], what),
+        support::number(&s["min"], what),
+        support::number(&s["median"], what),
+        support::number(&s["max"], what),
     );
     assert!(min <= med && med <= max, "{what}: {s}");
 }
@@ -59,8 +48,14 @@ fn check_series(s: &Value, what: &str, changes: u64) {
         assert!(g > last_generation, "{what}: generations must grow: {x}");
         last_generation = g;
         // The datapath cannot change before the call was sent; the watcher ran at least once.
-        assert!(num(&x["datapath_ms"], "datapath_ms") > 0.0, "{what}: {x}");
-        assert!(num(&x["reply_ms"], "reply_ms") > 0.0, "{what}: {x}");
+        assert!(
+            support::number(&x["datapath_ms"], "datapath_ms") > 0.0,
+            "{what}: {x}"
+        );
+        assert!(
+            support::number(&x["reply_ms"], "reply_ms") > 0.0,
+            "{what}: {x}"
+        );
         assert!(x["polls"].as_u64().unwrap() >= 1, "{what}: {x}");
     }
 }
@@ -70,28 +65,7 @@ fn control_quick_writes_json_summary_and_chart() {
     if !support::privileged("control_quick_writes_json_summary_and_chart") {
         return;
     }
-    let out = scratch_dir("control");
-    // A summary.md from another mode must keep its content.
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("summary.md"),
-        "# sluice-bench micro\n\nmicro table\n",
-    )
-    .unwrap();
-    let run = Command::new(BIN)
-        .args(["control", "--quick", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run sluice-bench");
-    assert!(
-        run.status.success(),
-        "sluice-bench control --quick failed ({}):\n{}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr)
-    );
-
-    let json = std::fs::read_to_string(out.join("control.json")).expect("control.json written");
-    let r: Value = serde_json::from_str(&json).expect("control.json parses");
+    let (out, r, stderr) = support::run_quick(BIN, "control");
     assert_eq!(r["mode"], "control");
     let p = &r["params"];
     assert_eq!(p["quick"], true);
@@ -143,9 +117,9 @@ fn control_quick_writes_json_summary_and_chart() {
         // Every NIC interface and the underlay got XDP.
         assert_eq!(x["interfaces_attached"].as_u64(), Some(vpcs + 2), "{x}");
         let (total, commit, agent) = (
-            num(&x["total_s"], "total"),
-            num(&x["commit_s"], "commit"),
-            num(&x["agent_s"], "agent"),
+            support::number(&x["total_s"], "total"),
+            support::number(&x["commit_s"], "commit"),
+            support::number(&x["agent_s"], "agent"),
         );
         assert!(commit > 0.0 && agent > 0.0, "{x}");
         assert!(
@@ -206,7 +180,7 @@ fn control_quick_writes_json_summary_and_chart() {
 
     let summary = std::fs::read_to_string(out.join("summary.md")).expect("summary.md");
     assert!(
-        summary.starts_with("# sluice-bench micro\n\nmicro table"),
+        summary.starts_with(support::FOREIGN_SUMMARY.trim_end()),
         "{summary}"
     );
     assert!(summary.contains("<!-- sluice-bench control: begin -->"));
@@ -216,7 +190,6 @@ fn control_quick_writes_json_summary_and_chart() {
     assert!(svg.contains("<svg") && svg.contains("API call to datapath"));
 
     // Nothing left behind: every lab the run names is gone.
-    let stderr = String::from_utf8_lossy(&run.stderr);
     let labs: Vec<&str> = stderr
         .lines()
         .filter_map(|l| l.split("control: lab ").nth(1)?.split_whitespace().next())

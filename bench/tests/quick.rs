@@ -3,7 +3,7 @@
 //! along the path under test and the labs are gone); asserts no timing.
 mod support;
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -58,23 +58,12 @@ const EXPECTED_VPC: [(&str, &str, &str); 9] = [
     ("vpc_spoofed_ip_drop", "drop_spoofed_ip", "repeat"),
 ];
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn number(v: &Value, what: &str) -> f64 {
-    v.as_f64()
-        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
-}
-
 #[test]
 fn micro_quick_writes_json_summary_and_chart_for_every_path() {
     if !support::privileged("micro_quick_writes_json_summary_and_chart_for_every_path") {
         return;
     }
-    let out = scratch_dir("quick");
+    let out = support::scratch_dir("quick");
     let run = Command::new(BIN)
         .args(["micro", "--quick", "--out"])
         .arg(&out)
@@ -94,8 +83,8 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
     assert!(report["machine"]["kernel_release"]
         .as_str()
         .is_some_and(|k| !k.is_empty()));
-    assert!(number(&report["machine"]["nproc"], "nproc") >= 1.0);
-    number(&report["floor_ns"]["median"], "floor median");
+    assert!(support::number(&report["machine"]["nproc"], "nproc") >= 1.0);
+    support::number(&report["floor_ns"]["median"], "floor median");
 
     let paths = report["paths"].as_array().expect("paths is a list");
     let find = |name: &str| {
@@ -126,9 +115,12 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
             reason.as_deref(),
             "{name}"
         );
-        assert!(number(&path["runs"], "runs") > 0.0, "{name} has no runs");
         assert!(
-            number(&path["calls_per_run"], "calls") >= 1.0,
+            support::number(&path["runs"], "runs") > 0.0,
+            "{name} has no runs"
+        );
+        assert!(
+            support::number(&path["calls_per_run"], "calls") >= 1.0,
             "{name} has no calls"
         );
         // Net figures subtract a floor measured the same way, and that floor exists.
@@ -138,9 +130,9 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         for figures in ["raw_ns", "net_ns"] {
             let s = &path[figures];
             let (min, median, max) = (
-                number(&s["min"], "min"),
-                number(&s["median"], "median"),
-                number(&s["max"], "max"),
+                support::number(&s["min"], "min"),
+                support::number(&s["median"], "median"),
+                support::number(&s["max"], "max"),
             );
             assert!(
                 min <= median && median <= max,
@@ -154,17 +146,20 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
     let scales = report["scales"].as_array().expect("scales is a list");
     let routes: Vec<f64> = scales
         .iter()
-        .map(|s| number(&s["routes"], "routes"))
+        .map(|s| support::number(&s["routes"], "routes"))
         .collect();
     assert_eq!(routes, [10.0, 100_000.0]);
-    assert_eq!(number(&scales[1]["vpcs"], "vpcs"), 1000.0);
+    assert_eq!(support::number(&scales[1]["vpcs"], "vpcs"), 1000.0);
     let ratios = report["scale_ratios"].as_array().expect("scale_ratios");
     for (base, _, _) in EXPECTED_VPC {
         let r = ratios
             .iter()
             .find(|r| r["path"] == base)
             .unwrap_or_else(|| panic!("no scale ratio for {base}"));
-        assert!(number(&r["raw_ratio"], "raw_ratio") > 0.0, "{base}");
+        assert!(
+            support::number(&r["raw_ratio"], "raw_ratio") > 0.0,
+            "{base}"
+        );
     }
     assert_eq!(ratios.len(), EXPECTED_VPC.len());
 
@@ -173,12 +168,12 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         .as_array()
         .expect("sg_scales is a list")
         .iter()
-        .map(|s| number(&s["rules"], "rules"))
+        .map(|s| support::number(&s["rules"], "rules"))
         .collect();
     assert_eq!(sg_rules, [1.0, 100.0, 1000.0, 1.0]);
     let t = &report["sg_targets"];
     for k in ["new_flow_net_1", "new_flow_net_1000", "established_added"] {
-        number(&t[k], k);
+        support::number(&t[k], k);
     }
 
     for file in ["summary.md", "micro.svg"] {
@@ -204,9 +199,9 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
 /// A Summary over rounds: min ≤ median ≤ max.
 fn check_summary(s: &Value, what: &str) {
     let (min, med, max) = (
-        number(&s["min"], what),
-        number(&s["median"], what),
-        number(&s["max"], what),
+        support::number(&s["min"], what),
+        support::number(&s["median"], what),
+        support::number(&s["max"], what),
     );
     assert!(min <= med && med <= max, "{what}: {s}");
 }
@@ -229,28 +224,7 @@ fn e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace() {
     if !support::privileged("e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace") {
         return;
     }
-    let out = scratch_dir("e2e");
-    // A summary.md from another mode must keep its content.
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("summary.md"),
-        "# sluice-bench micro\n\nmicro table\n",
-    )
-    .unwrap();
-    let run = Command::new(BIN)
-        .args(["e2e", "--quick", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run sluice-bench");
-    assert!(
-        run.status.success(),
-        "sluice-bench e2e --quick failed ({}):\n{}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr)
-    );
-
-    let json = std::fs::read_to_string(out.join("e2e.json")).expect("e2e.json written");
-    let r: Value = serde_json::from_str(&json).expect("e2e.json parses");
+    let (out, r, _) = support::run_quick(BIN, "e2e");
     assert_eq!(r["mode"], "e2e");
     let p = &r["params"];
     assert_eq!(p["quick"], true);
@@ -306,17 +280,17 @@ fn e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace() {
         assert_eq!(udp.len() as u64, rounds, "{dataplane} UDP runs");
         for u in &udp {
             let (sent, received) = (
-                number(&u["sent"], "sent"),
-                number(&u["received"], "received"),
+                support::number(&u["sent"], "sent"),
+                support::number(&u["received"], "received"),
             );
             // Traffic flowed, along the path under test, and nothing foreign was counted.
             assert!(received > 0.0 && received <= sent, "{dataplane}: {u}");
             assert!(
-                number(&u["path"]["sender_host"], "sender_host") >= received,
+                support::number(&u["path"]["sender_host"], "sender_host") >= received,
                 "{u}"
             );
             assert!(
-                number(&u["path"]["receiver_host"], "receiver_host") >= received,
+                support::number(&u["path"]["receiver_host"], "receiver_host") >= received,
                 "{u}"
             );
             assert_eq!(u["foreign"], 0, "{u}");
@@ -328,13 +302,15 @@ fn e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace() {
             assert_eq!(n, pings, "{dataplane}: {l}");
             let v: Vec<f64> = ["min_us", "p50_us", "p99_us", "p999_us", "max_us"]
                 .iter()
-                .map(|k| number(&l[k], k))
+                .map(|k| support::number(&l[k], k))
                 .collect();
             assert!(v.windows(2).all(|w| w[0] <= w[1]), "{dataplane}: {l}");
         }
         let tcp = of("tcp");
         assert_eq!(tcp.len() as u64, rounds);
-        assert!(tcp.iter().all(|t| number(&t["gbit_per_s"], "gbit") > 0.0));
+        assert!(tcp
+            .iter()
+            .all(|t| support::number(&t["gbit_per_s"], "gbit") > 0.0));
         let crr = of("crr");
         assert_eq!(crr.len() as u64, rounds);
         assert!(
@@ -370,7 +346,7 @@ fn e2e_refuses_one_cpu_for_both_ends() {
             "0",
             "--out",
         ])
-        .arg(scratch_dir("e2e-bad-args"))
+        .arg(support::scratch_dir("e2e-bad-args"))
         .output()
         .expect("run sluice-bench");
     assert_eq!(run.status.code(), Some(1));
@@ -382,7 +358,7 @@ fn e2e_refuses_one_cpu_for_both_ends() {
 fn bad_arguments_are_refused_with_a_clear_error() {
     let run = Command::new(BIN)
         .args(["micro", "--runs", "0", "--out"])
-        .arg(scratch_dir("bad-args"))
+        .arg(support::scratch_dir("bad-args"))
         .output()
         .expect("run sluice-bench");
     assert_eq!(run.status.code(), Some(1));

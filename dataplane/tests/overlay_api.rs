@@ -1010,10 +1010,9 @@ fn peerings_transit_and_deletes_through_the_api() {
     println!("test took {:.1}s", started.elapsed().as_secs_f64());
 }
 
-/// The demo (`scripts/demo.sh`): the default lab, shown working. Ignored by `cargo test`;
-/// `SLUICE_LAB_HOLD=1` keeps the lab up until Enter is pressed.
+/// The demo (`scripts/demo.sh`): the default lab, shown working. Also a test, so the
+/// README's main command is checked by CI; `SLUICE_LAB_HOLD=1` keeps the lab up until Enter.
 #[test]
-#[ignore = "the demo; run by scripts/demo.sh"]
 fn demo_default_lab() {
     if !support::privileged("demo_default_lab") {
         return;
