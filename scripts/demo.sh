@@ -11,7 +11,9 @@
 # The topology is posted to the controller; the agents compile it into their XDP maps. The
 # demo then sends pings and TCP across hosts in both tenants at once, captures every VM
 # interface to show that neither tenant sees the other, adds and removes a more specific
-# route and a security-group deny with sluicectl, and prints the XDP counters. The lab
+# route and a security-group deny with sluicectl, gives both tenants the lab's Internet through
+# NAT gateways (SNAT; the public server sees each tenant's own EIP) and publishes a3's web
+# server by DNAT, and prints the XDP counters. The lab
 # builder is the Rust one the namespace tests use (dataplane/src/lab/topology.rs), run as a
 # test of dataplane/tests/overlay_api.rs.
 #

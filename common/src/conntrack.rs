@@ -206,8 +206,8 @@ pub struct CtEntry {
     /// this flow: its fast path, which reads no clock but jiffies (inlined, no call),
     /// runs while this is under [`CT_FRESH_JIFFIES`] old. 0 from userspace.
     pub touched: u32,
-    /// Reserved for NAT (translated address and port, reverse-entry link); zero for now.
-    pub nat: [u32; 4],
+    /// The NAT translation of a translated flow ([`crate::nat::NatLink`]); zero otherwise.
+    pub nat: crate::nat::NatLink,
     /// Reserved for the load balancer (service, backend); zero for now.
     pub lb: [u32; 4],
 }
@@ -468,7 +468,9 @@ pub mod maps {
     pub const STATS: &str = "SLUICE_CT_STATS";
     /// Per-CPU one-slot array of [`super::CtEntry`]: where the datapath builds a new entry
     /// (its stack has no room); nothing to read.
-    pub const SCRATCH: &str = "SLUICE_CT_SCRATCH";
+    /// Versioned: the slot grew with NAT, and a pinned map of the old size must not be
+    /// reused by a newer program (a daemon upgrade creates the new one beside it).
+    pub const SCRATCH: &str = "SLUICE_CT_SCRATCH_V2";
     pub const ALL: [&str; 5] = [CONNTRACK, CONFIG, COUNT, STATS, SCRATCH];
 }
 

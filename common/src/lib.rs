@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod nat;
 pub mod sg;
 pub mod stats;
 pub mod vpc;
@@ -32,7 +33,7 @@ pub mod maps {
     /// appliance NICs may send any inner source address under a VNI.
     pub const APPLIANCE_VTEPS: &str = "SLUICE_APPLIANCE_VTEPS";
     /// Every map in the object; the daemon pins each under `<pin_dir>/maps/<name>`.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 27] = [
         STATS,
         PORTS,
         ENDPOINTS,
@@ -53,6 +54,13 @@ pub mod maps {
         crate::conntrack::maps::COUNT,
         crate::conntrack::maps::STATS,
         crate::conntrack::maps::SCRATCH,
+        crate::nat::maps::CONFIG,
+        crate::nat::maps::EIPS,
+        crate::nat::maps::DNAT,
+        crate::nat::maps::SOURCES,
+        crate::nat::maps::BLOCKS,
+        crate::nat::maps::OWNERS,
+        crate::nat::maps::BINDINGS,
     ];
 }
 

@@ -85,11 +85,31 @@ pub enum Reason {
     DropBlocklistSrc,
     /// Destination (VM packet, inner VXLAN destination) in the operator blocklist.
     DropBlocklistDst,
+    // ---- NAT gateway and elastic IPs (`nat.rs`) ----
+    /// Translated to a public address and sent to the border router.
+    FwdNatOut,
+    /// An EIP's packet translated to its private target and delivered to a local NIC.
+    FwdNatIn,
+    /// An EIP's packet sent on, unchanged, to the host that owns its flow.
+    FwdNatOwner,
+    /// A packet for the Internet while the border router's MAC is unknown.
+    DropNatNoBorder,
+    /// A new SNAT flow found no free port on any of its EIPs toward its destination.
+    DropNatPortsExhausted,
+    /// An EIP's packet that no flow, binding or DNAT entry claims (default deny).
+    DropNatNoRule,
+    /// Routed to a NAT gateway, but no SNAT entry covers the source and it has no EIP.
+    DropNatNoSource,
+    /// A packet that cannot open a translation (RST, echo reply, ICMP error, fragment)
+    /// and belongs to none.
+    DropNatNoState,
+    /// The host owning an EIP's flow has no resolved underlay MAC.
+    DropNatUnresolvedOwner,
 }
 
 impl Reason {
     /// Number of reasons: the stats map's size.
-    pub const COUNT: u32 = Reason::DropBlocklistDst as u32 + 1;
+    pub const COUNT: u32 = Reason::DropNatUnresolvedOwner as u32 + 1;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -143,6 +163,15 @@ impl Reason {
         Reason::DropCtFull,
         Reason::DropBlocklistSrc,
         Reason::DropBlocklistDst,
+        Reason::FwdNatOut,
+        Reason::FwdNatIn,
+        Reason::FwdNatOwner,
+        Reason::DropNatNoBorder,
+        Reason::DropNatPortsExhausted,
+        Reason::DropNatNoRule,
+        Reason::DropNatNoSource,
+        Reason::DropNatNoState,
+        Reason::DropNatUnresolvedOwner,
     ];
 
     pub const fn index(self) -> u32 {
@@ -165,6 +194,9 @@ impl Reason {
                 | Reason::FwdLocal
                 | Reason::FwdEncap
                 | Reason::FwdDecap
+                | Reason::FwdNatOut
+                | Reason::FwdNatIn
+                | Reason::FwdNatOwner
         )
     }
 
@@ -221,6 +253,15 @@ impl Reason {
             Reason::DropCtFull => "drop_ct_full",
             Reason::DropBlocklistSrc => "drop_blocklist_src",
             Reason::DropBlocklistDst => "drop_blocklist_dst",
+            Reason::FwdNatOut => "fwd_nat_out",
+            Reason::FwdNatIn => "fwd_nat_in",
+            Reason::FwdNatOwner => "fwd_nat_owner",
+            Reason::DropNatNoBorder => "drop_nat_no_border",
+            Reason::DropNatPortsExhausted => "drop_nat_ports_exhausted",
+            Reason::DropNatNoRule => "drop_nat_no_rule",
+            Reason::DropNatNoSource => "drop_nat_no_source",
+            Reason::DropNatNoState => "drop_nat_no_state",
+            Reason::DropNatUnresolvedOwner => "drop_nat_unresolved_owner",
         }
     }
 }

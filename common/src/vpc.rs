@@ -115,6 +115,9 @@ pub enum NextHopKind {
     Peering = 3,
     /// Drop.
     Blackhole = 4,
+    /// Out through the VPC's NAT gateway (`crate::nat`): translated at this host and sent
+    /// to the border router.
+    NatGateway = 5,
 }
 
 impl NextHopKind {
@@ -124,6 +127,7 @@ impl NextHopKind {
             2 => Some(Self::Nic),
             3 => Some(Self::Peering),
             4 => Some(Self::Blackhole),
+            5 => Some(Self::NatGateway),
             _ => None,
         }
     }
@@ -266,6 +270,7 @@ mod tests {
             NextHopKind::Nic,
             NextHopKind::Peering,
             NextHopKind::Blackhole,
+            NextHopKind::NatGateway,
         ] {
             assert_eq!(NextHopKind::from_u32(k as u32), Some(k));
         }

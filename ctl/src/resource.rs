@@ -108,7 +108,7 @@ pub enum CreateCmd {
 pub struct HostArgs {
     /// Read the HostSpec from this YAML/JSON file (`-` for stdin) instead of flags.
     #[arg(short, long, value_name = "FILE",
-          conflicts_with_all = ["name", "underlay_ip", "underlay_ifname", "router_mac", "underlay_mtu"])]
+          conflicts_with_all = ["name", "underlay_ip", "underlay_ifname", "router_mac", "underlay_mtu", "public_gateway"])]
     pub file: Option<PathBuf>,
     /// The host's name (its ID).
     #[arg(long, required_unless_present = "file")]
@@ -124,6 +124,9 @@ pub struct HostArgs {
     pub router_mac: Option<String>,
     #[arg(long)]
     pub underlay_mtu: Option<u32>,
+    /// The fabric's border router (underlay address) for NATed Internet traffic.
+    #[arg(long)]
+    pub public_gateway: Option<String>,
     /// Create or update (PUT) instead of refusing an existing host.
     #[arg(long)]
     pub replace: bool,
@@ -659,6 +662,7 @@ pub fn create(cmd: &CreateCmd) -> Result<ApiRequest> {
                 underlay_ifname: some(&a.underlay_ifname),
                 router_mac: a.router_mac.clone(),
                 underlay_mtu: a.underlay_mtu,
+                public_gateway: a.public_gateway.clone(),
             })?;
             if a.replace {
                 let path = format!("/v1/hosts/{}", encode(&s.name));

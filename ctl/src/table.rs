@@ -147,13 +147,22 @@ pub fn hosts(hosts: &[Host]) -> String {
                 h.underlay_ifname.clone(),
                 h.router_mac.to_string(),
                 h.underlay_mtu.to_string(),
+                h.public_gateway
+                    .map_or_else(|| "-".to_string(), |g| g.to_string()),
             ]
         })
         .collect();
     table(
-        &["NAME", "UNDERLAY-IP", "UNDERLAY-IF", "ROUTER-MAC", "MTU"],
+        &[
+            "NAME",
+            "UNDERLAY-IP",
+            "UNDERLAY-IF",
+            "ROUTER-MAC",
+            "MTU",
+            "PUBLIC-GW",
+        ],
         &rows,
-        &[false, false, false, false, true],
+        &[false, false, false, false, true, false],
     )
 }
 
@@ -377,11 +386,24 @@ pub fn eips(eips: &[Eip]) -> String {
                 e.pool.clone(),
                 state.into(),
                 target,
+                e.snat_blocks
+                    .iter()
+                    .map(|(host, b)| format!("{host}:{}", b.len()))
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
     table(
-        &["ID", "NAME", "ADDRESS", "POOL", "STATE", "TARGET"],
+        &[
+            "ID",
+            "NAME",
+            "ADDRESS",
+            "POOL",
+            "STATE",
+            "TARGET",
+            "SNAT-BLOCKS",
+        ],
         &rows,
         &[],
     )
@@ -685,8 +707,8 @@ no interfaces attached
         assert_eq!(
             hosts(&h),
             "\
-NAME  UNDERLAY-IP  UNDERLAY-IF  ROUTER-MAC          MTU
-h1    192.0.2.1    ul0          06:00:00:00:00:01  9000
+NAME  UNDERLAY-IP  UNDERLAY-IF  ROUTER-MAC          MTU  PUBLIC-GW
+h1    192.0.2.1    ul0          06:00:00:00:00:01  9000  -
 "
         );
         let v: Vec<Vpc> = parse(serde_json::json!([

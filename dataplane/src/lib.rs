@@ -13,6 +13,7 @@ pub mod intent;
 pub mod lab;
 pub mod loader;
 pub mod metrics;
+pub mod nat;
 pub mod sg;
 pub mod stats;
 

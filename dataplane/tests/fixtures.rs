@@ -1,6 +1,8 @@
 //! Tier 2: packet fixtures through BPF_PROG_TEST_RUN. Each fixture is one frame into one
 //! program with the expected verdict, output bytes and counter deltas; every drop reason has
 //! at least one fixture (checked below), so a new reason without a fixture fails the suite.
+#[path = "fixtures/nat.rs"]
+mod nat;
 #[path = "fixtures/sg.rs"]
 mod sg;
 mod support;
@@ -857,7 +859,8 @@ fn all_fixtures() -> Vec<Fixture> {
 fn every_reason_has_a_fixture() {
     let mut fixtures = all_fixtures();
     fixtures.extend(vpc::fixtures());
-    let scenarios = sg::scenarios(sg::Ports::PLACEHOLDER);
+    let mut scenarios = sg::scenarios(sg::Ports::PLACEHOLDER);
+    scenarios.extend(nat::scenarios(nat::Ports::PLACEHOLDER));
     let missing: Vec<&str> = Reason::ALL
         .iter()
         .filter(|r| !vpc::UNREACHABLE.iter().any(|(u, _)| u == *r))
@@ -923,18 +926,20 @@ fn every_fixture_passes() {
     assert!(report.failures.is_empty(), "{report}");
 }
 
-/// The security-group scenarios, each on programs and maps of its own, in one private
-/// network namespace whose veth ends are the VM ports.
-#[test]
-fn security_group_scenarios_pass() {
-    if !support::privileged("security_group_scenarios_pass") {
-        return;
-    }
+/// Runs the scenarios `make` lists (given the VM ports' ifindexes by name), each on
+/// programs and maps of its own, in one private network namespace whose veth ends
+/// (`pairs`) are the VM ports; writes the summary to `target/<report>` (scripts/test.sh
+/// prints it) and fails with every failed step.
+fn run_scenarios(
+    what: &str,
+    pairs: &[(&str, &str)],
+    make: impl FnOnce(&std::collections::BTreeMap<String, u32>) -> Vec<sg::Scenario> + Send,
+    report: &str,
+) {
     let (scenarios, frames, failures) =
-        sluice_dataplane::fixture::in_private_netns(&sg::PORT_PAIRS, |ifindex| {
-            let ports = sg::Ports::from_names(ifindex);
+        sluice_dataplane::fixture::in_private_netns(pairs, |ifindex| {
             let (mut scenarios, mut frames, mut failures) = (0, 0, Vec::new());
-            for s in sg::scenarios(ports) {
+            for s in make(ifindex) {
                 let mut dp = Dataplane::load(None).expect("object loads");
                 scenarios += 1;
                 frames += s.fixtures().count();
@@ -944,16 +949,39 @@ fn security_group_scenarios_pass() {
         })
         .expect("a private network namespace with veth pairs");
     let summary = format!(
-        "security-group fixtures: {scenarios} scenarios, {frames} frames, {} failed steps\n",
+        "{what} fixtures: {scenarios} scenarios, {frames} frames, {} failed steps\n",
         failures.len()
     );
     println!("{}\n{summary}", failures.join("\n"));
-    let out = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/sg-fixture-report.txt"
-    );
-    std::fs::write(out, &summary).expect("write the security-group fixture report");
+    let out = format!("{}/../target/{report}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(&out, &summary).unwrap_or_else(|e| panic!("write {out}: {e}"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn security_group_scenarios_pass() {
+    if !support::privileged("security_group_scenarios_pass") {
+        return;
+    }
+    run_scenarios(
+        "security-group",
+        &sg::PORT_PAIRS,
+        |ifindex| sg::scenarios(sg::Ports::from_names(ifindex)),
+        "sg-fixture-report.txt",
+    );
+}
+
+#[test]
+fn nat_scenarios_pass() {
+    if !support::privileged("nat_scenarios_pass") {
+        return;
+    }
+    run_scenarios(
+        "NAT",
+        &nat::PORT_PAIRS,
+        |ifindex| nat::scenarios(nat::Ports::from_names(ifindex)),
+        "nat-fixture-report.txt",
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Mutex, MutexGuard},
+    sync::Mutex,
     thread,
     time::Duration,
 };
@@ -24,12 +24,6 @@ use sluice_dataplane::{
 
 const SLUICED: &str = env!("CARGO_BIN_EXE_sluiced");
 const WAIT: Duration = Duration::from_secs(120);
-
-/// The machine has two cores: labs that run at once would starve each other's traffic.
-fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The lab's two VMs and a daemon with `xdp_vm` on both host-side veths.
 fn two_vms_with_daemon(lab: &Lab) -> (Vec<lab::VmPort>, lab::Daemon<'_>) {
@@ -55,7 +49,7 @@ fn ping_and_udp_between_vms_are_counted() {
     if !support::privileged("ping_and_udp_between_vms_are_counted") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let (vms, daemon) = two_vms_with_daemon(&lab);
     let before = daemon.stats().expect("stats before");
@@ -119,7 +113,7 @@ fn restarting_the_daemon_under_traffic_loses_no_packet() {
     if !support::privileged("restarting_the_daemon_under_traffic_loses_no_packet") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let (vms, mut daemon) = two_vms_with_daemon(&lab);
     // Resolve neighbours first so the stream is pure UDP from the first datagram.
@@ -289,7 +283,7 @@ fn dropping_a_lab_removes_everything_it_created() {
     if !support::privileged("dropping_a_lab_removes_everything_it_created") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let footprint = Mutex::new(Footprint::default());
     populated_lab(false, &footprint);
     assert_clean(&footprint);
@@ -300,7 +294,7 @@ fn a_panicking_test_still_cleans_up_its_lab() {
     if !support::privileged("a_panicking_test_still_cleans_up_its_lab") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let footprint = Mutex::new(Footprint::default());
     let unwound = thread::scope(|s| s.spawn(|| populated_lab(true, &footprint)).join());
     assert!(unwound.is_err(), "the lab thread should have panicked");
@@ -325,7 +319,7 @@ fn a_killed_owners_lab_is_swept_by_the_next_lab() {
     if !support::privileged("a_killed_owners_lab_is_swept_by_the_next_lab") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let mut holder = Command::new(std::env::current_exe().unwrap())
         .args(["lab_holder", "--exact", "--ignored", "--nocapture"])
         .env("SLUICE_LAB_HOLDER", "1")

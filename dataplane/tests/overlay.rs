@@ -12,7 +12,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::Path,
-    sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -129,12 +128,6 @@ const VMS: [VmSpec; 10] = [
     vm("b4", Tenant::B, "h2", [10, 0, 2, 11]),
     vm("b5", Tenant::B, "h1", [10, 0, 1, 12]),
 ];
-
-/// The machine has two cores: labs that run at once would starve each other's traffic.
-fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 struct Host<'lab> {
     name: &'static str,
@@ -471,7 +464,7 @@ fn same_subnet_same_host_is_delivered_locally() {
     if !support::privileged("same_subnet_same_host_is_delivered_locally") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let o = lab_and_overlay(&lab);
     let _server = o.echo_server("a2");
@@ -511,7 +504,7 @@ fn across_subnets_the_virtual_router_decrements_ttl() {
     if !support::privileged("across_subnets_the_virtual_router_decrements_ttl") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let o = lab_and_overlay(&lab);
     let _server = o.echo_server("a4");
@@ -541,7 +534,7 @@ fn across_hosts_traffic_is_vxlan_with_the_tenant_vni() {
     if !support::privileged("across_hosts_traffic_is_vxlan_with_the_tenant_vni") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let o = lab_and_overlay(&lab);
     let fabric = lab.fabric().expect("fabric bridge");
@@ -651,7 +644,7 @@ fn tenants_with_identical_addresses_never_see_each_other() {
     if !support::privileged("tenants_with_identical_addresses_never_see_each_other") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let o = lab_and_overlay(&lab);
     let _servers: Vec<_> = o.vms.iter().map(|v| o.echo_server(v.label())).collect();
@@ -787,7 +780,7 @@ fn a_more_specific_blackhole_route_added_later_wins() {
     if !support::privileged("a_more_specific_blackhole_route_added_later_wins") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let mut o = lab_and_overlay(&lab);
     let blackhole = |ip: Ipv4, len: u8| {

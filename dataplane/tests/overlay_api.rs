@@ -17,7 +17,6 @@ mod support;
 use std::{
     collections::BTreeMap,
     path::Path,
-    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -46,12 +45,6 @@ const TCP_BYTES: u64 = 300_000;
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 /// For exchanges that must fail: how long the client tries.
 const TCP_FAIL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The machine has two cores: labs that run at once would starve each other's traffic.
-fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 // ---- tenants' traffic tags ----
 
@@ -357,7 +350,7 @@ fn tenants_with_identical_addresses_connect_and_stay_isolated() {
     if !support::privileged("tenants_with_identical_addresses_connect_and_stay_isolated") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let started = Instant::now();
     let lab = Lab::new().expect("lab");
     let t = default_lab(&lab);
@@ -449,7 +442,7 @@ fn custom_routes_appliance_blackhole_and_longest_prefix() {
     if !support::privileged("custom_routes_appliance_blackhole_and_longest_prefix") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let started = Instant::now();
     let lab = Lab::new().expect("lab");
     let mut t = default_lab(&lab);
@@ -649,7 +642,7 @@ fn peerings_transit_and_deletes_through_the_api() {
     if !support::privileged("peerings_transit_and_deletes_through_the_api") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let started = Instant::now();
     let lab = Lab::new().expect("lab");
     let mut t = default_lab(&lab);
@@ -1017,7 +1010,7 @@ fn demo_default_lab() {
     if !support::privileged("demo_default_lab") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let file = default_lab_path();
     step(&format!(
@@ -1187,6 +1180,8 @@ fn demo_default_lab() {
 
     step("isolation: what tcpdump saw on every VM interface during all of this");
     watch_vms.finish();
+
+    demo_nat(&mut t, &ctl, &api);
     for h in t.hosts() {
         step(&format!(
             "sluicectl --api {} stats  ({})",
@@ -1266,7 +1261,7 @@ fn lab_up() {
     if !support::privileged("lab_up") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let file = std::env::var_os("SLUICE_LAB_FILE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(default_lab_path);
@@ -1319,6 +1314,84 @@ fn hold() {
         Ok(tty) => std::io::BufReader::new(tty).read_line(&mut line).ok(),
         Err(_) => std::io::stdin().lock().read_line(&mut line).ok(),
     };
+}
+
+/// The demo's NAT part: both tenants (identical addresses) reach the lab's Internet through
+/// their own NAT gateway, and a DNAT entry publishes a3's web server.
+fn demo_nat(t: &mut TopologyLab, ctl: &Path, api: &str) {
+    use sluice_dataplane::lab::internet::{INTERNET, PUBLIC_SERVER};
+    let lab = t.lab();
+    let _public = lab
+        .http_server(INTERNET, 8080, "public")
+        .expect("public HTTP server");
+    let _web = lab.http_server("a3", 8080, "a3").expect("a3's HTTP server");
+    step("NAT: an EIP pool, an EIP per tenant, a NAT gateway with SNAT, a default route to it");
+    let mut commands: Vec<Vec<String>> = vec![
+        "create eip-pool --name public --cidrs 203.0.113.0/24".into(),
+        "create eip --name web-a --pool public".into(),
+    ]
+    .into_iter()
+    .map(|c: String| c.split(' ').map(str::to_string).collect())
+    .collect();
+    for x in ["a", "b"] {
+        for c in [
+            format!("create eip --name out-{x} --pool public"),
+            format!("create nat-gateway --name gw-{x} --vpc tenant-{x} --subnet web --eips out-{x}"),
+            format!("create snat --nat-gateway gw-{x} --cidr 10.0.0.0/16 --eips out-{x}"),
+            format!("create route --vpc tenant-{x} --destination 0.0.0.0/0 --next-hop nat-gateway:gw-{x}"),
+        ] {
+            commands.push(c.split(' ').map(str::to_string).collect());
+        }
+    }
+    for c in [
+        "attach eip web-a --nat-gateway gw-a",
+        "create dnat --nat-gateway gw-a --eip web-a --protocol tcp --public-port 80 --private-ip 10.0.2.10 --private-port 8080",
+        "create rule --vpc tenant-a --sg default --direction ingress --protocol tcp --ports 8080 --cidr 0.0.0.0/0 --action allow --priority 20",
+        "list eips",
+    ] {
+        commands.push(c.split(' ').map(str::to_string).collect());
+    }
+    for c in &commands {
+        let args: Vec<&str> = c.iter().map(String::as_str).collect();
+        assert!(show(ctl, api, &args), "sluicectl {}", c.join(" "));
+    }
+    t.wait_current().expect("agents apply NAT");
+    let before = stats(t);
+    let url = format!("http://{PUBLIC_SERVER}:8080/");
+    let mut seen = std::collections::BTreeSet::new();
+    for vm in ["a1", "b1", "a3", "b3"] {
+        let r = lab.http_get(vm, &url, Duration::from_secs(5)).expect("GET");
+        let (_, ip, port) = r.seen().unwrap_or_else(|| panic!("{vm} -> {url}: {r:?}"));
+        println!(
+            "{vm} ({}) GET {url}: the server saw {ip}:{port}",
+            t.vm(vm).ip()
+        );
+        assert!(
+            seen.insert((ip, port)),
+            "{vm}: a public (address, port) twice"
+        );
+    }
+    let web: serde_json::Value = client::blocking_get(t.controller_api(), "/v1/eips/web-a")
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .expect("EIP web-a");
+    let web = web["address"].as_str().expect("address").to_string();
+    let r = lab
+        .http_get(INTERNET, &format!("http://{web}/"), Duration::from_secs(5))
+        .expect("GET");
+    let (name, ip, _) = r
+        .seen()
+        .unwrap_or_else(|| panic!("Internet -> {web}: {r:?}"));
+    assert_eq!(name, "a3");
+    println!("the Internet ({PUBLIC_SERVER}) GET http://{web}/ (DNAT to a3:8080): {name} saw {ip}");
+    for (h, d) in since(t, &before) {
+        println!(
+            "{h}: fwd_nat_out +{}, fwd_nat_in +{}, fwd_nat_owner +{}",
+            d.get(Reason::FwdNatOut).packets,
+            d.get(Reason::FwdNatIn).packets,
+            d.get(Reason::FwdNatOwner).packets
+        );
+    }
 }
 
 fn step(what: &str) {

@@ -8,11 +8,7 @@
 //! (which stay in the default group, where a3 no longer is) only by the connection table.
 mod support;
 
-use std::{
-    path::Path,
-    sync::{Mutex, MutexGuard},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use serde_json::{json, Value};
 use sluice_common::stats::Reason;
@@ -33,33 +29,13 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 const FAIL_TIMEOUT: Duration = Duration::from_secs(2);
 const STARTUP: Duration = Duration::from_secs(20);
 
-/// The machine has two cores: labs that run at once would starve each other's traffic.
-fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn default_lab(lab: &Lab) -> TopologyLab<'_> {
     let topology = load_topology(&default_lab_path()).expect("lab/default.yaml");
     TopologyLab::build(lab, topology, Path::new(SLUICED)).expect("building the default lab")
 }
 
-/// A change through the API that must succeed; returns when every agent applied it.
-fn change(t: &mut TopologyLab, method: Method, path: &str, body: Value) -> Value {
-    let what = format!("{method} {path}");
-    let body = (!body.is_null()).then_some(body);
-    let resp = t
-        .change(method, path, body.as_ref())
-        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    if resp.body.trim().is_empty() {
-        Value::Null
-    } else {
-        resp.json().unwrap_or_else(|e| panic!("{what}: {e:#}"))
-    }
-}
-
 fn group(t: &mut TopologyLab, name: &str, rules: Value) -> SecurityGroup {
-    let g = change(
+    let g = support::change(
         t,
         Method::POST,
         "/v1/security-groups",
@@ -69,7 +45,7 @@ fn group(t: &mut TopologyLab, name: &str, rules: Value) -> SecurityGroup {
 }
 
 fn set_groups(t: &mut TopologyLab, nic: &str, groups: &[&str]) -> Nic {
-    let n = change(
+    let n = support::change(
         t,
         Method::PATCH,
         &format!("/v1/nics/{nic}"),
@@ -270,7 +246,7 @@ fn ports_replies_groups_and_the_blocklist() {
     if !support::privileged("ports_replies_groups_and_the_blocklist") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let mut t = default_lab(&lab);
     let a1 = t.vm("a1").ip();
@@ -344,7 +320,7 @@ fn ports_replies_groups_and_the_blocklist() {
     // peers there through the default group.
     let _a4_server = echo_server(&t, "a4", 7100);
     assert_tcp(&t, "a1", "a4", 7100, true, "egress allowed by default");
-    change(
+    support::change(
         &mut t,
         Method::POST,
         "/v1/security-groups/admin/rules?vpc=tenant-a",
@@ -364,7 +340,7 @@ fn ports_replies_groups_and_the_blocklist() {
     assert!(moved(&t, &before, "h1", Reason::DropSgEgress) > 0);
 
     // The blocklist drops a source before any policy, on every host, and counts it.
-    change(
+    support::change(
         &mut t,
         Method::POST,
         "/v1/blocklist",
@@ -373,7 +349,7 @@ fn ports_replies_groups_and_the_blocklist() {
     let before = stats(&t);
     assert_tcp(&t, "a2", "a4", 7100, false, "blocked source");
     assert!(moved(&t, &before, "h1", Reason::DropBlocklistSrc) > 0);
-    change(
+    support::change(
         &mut t,
         Method::DELETE,
         &format!("/v1/blocklist/{a2}%2F32"),
@@ -390,7 +366,7 @@ fn membership_changes_and_revocation_of_open_connections() {
     if !support::privileged("membership_changes_and_revocation_of_open_connections") {
         return;
     }
-    let _serial = one_lab_at_a_time();
+    let _serial = support::one_lab_at_a_time();
     let lab = Lab::new().expect("lab");
     let mut t = default_lab(&lab);
 
@@ -427,7 +403,7 @@ fn membership_changes_and_revocation_of_open_connections() {
         .find(|r| r.ports.map(|p| p.from) == Some(5432))
         .expect("the 5432 rule");
     let asked = monotonic_ns();
-    change(
+    support::change(
         &mut t,
         Method::DELETE,
         &format!("/v1/security-groups/db/rules/{}?vpc=tenant-a", rule.id),

@@ -36,7 +36,7 @@ static CONFIG: Array<CtConfig> = Array::with_max_entries(1, 0);
 static COUNT: Array<CtCount> = Array::with_max_entries(CT_COUNT_SLOTS, 0);
 #[map(name = "SLUICE_CT_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_STATS_SLOTS, 0);
-#[map(name = "SLUICE_CT_SCRATCH")]
+#[map(name = "SLUICE_CT_SCRATCH_V2")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// CPUs the declared size leaves LRU headroom for.
@@ -78,6 +78,8 @@ pub struct Scratch {
     pub flow: Flow,
     pub key: CtKey,
     pub entry: CtEntry,
+    /// The NAT translation of the packet (`nat.rs`).
+    pub nat: crate::nat::Work,
 }
 
 /// The packet's scratch slot. XDP runs a packet to completion on its CPU.
@@ -245,35 +247,26 @@ pub enum InsertError {
     Full,
 }
 
-/// Inserts `sc.entry` under `sc.key` if the table is below its admission limit. Never
-/// replaces an entry: another CPU's insert of the same flow wins, and this packet goes
-/// on with it.
+/// Inserts `sc.entry` under `sc.key` (`sc` is the per-CPU scratch slot) if the table is
+/// below its admission limit. Never replaces an entry: another CPU's insert of the same
+/// flow wins, and this packet goes on with it.
 #[inline(never)]
 pub fn insert(sc: &Scratch) -> Result<(), InsertError> {
-    if !has_room() {
-        event(CtEvent::Full);
+    if !admit() {
         return Err(InsertError::Full);
     }
-    // By reference: by value, the key and entry would be copied to the stack.
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let res = CT.insert(&sc.key, &sc.entry, BPF_NOEXIST as u64);
-    match res {
-        Ok(()) => {
-            count(false);
-            event(CtEvent::Inserted);
+    match sluice_ct_insert_unique() {
+        INSERTED => {
             if sc.entry.flags & CT_MIDSTREAM != 0 {
                 event(CtEvent::Midstream);
             }
             Ok(())
         }
-        Err(err) if err == -EEXIST => {
+        TAKEN => {
             event(CtEvent::InsertRaced);
             Ok(())
         }
-        Err(_) => {
-            event(CtEvent::InsertFailed);
-            Err(InsertError::Full)
-        }
+        _ => Err(InsertError::Full),
     }
 }
 
@@ -292,4 +285,49 @@ pub fn track(e: &mut CtEntry, from_orig: bool, proto: u8, tcp_flags: u8, now: u6
     e.touch(now);
     e.touched = jiffies();
     false
+}
+
+/// [`sluice_ct_insert_unique`]: inserted.
+pub const INSERTED: u32 = 0;
+/// [`sluice_ct_insert_unique`]: the key holds another entry.
+pub const TAKEN: u32 = 1;
+/// [`sluice_ct_insert_unique`]: at the admission limit, or the map refused.
+pub const NO_ROOM: u32 = 2;
+
+/// Whether a new entry may be inserted (the table is below its admission limit); a
+/// refusal is counted.
+#[inline(never)]
+pub fn admit() -> bool {
+    if has_room() {
+        return true;
+    }
+    event(CtEvent::Full);
+    false
+}
+
+/// Inserts the scratch slot's entry under its key only if the key is free (the caller
+/// checked [`admit`]); a taken key is for the caller to judge (NAT's port search: try
+/// another port; [`insert`]: another CPU's insert of the same flow). A global function:
+/// the verifier checks it once, not once per caller and path.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_ct_insert_unique() -> u32 {
+    let Some(sc) = scratch() else {
+        return NO_ROOM;
+    };
+    // By reference: by value, the key and entry would be copied to the stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let res = CT.insert(&sc.key, &sc.entry, BPF_NOEXIST as u64);
+    match res {
+        Ok(()) => {
+            count(false);
+            event(CtEvent::Inserted);
+            INSERTED
+        }
+        Err(err) if err == -EEXIST => TAKEN,
+        Err(_) => {
+            event(CtEvent::InsertFailed);
+            NO_ROOM
+        }
+    }
 }

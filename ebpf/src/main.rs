@@ -1,7 +1,8 @@
 //! Sluice's XDP programs. Read a packet's life top-down from the entry points below:
 //! `parse` validates and locates headers, `sg` checks the operator blocklist first, `vpc`
 //! routes (calling `sg` for the security groups, which keep state in `conntrack`),
-//! `stats` counts the verdict. Later concerns (nat, lb) slot in the same way.
+//! `stats` counts the verdict; `nat` translates for the Internet (from `vpc` on the way
+//! out, at the underlay on the way in). Later concerns (lb) slot in the same way.
 #![no_std]
 #![no_main]
 // Atomic adds for counters other CPUs share (`conntrack.rs`).
@@ -9,6 +10,7 @@
 #![feature(core_intrinsics)]
 
 mod conntrack;
+mod nat;
 mod parse;
 mod sg;
 mod stats;
@@ -59,7 +61,11 @@ fn underlay(ctx: &XdpContext) -> u32 {
             },
             Err(reason) => reason,
         },
-        Ok(pkt) => pass_reason(&pkt),
+        // Plain IPv4 to an elastic IP; anything else is the host's own traffic.
+        Ok(pkt) => match nat::underlay(ctx, &pkt) {
+            Some(out) => return stats::finish(len, out),
+            None => pass_reason(&pkt),
+        },
         Err(reason) => reason,
     };
     stats::verdict(ctx, reason)

@@ -66,6 +66,12 @@ fn nic(ifindex: u32) -> Option<&'static NicSg> {
     NICS.get(ifindex).filter(|s| s.flags & NIC_SG_ENFORCED != 0)
 }
 
+/// Whether the NIC at `ifindex` is filtered: its connection entries are kept here.
+#[inline(always)]
+pub fn filtered(ifindex: u32) -> bool {
+    nic(ifindex).is_some()
+}
+
 /// The security groups for the IPv4 packet `pkt` between `ends`: nothing but two array
 /// lookups unless an end is filtered.
 #[inline(always)]
@@ -92,6 +98,13 @@ pub fn check(ctx: &XdpContext, pkt: &Packet, ends: &Ends) -> Result<(), Reason> 
     if !Flow::write(ctx, pkt, &mut sc.flow) {
         return Err(Reason::DropIpv4Truncated);
     }
+    check_flow(ends)
+}
+
+/// The full check of the flow already in the scratch slot (NAT writes the translated
+/// tuple there, so the policy sees the private addresses before the packet changes).
+#[inline(always)]
+pub fn check_flow(ends: &Ends) -> Result<(), Reason> {
     let code = sluice_sg_check(
         ends.sender_ifindex,
         ends.sender_vni,

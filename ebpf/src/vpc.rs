@@ -24,6 +24,7 @@ use sluice_common::{
 };
 
 use crate::{
+    nat,
     parse::{Packet, Vxlan},
     sg,
 };
@@ -63,7 +64,7 @@ pub struct Outcome {
 }
 
 #[inline(always)]
-fn drop(reason: Reason) -> Outcome {
+pub(crate) fn drop(reason: Reason) -> Outcome {
     Outcome {
         reason,
         action: xdp_action::XDP_DROP,
@@ -71,7 +72,7 @@ fn drop(reason: Reason) -> Outcome {
 }
 
 #[inline(always)]
-fn ptr_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub(crate) fn ptr_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     if start + off + core::mem::size_of::<T>() > ctx.data_end() {
         return None;
@@ -80,7 +81,7 @@ fn ptr_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-fn host() -> Option<&'static HostConfig> {
+pub(crate) fn host() -> Option<&'static HostConfig> {
     HOST.get(0).filter(|h| h.configured != 0)
 }
 
@@ -180,7 +181,7 @@ fn arp_reply(ctx: &XdpContext, port: &Port, host: &HostConfig) -> Outcome {
 }
 
 #[inline(always)]
-fn endpoint(vni: u32, ip: Ipv4) -> Option<&'static Endpoint> {
+pub(crate) fn endpoint(vni: u32, ip: Ipv4) -> Option<&'static Endpoint> {
     unsafe { ENDPOINTS.get(&EndpointKey { vni, ip }) }
 }
 
@@ -211,8 +212,10 @@ fn route(ctx: &XdpContext, pkt: &Packet, ifindex: u32, port: &Port, host: &HostC
             (port.vni, ep, in_net(dst, port.subnet, port.subnet_mask))
         }
         _ => {
-            let Some(nh) = lookup_route(port.vni, dst) else {
-                return drop(Reason::DropNoRoute);
+            // The Internet, through the NAT gateway or the NIC's bound EIP (`nat.rs`).
+            let nh = match lookup_route(port.vni, dst) {
+                Some(nh) if nh.kind != NextHopKind::NatGateway as u32 => nh,
+                nh => return nat::egress(ctx, pkt, ifindex, port, host, nh.is_some()),
             };
             let (vni, ep, same_subnet) = match NextHopKind::from_u32(nh.kind) {
                 Some(NextHopKind::Local) => {
@@ -221,7 +224,7 @@ fn route(ctx: &XdpContext, pkt: &Packet, ifindex: u32, port: &Port, host: &HostC
                 Some(NextHopKind::Nic) => (port.vni, endpoint(port.vni, nh.ip), false),
                 Some(NextHopKind::Peering) => (nh.vni, endpoint(nh.vni, dst), false),
                 Some(NextHopKind::Blackhole) => return drop(Reason::DropBlackhole),
-                None => return drop(Reason::DropNoRoute),
+                Some(NextHopKind::NatGateway) | None => return drop(Reason::DropNoRoute),
             };
             let Some(ep) = ep else {
                 return drop(Reason::DropNoEndpoint);
@@ -292,7 +295,7 @@ fn security_groups(
 }
 
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, dst: Mac, src: Mac) -> bool {
+pub(crate) fn set_macs(ctx: &XdpContext, dst: Mac, src: Mac) -> bool {
     let Some(eth) = ptr_mut::<[u8; 12]>(ctx, 0) else {
         return false;
     };
@@ -303,7 +306,7 @@ fn set_macs(ctx: &XdpContext, dst: Mac, src: Mac) -> bool {
 }
 
 #[inline(always)]
-fn redirect(ifindex: u32, reason: Reason) -> Outcome {
+pub(crate) fn redirect(ifindex: u32, reason: Reason) -> Outcome {
     Outcome {
         reason,
         action: unsafe { bpf_redirect(ifindex, 0) } as u32,

@@ -1,6 +1,7 @@
 //! The connection table, userspace side (ABI and design: `common/src/conntrack.rs`; the
 //! datapath: `ebpf/src/conntrack.rs`): its configuration, its counts, the periodic sweep
-//! that collects expired entries and notices LRU evictions, and a listing of its flows.
+//! that collects expired entries (and NAT public-side entries whose flow is gone) and
+//! notices LRU evictions, and a listing of its flows.
 //!
 //! The table is read with `BPF_MAP_LOOKUP_BATCH` (a few hundred syscalls for a million
 //! entries instead of two million), whose bucket cursor stays valid while the datapath
@@ -15,10 +16,15 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::{Deserialize, Serialize};
-use sluice_common::conntrack::{
-    maps, CtConfig, CtCount, CtEntry, CtEvent, CtKey, CtState, CT_COUNT_DATAPATH, CT_COUNT_EVICTED,
-    CT_COUNT_SLOTS, CT_COUNT_USERSPACE, CT_MIDSTREAM, CT_ORIG_IS_A, CT_REVOKED, CT_SEEN_REPLY,
-    CT_TOUCH_NS,
+use sluice_common::{
+    conntrack::{
+        maps, CtConfig, CtCount, CtEntry, CtEvent, CtKey, CtState, CT_COUNT_DATAPATH,
+        CT_COUNT_EVICTED, CT_COUNT_SLOTS, CT_COUNT_USERSPACE, CT_MIDSTREAM, CT_ORIG_IS_A,
+        CT_REVOKED, CT_SEEN_REPLY, CT_TOUCH_NS,
+    },
+    nat::{LINK_NONE, NAT_VNI},
+    proto::IPPROTO_ICMP,
+    vpc::Ipv4,
 };
 
 use crate::{
@@ -375,41 +381,100 @@ pub struct SweepStats {
     pub evicted: u64,
     /// Entries left.
     pub live: u64,
+    /// Of `collected`: NAT public-side entries whose private entry no longer links to them.
+    pub unlinked: u64,
+}
+
+/// The private-side key a NAT public-side entry (`k`, `e`) links to, taking its end
+/// `(eip, eport)` as the public one: the private end (from the link) and the other end of
+/// `k`. ICMP echo keys carry the identifier on both sides, so the private key's remote
+/// "port" is the private identifier.
+fn private_key(k: &CtKey, e: &CtEntry, public_is_a: bool) -> (CtKey, Ipv4, [u8; 2]) {
+    let ((eip, eport), (remote, rport)) = k.ends(public_is_a);
+    let link = e.nat;
+    let rport = if k.proto == IPPROTO_ICMP {
+        link.port
+    } else {
+        rport
+    };
+    let (key, _) = CtKey::new(link.vni, k.proto, link.addr, link.port, remote, rport);
+    (key, eip, eport)
+}
+
+/// Whether the NAT public-side entry (`k`, `e`) is still linked: a private entry it
+/// points to points back at one of its ends. `get` reads a private entry.
+fn nat_linked<E>(
+    k: &CtKey,
+    e: &CtEntry,
+    mut get: impl FnMut(&CtKey) -> Result<Option<CtEntry>, E>,
+) -> Result<bool, E> {
+    for public_is_a in [true, false] {
+        let (pk, eip, eport) = private_key(k, e, public_is_a);
+        if get(&pk)?
+            .is_some_and(|p| p.nat.kind != LINK_NONE && p.nat.addr == eip && p.nat.port == eport)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Deletes the entries expired at `now_ns` (each re-read just before its delete, so a
-/// flow the datapath refreshed meanwhile stays), and books LRU evictions.
+/// flow the datapath refreshed meanwhile stays), and books LRU evictions. NAT public-side
+/// entries (under [`NAT_VNI`]) have no clock of their own: they go once the private entry
+/// they link to is gone or links elsewhere (and are at least [`CT_TOUCH_NS`] old, as the
+/// datapath inserts the public entry just before it links the private one).
 pub fn sweep(maps: &mut impl SgMaps, now_ns: u64) -> Result<SweepStats, ApplyError> {
     let cfg = read_config(maps)?;
     let before = read_slots(maps)?;
     let all = entries(maps)?;
+    let snapshot: std::collections::HashMap<CtKey, CtEntry> = all.iter().copied().collect();
     let mut st = SweepStats {
         scanned: all.len() as u64,
         ..Default::default()
     };
     {
         let mut table: HashMap<&mut MapData, CtKey, CtEntry> = typed_mut(maps, maps::CONNTRACK)?;
+        let read = |table: &HashMap<&mut MapData, CtKey, CtEntry>, k: &CtKey| match table.get(k, 0)
+        {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(ApplyError::Read {
+                map: maps::CONNTRACK,
+                source,
+            }),
+        };
         for (k, e) in &all {
-            if !e.is_expired(now_ns, k.proto, &cfg) {
+            let public = k.vni == NAT_VNI;
+            let stale = if public {
+                now_ns.saturating_sub(e.created_ns) >= CT_TOUCH_NS
+                    && !nat_linked(k, e, |pk| Ok::<_, ()>(snapshot.get(pk).copied()))
+                        .unwrap_or(true)
+            } else {
+                e.is_expired(now_ns, k.proto, &cfg)
+            };
+            if !stale {
                 st.live += 1;
                 continue;
             }
-            match table.get(k, 0) {
-                Ok(fresh) if fresh.is_expired(now_ns, k.proto, &cfg) => {}
-                Ok(_) => {
-                    st.live += 1;
-                    continue;
-                }
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(ApplyError::Read {
-                        map: maps::CONNTRACK,
-                        source,
-                    })
-                }
+            // Re-read just before the delete: the datapath may have moved on meanwhile.
+            let Some(fresh) = read(&table, k)? else {
+                continue;
+            };
+            let still = if public {
+                !nat_linked(k, &fresh, |pk| read(&table, pk))?
+            } else {
+                fresh.is_expired(now_ns, k.proto, &cfg)
+            };
+            if !still {
+                st.live += 1;
+                continue;
             }
             match table.remove(k) {
-                Ok(()) => st.collected += 1,
+                Ok(()) => {
+                    st.collected += 1;
+                    st.unlinked += public as u64;
+                }
                 // The datapath collected it first (and counted it).
                 Err(MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
@@ -469,6 +534,56 @@ mod tests {
         );
         assert_eq!(f.expires_in_secs, cfg.tcp_syn_ns / 1_000_000_000 - 2);
         assert!(f.flags.is_empty());
+    }
+
+    /// A translated flow's two entries as the datapath writes them: the private one under
+    /// the VM's VNI, the public one under `NAT_VNI`.
+    fn nat_pair(proto: u8, private_port: u16, public_port: u16) -> [(CtKey, CtEntry); 2] {
+        use sluice_common::nat::{NatLink, LINK_SNAT};
+        let (vm, eip, remote) = ([10, 0, 1, 10], [203, 0, 113, 10], [198, 51, 100, 7]);
+        let echo = proto == IPPROTO_ICMP;
+        let (pp, ep) = (private_port.to_be_bytes(), public_port.to_be_bytes());
+        let rport = |own: [u8; 2]| if echo { own } else { 80u16.to_be_bytes() };
+        let (pk, _) = CtKey::new(100, proto, vm, pp, remote, rport(pp));
+        let (ek, _) = CtKey::new(NAT_VNI, proto, eip, ep, remote, rport(ep));
+        let link = |addr, port, vni| NatLink {
+            addr,
+            port,
+            kind: LINK_SNAT,
+            vni,
+            ..Default::default()
+        };
+        let private = CtEntry {
+            nat: link(eip, ep, 0),
+            ..Default::default()
+        };
+        let public = CtEntry {
+            nat: link(vm, pp, 100),
+            ..Default::default()
+        };
+        [(pk, private), (ek, public)]
+    }
+
+    fn linked(table: &[(CtKey, CtEntry)], public: &(CtKey, CtEntry)) -> bool {
+        let get = |k: &CtKey| Ok::<_, ()>(table.iter().find(|(t, _)| t == k).map(|(_, e)| *e));
+        nat_linked(&public.0, &public.1, get).unwrap()
+    }
+
+    #[test]
+    fn a_public_nat_entry_lives_while_its_private_entry_links_back() {
+        for proto in [6, 17, IPPROTO_ICMP] {
+            let [private, public] = nat_pair(proto, 40000, 1234);
+            assert!(linked(&[private, public], &public), "proto {proto}");
+            // The private entry is gone (expired, RST).
+            assert!(!linked(&[public], &public), "proto {proto}");
+            // The private entry was re-created and links elsewhere (or nowhere).
+            let mut moved = private;
+            moved.1.nat.port = 1235u16.to_be_bytes();
+            assert!(!linked(&[moved, public], &public), "proto {proto}");
+            let mut unlinked = private;
+            unlinked.1.nat = Default::default();
+            assert!(!linked(&[unlinked, public], &public), "proto {proto}");
+        }
     }
 
     #[test]

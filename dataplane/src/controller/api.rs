@@ -1588,10 +1588,11 @@ mod tests {
         }
         assert_eq!(t.controller.read(|i| i.clone()), before);
 
-        // The route compiles to a drop until the NAT datapath exists.
+        // The route sends traffic to the gateway; the host's NAT tables list the EIPs.
         let (_, _, tables) = t.controller.host_tables("h1");
         assert!(tables.routes.iter().any(|r| r.prefix.len == 0
-            && r.next_hop.kind == sluice_common::vpc::NextHopKind::Blackhole as u32));
+            && r.next_hop.kind == sluice_common::vpc::NextHopKind::NatGateway as u32));
+        assert!(!tables.nat.eips.is_empty());
 
         let r = call(&app, "DELETE", "/v1/nat-gateways/gw/dnat/dnat-1", None).await;
         assert_eq!(r.status, StatusCode::NO_CONTENT);

@@ -352,6 +352,8 @@ fn document() -> Value {
             "state": {"type": "string", "enum": ["free", "bound", "attached"]},
             "nic": string("bound: the NIC ID"),
             "nat_gateway": string("attached: the NAT gateway ID"),
+            "snat_blocks": {"type": "object", "description": "SNAT port blocks (256 ports from 1024 + 256*n) by host, assigned by the controller",
+                "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
         }), json!({"id": "eip-1", "name": "web-ip", "pool": "eipp-1", "address": "203.0.113.0", "state": "bound", "nic": "nic-1"})),
         "EipBind": object(&["nic"], json!({"nic": string("NIC ID or name")}), json!({"nic": "web1"})),
         "EipAttach": object(&["eip"], json!({"eip": string("A free EIP (ID, name or address)")}), json!({"eip": "e3"})),
@@ -400,6 +402,7 @@ fn document() -> Value {
             "underlay_ifname": string("The host's interface toward the fabric"),
             "router_mac": string("Virtual router MAC toward VMs (derived from the name when absent)"),
             "underlay_mtu": integer("Fabric MTU (default 1500); VMs get 50 bytes less"),
+            "public_gateway": string("The fabric's border router (underlay IPv4): where NATed Internet traffic goes"),
         }), json!({"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0"})),
         "Host": object(&["name", "underlay_ip", "underlay_ifname", "router_mac", "underlay_mtu"], json!({
             "name": string("Host name"),
@@ -407,6 +410,7 @@ fn document() -> Value {
             "underlay_ifname": string("Fabric interface"),
             "router_mac": string("Virtual router MAC"),
             "underlay_mtu": integer("Fabric MTU"),
+            "public_gateway": string("Border router for NATed Internet traffic (absent: none)"),
         }), json!({"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0", "router_mac": "06:00:00:00:00:01", "underlay_mtu": 1500})),
         "VpcSpec": object(&["cidr"], json!({
             "name": string("Unique name (default: the ID)"),

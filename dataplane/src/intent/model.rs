@@ -209,6 +209,11 @@ pub struct Host {
     pub router_mac: MacAddr,
     /// Largest outer IPv4 packet the fabric carries; VMs get `underlay_mtu - 50`.
     pub underlay_mtu: u32,
+    /// The fabric's border router (an underlay address): where this host sends the
+    /// Internet traffic its NAT translates. Without it, such traffic is dropped
+    /// (`drop_nat_no_border`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_gateway: Option<Ipv4Addr>,
 }
 
 /// A tenant's virtual network: one VNI, one route table.
@@ -392,6 +397,8 @@ pub struct HostSpec {
     pub router_mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay_mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_gateway: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,7 +33,7 @@
 //!   errors are reverse-translated from the same entry the security groups use.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fmt,
     net::Ipv4Addr,
 };
@@ -89,6 +89,10 @@ pub struct Eip {
     pub address: Ipv4Addr,
     #[serde(flatten)]
     pub state: EipState,
+    /// SNAT port blocks by host ([`sluice_common::nat::BLOCK_SIZE`] ports each, numbered
+    /// from [`sluice_common::nat::PORT_MIN`]): derived by [`Intent::assign_snat_blocks`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snat_blocks: BTreeMap<String, Vec<u16>>,
 }
 
 impl Eip {
@@ -796,6 +800,7 @@ impl Intent {
             pool: pool.id,
             address,
             state: EipState::Free,
+            snat_blocks: BTreeMap::new(),
         };
         self.index_name(NameKind::Eip, "", &eip.name, &id);
         self.eips.insert(id.clone(), eip.clone());
@@ -1067,6 +1072,16 @@ impl Intent {
     fn add_snat_mut(&mut self, gw: &str, spec: SnatSpec) -> Result<SnatEntry> {
         let g = &self.nat_gateways[gw];
         let mut entry = self.resolve_snat(g, &spec)?;
+        let most = sluice_common::nat::MAX_SNAT_EIPS;
+        if entry.eips.len() > most {
+            return Err(ValidationError::invalid(
+                "eips",
+                format!(
+                    "{} EIPs; a SNAT entry uses at most {most}",
+                    entry.eips.len()
+                ),
+            ));
+        }
         if let Some(dup) = g.snat.iter().find(|s| s.source == entry.source) {
             return Err(ValidationError::conflict(
                 "",
@@ -1393,6 +1408,84 @@ pub(super) fn index_nat(i: &mut Intent, pools: Vec<EipPool>, eips: Vec<Eip>, gws
     for g in gws {
         i.index_name(NameKind::NatGateway, "", &g.name, &g.id);
         i.nat_gateways.insert(g.id.clone(), g);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SNAT port blocks
+// ---------------------------------------------------------------------------------------
+
+/// Blocks a host is given of an EIP when it first needs it (2,048 ports): fewer if the
+/// EIP has fewer free.
+pub const HOST_BLOCK_SHARE: usize = 8;
+
+impl SnatSource {
+    /// Whether NIC `n` of the gateway's VPC `vpc` is a source this entry translates.
+    fn covers(&self, vpc: &str, n: &super::model::Nic) -> bool {
+        n.vpc == vpc
+            && match self {
+                SnatSource::Subnet(id) => &n.subnet == id,
+                SnatSource::Cidr(c) => c.contains(n.ip),
+                SnatSource::Nic(id) => &n.id == id,
+            }
+    }
+}
+
+impl Intent {
+    /// The hosts that need SNAT ports of each EIP: those with a NIC some SNAT entry using
+    /// the EIP covers.
+    fn snat_block_needs(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut needs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for g in self.nat_gateways.values() {
+            for entry in &g.snat {
+                let hosts: BTreeSet<&String> = self
+                    .nics
+                    .values()
+                    .filter(|n| entry.source.covers(&g.vpc, n))
+                    .map(|n| &n.host)
+                    .collect();
+                for eip in &entry.eips {
+                    needs
+                        .entry(eip.clone())
+                        .or_default()
+                        .extend(hosts.iter().map(|h| h.to_string()));
+                }
+            }
+        }
+        needs
+    }
+
+    /// Brings every EIP's SNAT block assignment up to date, stably: a host keeps the
+    /// blocks it holds while it still needs the EIP (its flows' ports stay its own), a host
+    /// that no longer needs it gives them back, and a host that newly needs it gets
+    /// [`HOST_BLOCK_SHARE`] of the lowest free blocks (fewer when fewer are free; none when
+    /// the EIP is used up, so its new flows count as port exhaustion). Pure and
+    /// deterministic, so it runs after every mutation.
+    pub(super) fn assign_snat_blocks(&mut self) {
+        if self.nat_gateways.is_empty() && self.eips.values().all(|e| e.snat_blocks.is_empty()) {
+            return;
+        }
+        let needs = self.snat_block_needs();
+        let none = BTreeSet::new();
+        for (id, eip) in self.eips.iter_mut() {
+            let wanted = needs.get(id).unwrap_or(&none);
+            eip.snat_blocks.retain(|host, _| wanted.contains(host));
+            let mut used: BTreeSet<u16> = eip.snat_blocks.values().flatten().copied().collect();
+            for host in wanted {
+                if eip.snat_blocks.contains_key(host) {
+                    continue;
+                }
+                let free: Vec<u16> = (0..sluice_common::nat::BLOCKS_PER_EIP)
+                    .filter(|b| !used.contains(b))
+                    .take(HOST_BLOCK_SHARE)
+                    .collect();
+                if free.is_empty() {
+                    continue;
+                }
+                used.extend(&free);
+                eip.snat_blocks.insert(host.clone(), free);
+            }
+        }
     }
 }
 

@@ -267,6 +267,8 @@ impl Intent {
     ) -> Result<(Intent, T)> {
         let mut next = self.clone();
         let out = f(&mut next)?;
+        // Derived state that follows every change: which host holds which SNAT ports.
+        next.assign_snat_blocks();
         Ok((next, out))
     }
 
@@ -402,12 +404,27 @@ impl Intent {
                 vec![format!("nic/{}", n.id)],
             ));
         }
+        let public_gateway = match &spec.public_gateway {
+            Some(g) => {
+                let ip = parse_ip("public_gateway", g)?;
+                check_underlay_ip("public_gateway", ip)?;
+                if ip == underlay_ip {
+                    return Err(ValidationError::invalid(
+                        "public_gateway",
+                        format!("{ip} is the host's own underlay address"),
+                    ));
+                }
+                Some(ip)
+            }
+            None => None,
+        };
         let host = Host {
             name: spec.name.clone(),
             underlay_ip,
             underlay_ifname: spec.underlay_ifname,
             router_mac,
             underlay_mtu,
+            public_gateway,
         };
         let change = match self.hosts.insert(spec.name, host.clone()) {
             None => Change::Created,

@@ -15,6 +15,7 @@ pub mod capture;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
+pub mod internet;
 pub mod names;
 pub mod overlay;
 pub mod process;

@@ -123,6 +123,20 @@ pub fn check_lab_topology(t: &Topology) -> Result<()> {
         if !(576 + VXLAN_OVERHEAD as u32..=9000).contains(&mtu) {
             bail!("hosts[{i}].underlay_mtu: {mtu} is not in 626..=9000");
         }
+        if let Some(g) = &h.public_gateway {
+            let gw: Ipv4Addr = g.parse().map_err(|_| {
+                anyhow::anyhow!("hosts[{i}].public_gateway: {g:?} is not an IPv4 address")
+            })?;
+            if super::overlay::network(gw, FABRIC_PREFIX_LEN) != net || gw == ip {
+                bail!("hosts[{i}].public_gateway: {gw} is not another address of the fabric's {net}/{FABRIC_PREFIX_LEN} (the lab's border router lives there)");
+            }
+            let first = t.hosts[0].public_gateway.as_deref();
+            if first != Some(g.as_str()) {
+                bail!("hosts[{i}].public_gateway: the lab has one border router; every host names the same (or none)");
+            }
+        } else if t.hosts[0].public_gateway.is_some() {
+            bail!("hosts[{i}].public_gateway: the lab has one border router; every host names the same (or none)");
+        }
     }
     let mut vms = BTreeSet::new();
     for (i, n) in t.nics.iter().enumerate() {
@@ -245,6 +259,16 @@ impl<'lab> TopologyLab<'lab> {
                 .underlay_host_named(&h.name, &h.underlay_ifname, &cidr, underlay_mtu(h))
                 .with_context(|| format!("host {}", h.name))?;
             underlays.push(port);
+        }
+        if let Some(gw) = topology.hosts[0].public_gateway.as_deref() {
+            let hosts: Vec<Ipv4Addr> = underlays.iter().map(|u| u.ip).collect();
+            lab.internet(&format!("{gw}/{FABRIC_PREFIX_LEN}"), &hosts)
+                .context("the lab's Internet")?;
+            // Hosts pass EIP packets to each other with XDP_TX: the fabric-side ends need
+            // an XDP program to take them (see lab::overlay).
+            for u in &underlays {
+                lab.attach_xdp_pass(FABRIC, &u.fabric_if)?;
+            }
         }
         Self::build_on(lab, topology, sluiced, underlays)
     }
@@ -673,21 +697,35 @@ mod tests {
             ),
             (base.replace(", ip: 10.0.1.12 }", " }"), "nics[3].ip"),
             (
-                base.replace("172.31.0.2", "172.31.1.2"),
+                base.replace("172.31.0.2,", "172.31.1.2,"),
                 "hosts[1].underlay_ip",
             ),
             (
-                base.replace("172.31.0.2", "172.31.0"),
+                base.replace("172.31.0.2,", "172.31.0,"),
                 "hosts[1].underlay_ip",
             ),
             (
                 base.replace(
-                    "underlay_ifname: ul0 }\n  - { name: h2",
-                    "underlay_ifname: ul0, underlay_mtu: 9000 }\n  - { name: h2",
+                    "public_gateway: 172.31.0.254 }\n  - { name: h2",
+                    "public_gateway: 172.31.0.254, underlay_mtu: 9000 }\n  - { name: h2",
                 ),
                 "hosts[1].underlay_mtu",
             ),
             (base.replace("name: h2,", "name: fabric,"), "hosts[1].name"),
+            (
+                base.replace(
+                    ", public_gateway: 172.31.0.254 }\n  - { name: h2",
+                    ", public_gateway: 10.9.9.9 }\n  - { name: h2",
+                ),
+                "hosts[0].public_gateway",
+            ),
+            (
+                base.replace(
+                    "172.31.0.2, underlay_ifname: ul0, public_gateway: 172.31.0.254",
+                    "172.31.0.2, underlay_ifname: ul0, public_gateway: 172.31.0.253",
+                ),
+                "hosts[1].public_gateway",
+            ),
             (base.replace("vpcs:", "vpcz:"), "vpcz"),
         ];
         for (text, field) in cases {

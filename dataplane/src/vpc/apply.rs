@@ -23,8 +23,8 @@ use sluice_common::vpc::{
 
 use super::{
     diff::{
-        diff_within, normalize, resolve, DiffCounts, ResolveError, Resolved, ResolvedTables, Step,
-        TableDiff, VpcMap,
+        change_tables, diff_within, normalize, resolve, DiffCounts, ResolveError, Resolved,
+        ResolvedTables, RouteChange, Step, TableDiff, VpcMap,
     },
     tables::{HostTables, RoutePrefix},
 };
@@ -344,6 +344,46 @@ impl MapSync {
         let done = execute(maps, &plan)?;
         self.known = Some(desired);
         Ok(done)
+    }
+}
+
+impl MapSync {
+    /// Applies a change of routes alone (from [`route_change`] against [`MapSync::known`]),
+    /// planning and writing only the entries it names, in the order a whole apply would.
+    /// `None` when nothing is known (the caller applies whole tables instead).
+    pub fn apply_change(
+        &mut self,
+        maps: &mut impl VpcMaps,
+        change: &RouteChange,
+    ) -> Result<Option<DiffCounts>, ApplyError> {
+        let (Some(known), Some(capacity)) = (self.known.take(), self.capacity) else {
+            return Ok(None);
+        };
+        let (current, desired) = change_tables(&known, change);
+        // Room the entries left alone take.
+        let others = |m: VpcMap| known.entries(m) - current.entries(m);
+        for map in VpcMap::ALL {
+            let entries = others(map) + desired.entries(map);
+            if entries > capacity[map as usize] {
+                self.known = Some(known);
+                return Err(ApplyError::TooLarge {
+                    map: map.name(),
+                    entries,
+                    capacity: capacity[map as usize],
+                });
+            }
+        }
+        let plan = diff_within(&current, &desired, |m| {
+            plan_capacity(&capacity, m).saturating_sub(others(m))
+        });
+        // On error `known` stays empty: the maps hold some prefix of the plan.
+        let done = execute(maps, &plan)?;
+        let mut known = known;
+        for s in &plan.steps {
+            s.apply_to(&mut known);
+        }
+        self.known = Some(known);
+        Ok(Some(done))
     }
 }
 

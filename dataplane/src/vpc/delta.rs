@@ -8,7 +8,10 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::tables::{EndpointEntry, HostTables, HostUnderlay, LocalPort, RouteEntry, RoutePrefix};
-use crate::sg::{apply::BlockPrefix, NicPolicies, Policy, SgTables};
+use crate::{
+    nat::NatTables,
+    sg::{apply::BlockPrefix, NicPolicies, Policy, SgTables},
+};
 use sluice_common::vpc::Ipv4;
 
 /// Changes to one table, a vector sorted by `K`: keys removed, entries added or replaced.
@@ -74,6 +77,21 @@ impl<T: Clone + PartialEq, K: Ord + Clone> VecDelta<T, K> {
         if self.is_empty() {
             return;
         }
+        if self.len() * 32 < v.len() {
+            // A few changes to a long table: in place, not a copy of it.
+            for r in &self.removed {
+                if let Ok(k) = v.binary_search_by(|e| key(e).cmp(r)) {
+                    v.remove(k);
+                }
+            }
+            for u in &self.upserted {
+                match v.binary_search_by(|e| key(e).cmp(&key(u))) {
+                    Ok(k) => v[k] = u.clone(),
+                    Err(k) => v.insert(k, u.clone()),
+                }
+            }
+            return;
+        }
         let mut removed = self.removed.iter().peekable();
         let mut upserted = self.upserted.iter().peekable();
         let mut out = Vec::with_capacity(v.len() + self.upserted.len());
@@ -122,6 +140,9 @@ pub struct TablesDelta {
     pub sg_policies: VecDelta<Policy, u64>,
     #[serde(default)]
     pub blocklist: VecDelta<BlockPrefix, (Ipv4, u8)>,
+    /// The NAT tables, whole, when they changed (they are small: EIPs, not flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatTables>,
 }
 
 fn port_key(p: &LocalPort) -> String {
@@ -159,6 +180,7 @@ impl TablesDelta {
             remote_vteps,
             security_groups: SgTables { nics, policies },
             blocklist,
+            nat,
         } = new;
         Self {
             underlay: (old.underlay != *underlay).then(|| underlay.clone()),
@@ -170,6 +192,7 @@ impl TablesDelta {
             sg_nics: VecDelta::between(&old.security_groups.nics, nics, sg_nic_key),
             sg_policies: VecDelta::between(&old.security_groups.policies, policies, policy_key),
             blocklist: VecDelta::between(&old.blocklist, blocklist, block_key),
+            nat: (old.nat != *nat).then(|| nat.clone()),
         }
     }
 
@@ -186,6 +209,9 @@ impl TablesDelta {
         self.sg_policies
             .apply(&mut t.security_groups.policies, policy_key);
         self.blocklist.apply(&mut t.blocklist, block_key);
+        if let Some(n) = &self.nat {
+            t.nat = n.clone();
+        }
     }
 
     /// Entries it adds, replaces or removes.
@@ -199,6 +225,7 @@ impl TablesDelta {
             + self.sg_nics.len()
             + self.sg_policies.len()
             + self.blocklist.len()
+            + usize::from(self.nat.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -219,9 +246,24 @@ mod tests {
     proptest! {
         #[test]
         fn applying_the_delta_gives_the_new_table(
-            a in proptest::collection::btree_map(any::<u8>(), 0u8..4, 0..40),
+            a in proptest::collection::btree_map(any::<u8>(), 0u8..4, 0..200),
+            edits in proptest::collection::vec((any::<u8>(), proptest::option::of(0u8..4)), 0..12),
             b in proptest::collection::btree_map(any::<u8>(), 0u8..4, 0..40),
+            small in any::<bool>(),
         ) {
+            // `small`: b is a few edits of a (the in-place path), else unrelated.
+            let b = if small {
+                let mut m = a.clone();
+                for (k, v) in edits {
+                    match v {
+                        Some(v) => m.insert(k, v),
+                        None => m.remove(&k),
+                    };
+                }
+                m
+            } else {
+                b
+            };
             let (a, b) = (sorted(a), sorted(b));
             let d = VecDelta::between(&a, &b, |e: &(u8, u8)| e.0);
             let mut got = a.clone();

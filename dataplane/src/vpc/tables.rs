@@ -5,7 +5,10 @@
 use serde::{Deserialize, Serialize};
 use sluice_common::vpc::{Endpoint, EndpointKey, HostConfig, Ipv4, Mac, NextHop, Port, RouteKey};
 
-use crate::sg::{apply::BlockPrefix, SgTables};
+use crate::{
+    nat::NatTables,
+    sg::{apply::BlockPrefix, SgTables},
+};
 
 /// An IPv4 route within one VPC: the trie key is (VNI, prefix) with prefix length 32 + `len`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -99,6 +102,9 @@ pub struct HostTables {
     /// The operator blocklist (the same on every host).
     #[serde(default)]
     pub blocklist: Vec<BlockPrefix>,
+    /// NAT gateways and elastic IPs (`nat::compile`).
+    #[serde(default)]
+    pub nat: NatTables,
 }
 
 impl EndpointEntry {

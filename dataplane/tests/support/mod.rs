@@ -13,3 +13,29 @@ pub fn privileged(test: &str) -> bool {
     eprintln!("!!!!! SKIPPED {test}: needs root (set SLUICE_REQUIRE_PRIVILEGED=1 to fail instead)");
     false
 }
+
+/// The machine has two cores: labs that run at once would starve each other's traffic.
+pub fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A change through the API that must succeed; returns its JSON answer (null when empty)
+/// once every agent applied it.
+pub fn change(
+    t: &mut sluice_dataplane::lab::TopologyLab,
+    method: sluice_dataplane::client::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let what = format!("{method} {path}");
+    let body = (!body.is_null()).then_some(body);
+    let resp = t
+        .change(method, path, body.as_ref())
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    if resp.body.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        resp.json().unwrap_or_else(|e| panic!("{what}: {e:#}"))
+    }
+}
