@@ -6,6 +6,7 @@ pub mod control;
 pub mod e2e;
 pub mod machine;
 pub mod micro;
+pub mod nat;
 pub mod packets;
 pub mod report;
 pub mod sg;

@@ -23,9 +23,12 @@ enum Mode {
     /// Traffic between two VMs on two hosts, Sluice against the kernel's bridge + VXLAN
     /// (needs root, iperf3).
     E2e(E2eArgs),
+    /// Short TCP connections from a VM to the lab's Internet, through Sluice's NAT gateway
+    /// against the kernel's nftables masquerade (needs root, nft).
+    Nat(E2eArgs),
     /// Control-plane latency and scale with a real sluiced in a lab namespace (needs root).
     Control(ControlArgs),
-    /// Every mode: micro with these options, then e2e and control (with --quick if given).
+    /// Every mode: micro with these options, then e2e, nat and control (with --quick if given).
     All(MicroArgs),
 }
 
@@ -111,10 +114,22 @@ fn main() -> ExitCode {
     let result = match cli.mode {
         Mode::Micro(args) => run_micro(&args),
         Mode::E2e(args) => run_e2e(&args),
+        Mode::Nat(args) => run_nat(&args),
         Mode::Control(args) => run_control(&args),
         Mode::All(args) => run_micro(&args)
             .and_then(|()| {
                 run_e2e(&E2eArgs {
+                    quick: args.quick,
+                    runs: None,
+                    secs: None,
+                    sender_cpu: e2e::Params::DEFAULT_SENDER_CPU,
+                    receiver_cpu: e2e::Params::DEFAULT_RECEIVER_CPU,
+                    sluiced: None,
+                    out: args.out.clone(),
+                })
+            })
+            .and_then(|()| {
+                run_nat(&E2eArgs {
                     quick: args.quick,
                     runs: None,
                     secs: None,
@@ -163,15 +178,20 @@ fn run_micro(args: &MicroArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_e2e(args: &E2eArgs) -> Result<()> {
-    let params = e2e::Params::new(
+/// The parameters of `e2e` and `nat` (they share their options).
+fn e2e_params(args: &E2eArgs) -> Result<e2e::Params> {
+    e2e::Params::new(
         args.quick,
         args.runs,
         args.secs,
         args.sender_cpu,
         args.receiver_cpu,
         args.sluiced.clone(),
-    )?;
+    )
+}
+
+fn run_e2e(args: &E2eArgs) -> Result<()> {
+    let params = e2e_params(args)?;
     eprintln!(
         "sluice-bench e2e: {} rounds, UDP {} s, {} pings, iperf3 {} s, connections {} s; senders on CPU {}, receivers on CPU {}; sluiced {}",
         params.runs,
@@ -188,6 +208,26 @@ fn run_e2e(args: &E2eArgs) -> Result<()> {
     print!("{}", report::e2e_markdown(&result));
     eprintln!(
         "sluice-bench e2e: wrote e2e.json, e2e.svg and summary.md's e2e section to {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn run_nat(args: &E2eArgs) -> Result<()> {
+    let params = e2e_params(args)?;
+    eprintln!(
+        "sluice-bench nat: {} rounds, connections {} s; client on CPU {}, server on CPU {}; sluiced {}",
+        params.runs,
+        params.crr_secs,
+        params.sender_cpu,
+        params.receiver_cpu,
+        params.sluiced.display()
+    );
+    let result = e2e::nat::run(&params, |step| eprintln!("nat: {step}"))?;
+    report::write_nat(&result, &args.out)?;
+    print!("{}", report::nat_markdown(&result));
+    eprintln!(
+        "sluice-bench nat: wrote nat.json, nat.svg and summary.md's nat section to {}",
         args.out.display()
     );
     Ok(())

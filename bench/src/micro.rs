@@ -23,6 +23,7 @@ use sluice_dataplane::{loader::Dataplane, stats::StatsSnapshot};
 use crate::{
     affinity,
     machine::Machine,
+    nat::{self, NatInfo},
     packets,
     sg::{self, SgInfo, SgScale},
     stats::Summary,
@@ -300,6 +301,7 @@ pub fn paths() -> Vec<PathSpec> {
     for scale in SgScale::ALL {
         all.extend(sg::paths(scale));
     }
+    all.extend(nat::paths());
     all
 }
 
@@ -404,6 +406,67 @@ pub struct MicroReport {
     /// The issue-4 figures: rule-count growth and the established-flow cost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sg_targets: Option<SgTargets>,
+    /// The NAT state the NAT paths ran against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatInfo>,
+    /// The issue-5/7 figures: each NAT path against its target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_targets: Vec<NatTarget>,
+}
+
+/// A NAT path against its target (ns per packet; judged on the net median, the raw one
+/// and its ratio to the floor shown beside it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NatTarget {
+    pub path: String,
+    pub target_ns: f64,
+    pub raw_median: f64,
+    pub net_median: f64,
+    /// The median of the floor measured the same way.
+    pub floor_median: f64,
+    /// `raw_median / floor_median`.
+    pub raw_over_floor: f64,
+    pub net_within_target: bool,
+    pub raw_within_target: bool,
+    /// `raw_median` minus the raw median of `nat_vpc_local_fresh` (plain local forwarding
+    /// measured the same way): what NAT adds to a forwarded packet under this method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over_vpc_local_fresh: Option<f64>,
+}
+
+/// Issue targets: a new SNAT flow at most 80 ns, established and DNAT paths at most 50.
+pub const NAT_TARGETS: [(&str, f64); 5] = [
+    ("snat_new_flow", 80.0),
+    ("snat_established", 50.0),
+    ("snat_reply", 50.0),
+    ("dnat_new_flow", 80.0),
+    ("dnat_established", 50.0),
+];
+
+/// [`NatTarget`]s of the NAT paths that were measured.
+pub fn nat_targets(results: &[PathResult]) -> Vec<NatTarget> {
+    let local = results
+        .iter()
+        .find(|r| r.name == "nat_vpc_local_fresh")
+        .map(|r| r.raw_ns.median);
+    NAT_TARGETS
+        .iter()
+        .filter_map(|&(name, target_ns)| {
+            let r = results.iter().find(|r| r.name == name)?;
+            let floor = results.iter().find(|f| f.name == r.floor)?.raw_ns.median;
+            Some(NatTarget {
+                path: name.into(),
+                target_ns,
+                raw_median: r.raw_ns.median,
+                net_median: r.net_ns.median,
+                floor_median: floor,
+                raw_over_floor: r.raw_ns.median / floor,
+                net_within_target: r.net_ns.median <= target_ns,
+                raw_within_target: r.raw_ns.median <= target_ns,
+                over_vpc_local_fresh: local.map(|l| r.raw_ns.median - l),
+            })
+        })
+        .collect()
 }
 
 /// Security-group figures against their targets (net medians, ns per packet): a new
@@ -519,6 +582,10 @@ their frame for good (TTL decrement, ARP reply) run many calls per run, each on 
 small repeat (200 for routed paths from TTL 255, 1 for the ARP reply), and the run's figure is the \
 mean over the calls; `new_flows`: security-group paths that must meet a flow they never saw run \
 one repetition per call, each call's frame another flow (its ports count up), like the ARP reply. \
+NAT paths (issues 5, 7) run in an instance of their own: the measured VM's VPC with a default \
+route to a NAT gateway, its NAT maps written by the agent's resolver and map writer; the \
+translating paths rewrite their frame (addresses, ports, TTL) and are measured like the ARP reply \
+(fresh frames, one repetition per call), new flows with a new tuple each call. \
 Every method has its own floor (an empty program measured the same way) and net \
 figures subtract the median of that floor. One verified warm-up round, then `runs` rounds visiting \
 every path in turn (round-robin, so machine noise spreads over all paths). Every run checks the stats \
@@ -576,7 +643,20 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
         sg_scales.push(sg::install(&mut dp, scale)?);
         sg_instances.push((scale, dp));
     }
+    let mut nat_instance: Option<(Dataplane, NatInfo)> = None;
+    if paths.iter().any(|p| nat::is_nat_path(&p.name)) {
+        progress("loading the programs and the NAT tables");
+        let mut dp = load()?;
+        let info = nat::install(&mut dp)?;
+        nat_instance = Some((dp, info));
+    }
     let dp_for = |path: &PathSpec| -> &Dataplane {
+        if nat::is_nat_path(&path.name) {
+            return &nat_instance
+                .as_ref()
+                .expect("a NAT instance for NAT paths")
+                .0;
+        }
         if let Some(s) = path.sg {
             return &sg_instances
                 .iter()
@@ -616,11 +696,12 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
                 .any(|p| p.scale == Some(*scale) && p.sg.is_none())
         })
         .map(|(_, dp)| dp)
-        .chain(sg_instances.iter().map(|(_, dp)| dp));
+        .chain(sg_instances.iter().map(|(_, dp)| dp))
+        .chain(nat_instance.iter().map(|(dp, _)| dp));
     // The plain instance too, unless only floors (which count nothing) ran on it.
-    let plain_used = paths
-        .iter()
-        .any(|p| p.scale.is_none() && p.sg.is_none() && p.reason.is_some());
+    let plain_used = paths.iter().any(|p| {
+        p.scale.is_none() && p.sg.is_none() && p.reason.is_some() && !nat::is_nat_path(&p.name)
+    });
     for dp in plain_used.then_some(&plain).into_iter().chain(used) {
         check_all_counted_on(dp, params.cpu)?;
     }
@@ -687,6 +768,8 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
         scale_ratios: scale_ratios(&results),
         sg_scales,
         sg_targets: sg_targets(&results),
+        nat: nat_instance.as_ref().map(|(_, info)| info.clone()),
+        nat_targets: nat_targets(&results),
         paths: results,
     })
 }
@@ -722,7 +805,7 @@ pub fn scale_ratios(results: &[PathResult]) -> Vec<ScaleRatio> {
 const OUTPUT_HEADROOM: usize = 512;
 
 /// `struct xdp_md` for a frame of `len` bytes arriving on `ingress_ifindex`.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+pub(crate) fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
     let mut md = [0u8; 24];
     md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
     md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
@@ -896,7 +979,11 @@ mod tests {
             // The action follows from the reason.
             if let Some(r) = a.reason {
                 let want = match r {
-                    Reason::FwdLocal | Reason::FwdEncap | Reason::FwdDecap => XDP_REDIRECT,
+                    Reason::FwdLocal
+                    | Reason::FwdEncap
+                    | Reason::FwdDecap
+                    | Reason::FwdNatOut
+                    | Reason::FwdNatIn => XDP_REDIRECT,
                     Reason::ArpReply => XDP_TX,
                     r if r.is_drop() => XDP_DROP,
                     _ => XDP_PASS,

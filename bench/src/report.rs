@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, fs, path::Path};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use plotters::{
     coord::{
         ranged1d::{SegmentedCoord, ValueFormatter},
@@ -15,7 +15,7 @@ use plotters::{
 
 use crate::{
     control::{self, ControlReport, Dist, StepResult},
-    e2e::{labs::Dataplane, Compared, E2eReport},
+    e2e::{labs::Dataplane, nat::NatReport, Compared, E2eReport},
     machine::Machine,
     micro::{MicroReport, PathResult},
     stats::Summary,
@@ -113,6 +113,41 @@ pub fn summary_markdown(report: &MicroReport) -> String {
         s.push_str(&scale_markdown(report));
         s.push_str("\n## Issue 3 targets\n\n");
         s.push_str(&targets_markdown(report));
+    }
+    if !report.nat_targets.is_empty() {
+        s.push_str("\n## NAT targets (issues 5 and 7)\n\n");
+        s.push_str(&nat_targets_markdown(report));
+    }
+    s
+}
+
+/// Each translating NAT path against its target, with its ratio to the floor measured the
+/// same way (one repetition per call: the per-call timer weighs on every such figure).
+pub fn nat_targets_markdown(report: &MicroReport) -> String {
+    let mut s = String::new();
+    if let Some(n) = &report.nat {
+        let _ = writeln!(
+            s,
+            "NAT instance: {}; the established SNAT flow holds port {}. New SNAT flows at most 80 ns, established and DNAT paths at most 50 (DNAT new flows: 80).\n",
+            n.label, n.established_port
+        );
+    }
+    s.push_str("| path | target ns | raw median | floor (same method) | raw ÷ floor | net median | raw − `nat_vpc_local_fresh` | ≤ target raw | ≤ target net |\n");
+    s.push_str("|---|--:|--:|--:|--:|--:|--:|:-:|:-:|\n");
+    for t in &report.nat_targets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+            t.path,
+            num(t.target_ns),
+            num(t.raw_median),
+            num(t.floor_median),
+            t.raw_over_floor,
+            num(t.net_median),
+            t.over_vpc_local_fresh.map_or("n/a".into(), num),
+            yes(t.raw_within_target),
+            yes(t.net_within_target),
+        );
     }
     s
 }
@@ -840,6 +875,142 @@ pub fn write_e2e(report: &E2eReport, out_dir: &Path) -> Result<()> {
     write_mode(out_dir, "e2e", report, &e2e_markdown(report), |svg| {
         e2e_chart_svg(report, svg)
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// nat (end to end)
+// ---------------------------------------------------------------------------------------
+
+/// Writes `nat.json`, `nat.svg` and the nat section of `summary.md`.
+pub fn write_nat(report: &NatReport, out_dir: &Path) -> Result<()> {
+    write_mode(out_dir, "nat", report, &nat_markdown(report), |svg| {
+        nat_chart_svg(report, svg)
+    })
+}
+
+/// The nat section of summary.md (also printed by the mode).
+pub fn nat_markdown(r: &NatReport) -> String {
+    let p = &r.params;
+    let mut s = run_header(&RunHeader {
+        mode: "nat",
+        date_utc: &r.date_utc,
+        git_commit: r.git_commit.as_deref(),
+        machine: &r.machine,
+        sluiced: &p.sluiced,
+        sluiced_debug_build: r.sluiced_debug_build,
+        bench_debug_build: r.bench_debug_build,
+        bench_debug_note: "its client and server threads are slower: not for publishing",
+    });
+    let _ = writeln!(s, "- load average at the end: {}", r.loadavg_at_end);
+    let _ = writeln!(
+        s,
+        "- {} round(s){}: short connections {} s per test, VM to the lab's Internet through Sluice's NAT gateway (SNAT EIP {}) and through nftables masquerade; client pinned to CPU {}, server to CPU {}; labs {}",
+        p.runs,
+        if p.quick { " (--quick)" } else { "" },
+        p.crr_secs,
+        r.eip,
+        p.sender_cpu,
+        p.receiver_cpu,
+        r.labs.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "\n## Through NAT: Sluice against nftables masquerade (median, min–max over rounds)\n"
+    );
+    s.push_str("| test | unit | Sluice | kernel | Sluice ÷ kernel |\n|---|---|--:|--:|--:|\n");
+    for c in &r.comparisons {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            c.metric,
+            c.unit,
+            spread(&c.sluice),
+            spread(&c.kernel),
+            c.ratio.as_ref().map_or("n/a".into(), spread),
+        );
+    }
+    let _ = writeln!(s, "\n## Per round\n");
+    s.push_str("| round | dataplane | server ports | connections/s | connections | failed | translated out | translated in | client retransmits | server PAWS rejects | drops |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+    for c in &r.crr {
+        let drops: Vec<String> = c
+            .counters
+            .drop_reasons
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            c.run,
+            c.dataplane.name(),
+            c.server_ports,
+            c.per_second,
+            c.connections,
+            c.failures,
+            c.counters.translated_out,
+            c.counters.translated_in,
+            c.counters.client_retransmits,
+            c.counters.server_paws_rejected,
+            if drops.is_empty() {
+                "none".into()
+            } else {
+                drops.join(", ")
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nTranslated out/in: Sluice's `fwd_nat_out`/`fwd_nat_in` packets; the kernel's masquerade rule counter (first packet of each connection; replies are translated by conntrack without a rule)."
+    );
+    s
+}
+
+/// One panel: connections per second through each NAT.
+fn nat_chart_svg(r: &NatReport, out: &Path) -> Result<()> {
+    ensure!(r.comparisons.len() == 2, "expected two NAT comparisons");
+    let root = SVGBackend::new(out, (1000, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(56);
+    for (i, line) in [
+        format!(
+            "sluice-bench nat: median of {} round(s), whiskers min–max",
+            r.params.runs
+        ),
+        format!(
+            "{} ({} CPUs), kernel {}; {}",
+            r.machine.cpu_model, r.machine.nproc, r.machine.kernel_release, r.date_utc
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        top.draw(&Text::new(
+            line.clone(),
+            (14, 10 + 22 * i as i32),
+            ("sans-serif", 14).into_font(),
+        ))?;
+    }
+    let panels = body.split_evenly((1, 2));
+    for ((c, title), panel) in r
+        .comparisons
+        .iter()
+        .zip(["one server port", "64 server ports"])
+        .zip(panels.iter())
+    {
+        let ratio = match &c.ratio {
+            Some(v) => format!("Sluice ÷ kernel {:.2}", v.median),
+            None => "no ratio".into(),
+        };
+        e2e_panel(
+            panel,
+            &format!("connections/s through NAT, {title} ({ratio})"),
+            "connections/s",
+            &[("SNAT vs masquerade", c)],
+            false,
+        )?;
+    }
+    root.present()?;
+    Ok(())
 }
 
 /// A figure with the precision its size needs.

@@ -44,6 +44,18 @@ const EXPECTED_SG: [(&str, &str); 10] = [
     ("sg_established@1m", "repeat"),
 ];
 
+/// The NAT paths with their reason and method kind.
+const EXPECTED_NAT: [(&str, &str, &str); 8] = [
+    ("nat_vpc_local_fresh", "fwd_local", "fresh"),
+    ("snat_new_flow", "fwd_nat_out", "new_flows"),
+    ("snat_established", "fwd_nat_out", "fresh"),
+    ("snat_reply", "fwd_nat_in", "fresh"),
+    ("dnat_new_flow", "fwd_nat_in", "new_flows"),
+    ("dnat_established", "fwd_nat_in", "fresh"),
+    ("nat_default_deny", "drop_nat_no_rule", "repeat"),
+    ("snat_exhausted_drop", "drop_nat_ports_exhausted", "fresh"),
+];
+
 /// The VPC paths, each measured at both scales (`@10`, `@100k`), with their reason and
 /// method kind.
 const EXPECTED_VPC: [(&str, &str, &str); 9] = [
@@ -107,6 +119,10 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
     for (name, method) in EXPECTED_SG {
         assert_eq!(find(name)["method"]["kind"], method, "{name}");
         expected.push((name.to_string(), Some("fwd_local".into())));
+    }
+    for (name, reason, method) in EXPECTED_NAT {
+        assert_eq!(find(name)["method"]["kind"], method, "{name}");
+        expected.push((name.to_string(), Some(reason.to_string())));
     }
     for (name, reason) in &expected {
         let path = find(name);
@@ -176,6 +192,34 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         support::number(&t[k], k);
     }
 
+    // The NAT instance, and each translating path against its target and the floor.
+    let nat = &report["nat"];
+    assert_eq!(support::number(&nat["snat_ports"], "snat_ports"), 8192.0);
+    assert!(support::number(&nat["map_entries"], "map_entries") > 0.0);
+    let targets = report["nat_targets"].as_array().expect("nat_targets");
+    let target_paths: Vec<&str> = targets
+        .iter()
+        .map(|t| t["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        target_paths,
+        [
+            "snat_new_flow",
+            "snat_established",
+            "snat_reply",
+            "dnat_new_flow",
+            "dnat_established"
+        ]
+    );
+    for t in targets {
+        assert!(
+            support::number(&t["raw_over_floor"], "raw_over_floor") > 0.0,
+            "{t}"
+        );
+        support::number(&t["target_ns"], "target_ns");
+        support::number(&t["over_vpc_local_fresh"], "over_vpc_local_fresh");
+    }
+
     for file in ["summary.md", "micro.svg"] {
         let len = std::fs::metadata(out.join(file))
             .unwrap_or_else(|e| panic!("{file}: {e}"))
@@ -188,6 +232,8 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         "vpc_encap@100k",
         "10 routes against 100,000 routes",
         "Issue 3 targets",
+        "NAT targets",
+        "snat_exhausted_drop",
     ] {
         assert!(summary.contains(needle), "{needle} missing:\n{summary}");
     }
@@ -364,4 +410,83 @@ fn bad_arguments_are_refused_with_a_clear_error() {
     assert_eq!(run.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("--runs must be at least 1"), "{stderr}");
+}
+
+#[test]
+fn nat_quick_compares_connections_through_both_nats_and_leaves_no_namespace() {
+    if !support::privileged(
+        "nat_quick_compares_connections_through_both_nats_and_leaves_no_namespace",
+    ) {
+        return;
+    }
+    let (out, r, _) = support::run_quick(BIN, "nat");
+    assert_eq!(r["mode"], "nat");
+    assert_eq!(r["params"]["quick"], true);
+    let rounds = r["params"]["runs"].as_u64().expect("runs");
+    assert_eq!(r["leftover_namespaces"].as_array().map(Vec::len), Some(0));
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    for lab in r["labs"].as_array().expect("labs") {
+        let lab = lab.as_str().unwrap();
+        assert!(
+            !netns.contains(&format!("{lab}-")),
+            "lab {lab} left:\n{netns}"
+        );
+    }
+    // Sluice's VM left from an EIP of the lab's pool.
+    assert!(
+        r["eip"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("203.0.113.")),
+        "{}",
+        r["eip"]
+    );
+
+    let comparisons = r["comparisons"].as_array().expect("comparisons");
+    assert_eq!(comparisons.len(), 2);
+    for c in comparisons {
+        assert!(
+            c["metric"]
+                .as_str()
+                .unwrap()
+                .starts_with("TCP connections through NAT"),
+            "{c}"
+        );
+        check_summary(&c["sluice"], "sluice");
+        check_summary(&c["kernel"], "kernel");
+    }
+    for dataplane in ["sluice", "kernel"] {
+        let runs: Vec<&Value> = r["crr"]
+            .as_array()
+            .expect("crr")
+            .iter()
+            .filter(|x| x["dataplane"] == dataplane)
+            .collect();
+        assert_eq!(
+            runs.len() as u64,
+            2 * rounds,
+            "{dataplane}: two tests per round"
+        );
+        for run in runs {
+            // Connections completed, every one translated (the Internet has no route to
+            // the VPC, so none could complete otherwise).
+            let n = support::number(&run["connections"], "connections");
+            assert!(n > 0.0, "{dataplane}: {run}");
+            let out = support::number(&run["counters"]["translated_out"], "translated_out");
+            assert!(out >= n, "{dataplane}: {run}");
+            if dataplane == "sluice" {
+                let back = support::number(&run["counters"]["translated_in"], "translated_in");
+                assert!(back >= n, "{run}");
+            }
+        }
+    }
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.starts_with(support::FOREIGN_SUMMARY), "{summary}");
+    assert!(
+        summary.contains("<!-- sluice-bench nat: begin -->"),
+        "{summary}"
+    );
+    let svg = std::fs::read_to_string(out.join("nat.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "not an SVG");
+    std::fs::remove_dir_all(&out).ok();
 }

@@ -134,19 +134,20 @@ impl PathCounters {
             sender_host: self.sender_host.saturating_sub(earlier.sender_host),
             receiver_host: self.receiver_host.saturating_sub(earlier.receiver_host),
             drops: self.drops.saturating_sub(earlier.drops),
-            drop_reasons: self
-                .drop_reasons
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        v - earlier.drop_reasons.get(k).copied().unwrap_or(0),
-                    )
-                })
-                .filter(|(_, v)| *v > 0)
-                .collect(),
+            drop_reasons: counts_since(&self.drop_reasons, &earlier.drop_reasons),
         }
     }
+}
+
+/// The counts of `now` that grew since `earlier`, by how much (nonzero ones only).
+pub fn counts_since(
+    now: &BTreeMap<String, u64>,
+    earlier: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    now.iter()
+        .map(|(k, v)| (k.clone(), v - earlier.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
 }
 
 /// A built lab of either kind.
@@ -382,7 +383,7 @@ fn kernel_vm(lab: &Lab, v: &Vm) -> Result<()> {
 }
 
 /// Field `field` of protocol `proto` in /proc/net/snmp (a header line, then a value line).
-fn snmp_field(snmp: &str, proto: &str, field: &str) -> Result<u64> {
+pub(crate) fn snmp_field(snmp: &str, proto: &str, field: &str) -> Result<u64> {
     let prefix = format!("{proto}:");
     let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
     let (names, values) = (lines.next(), lines.next());

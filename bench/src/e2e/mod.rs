@@ -13,6 +13,7 @@
 
 pub mod generator;
 pub mod labs;
+pub mod nat;
 pub mod netns;
 pub mod traffic;
 

@@ -401,11 +401,24 @@ pub struct Crr {
 /// Short connections one after another for `secs`: connect, send a byte, read the answer,
 /// close.
 pub fn crr_client(netns_name: &str, cpu: usize, server: SocketAddrV4, secs: f64) -> Result<Crr> {
+    crr_client_to(netns_name, cpu, vec![server], secs)
+}
+
+/// As [`crr_client`], the connections going to `servers` in turn.
+pub fn crr_client_to(
+    netns_name: &str,
+    cpu: usize,
+    servers: Vec<SocketAddrV4>,
+    secs: f64,
+) -> Result<Crr> {
+    anyhow::ensure!(!servers.is_empty(), "no server to connect to");
     let h = spawn_in("e2e-crr-client", netns_name, cpu, move || {
         let deadline = Duration::from_secs_f64(secs);
         let start = Instant::now();
         let mut out = Crr::default();
+        let mut next = servers.iter().cycle();
         while start.elapsed() < deadline {
+            let server = *next.next().expect("a cycle over a non-empty list");
             let one = || -> std::io::Result<()> {
                 let mut s =
                     TcpStream::connect_timeout(&SocketAddr::V4(server), Duration::from_secs(2))?;

@@ -1,0 +1,500 @@
+//! The NAT paths of `micro`: the measured VM of the VPC paths (on `lo`, 10 routes, no
+//! security group) in a VPC whose default route is a NAT gateway, in an instance of its
+//! own. The NAT maps are compiled from a [`NatTables`] by the agent's resolver and map
+//! writer (`sluice_dataplane::nat::apply`): SNAT EIP [`EIP_S`] for the whole VPC with 32
+//! blocks (8,192 ports) on this host, DNAT EIP [`EIP_D`] publishing UDP port 80 as the
+//! VM's 8080, the border router resolved. `lo` is also the underlay, so translated
+//! packets are "sent" to `lo` (test runs transmit nothing).
+//!
+//! - `nat_vpc_local_fresh`: calibration, `vpc_local` measured as the translating paths
+//!   are (one repetition per call), so their figures can be read against a plain
+//!   forwarding path measured the same way.
+//! - `snat_new_flow`: a new flow each packet (its ports count up, toward its own
+//!   destination so no measured flow is disturbed): private entry inserted, SNAT port
+//!   allocated (public entry inserted), rewritten, to the border. The destination port
+//!   changes with every flow, so the first port probed is free: the common case.
+//! - `snat_established`: a live SNAT flow: private entry hit, its link, rewrite.
+//! - `snat_reply`: the Internet's answer to it at `xdp_underlay`: public entry, private
+//!   entry, reverse rewrite, to the VM.
+//! - `dnat_new_flow` / `dnat_established`: the Internet to the published port, a new
+//!   flow each packet (its source counts up) / a live one.
+//! - `nat_default_deny`: the Internet to a port of the SNAT EIP no flow holds: dropped.
+//! - `snat_exhausted_drop`: a new flow toward a destination for which every port of the
+//!   host's blocks is taken: all `PORT_PROBES` probes fail, dropped.
+//!
+//! Every path but the drops rewrites its frame (addresses, ports, TTL), so it is measured
+//! on a fresh copy per call with one repetition, net of the floor measured the same way.
+//! The exhaustion drop costs microseconds and runs 200 repetitions per call, like the
+//! routed paths.
+
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{ensure, Context, Result};
+use aya::{
+    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData},
+    programs::TestRun,
+    TestRunOptions,
+};
+use etherparse::PacketBuilder;
+use serde::{Deserialize, Serialize};
+use sluice_common::{
+    conntrack::{self, CtEntry, CtKey, CT_COUNT_USERSPACE},
+    maps,
+    nat::{
+        block_first_port, EipKind, BLOCK_SIZE, LINK_SNAT, MAX_HOST_BLOCKS, NAT_VNI, PORT_PROBES,
+    },
+    programs::{XDP_UNDERLAY, XDP_VM},
+    proto::IPPROTO_UDP,
+    stats::Reason,
+    vpc::{flow_hash, Ipv4, Mac, NextHop, NextHopKind, RouteKey},
+};
+use sluice_dataplane::{
+    conntrack as ct,
+    loader::Dataplane,
+    nat::{apply, BlockRow, DnatRow, EipRow, NatTables, OwnerRow, SourceRow},
+};
+
+use crate::{
+    micro::{xdp_md, Method, PathSpec, XDP_DROP, XDP_REDIRECT},
+    vpc::{self, Scale, LO, LOCAL_PEER, THIS_VTEP, UNDERLAY_MAC, VM, VNI},
+};
+
+/// The SNAT EIP of the VPC, and the DNAT one.
+pub const EIP_S: Ipv4 = [203, 0, 113, 1];
+pub const EIP_D: Ipv4 = [203, 0, 113, 2];
+/// The border router (underlay address and MAC).
+pub const BORDER: Ipv4 = [192, 168, 0, 254];
+pub const BORDER_MAC: Mac = [0x02, 0xdd, 0, 0, 0, 0xfe];
+/// The public server of the established flows.
+pub const PUBLIC: Ipv4 = [198, 51, 100, 10];
+/// Where the new SNAT flows go (nothing else does).
+pub const NEW_FLOW_DST: Ipv4 = [198, 51, 100, 11];
+/// The destination whose every SNAT port is taken.
+pub const EXHAUSTED_DST: Ipv4 = [198, 51, 100, 12];
+const EXHAUSTED_DPORT: u16 = 53;
+const EXHAUSTED_SPORT: u16 = 40001;
+/// The DNAT entry: UDP `EIP_D:80` to the VM's 8080.
+pub const DNAT_PORT: u16 = 80;
+pub const DNAT_TARGET_PORT: u16 = 8080;
+/// Ports of the established SNAT flow (`vpc::from_vm`'s) and the established DNAT flow.
+const VM_SPORT: u16 = 40000;
+const VM_DPORT: u16 = 5000;
+const DNAT_SPORT: u16 = 41000;
+/// Blocks of `EIP_S` this host holds: all it may (8,192 ports).
+pub const BLOCKS: u16 = MAX_HOST_BLOCKS as u16;
+
+/// The base names of the NAT paths (they run on the NAT instance).
+pub const PATHS: [&str; 8] = [
+    "nat_vpc_local_fresh",
+    "snat_new_flow",
+    "snat_established",
+    "snat_reply",
+    "dnat_new_flow",
+    "dnat_established",
+    "nat_default_deny",
+    "snat_exhausted_drop",
+];
+
+/// Whether `name` is a NAT path.
+pub fn is_nat_path(name: &str) -> bool {
+    PATHS.contains(&name)
+}
+
+/// What the NAT instance was given, for the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NatInfo {
+    pub label: String,
+    pub snat_eip: String,
+    pub dnat_eip: String,
+    /// SNAT ports of `EIP_S` on this host.
+    pub snat_ports: u32,
+    /// The SNAT port the established flow got (computed from the datapath's hash, checked).
+    pub established_port: u16,
+    /// Public entries written to exhaust `EXHAUSTED_DST`.
+    pub exhausted_entries: u32,
+    /// NAT map entries written by `nat::apply`.
+    pub map_entries: usize,
+    pub fill_secs: f64,
+}
+
+/// The NAT tables of the instance: one VPC (the measured one), one host (this one).
+pub fn tables() -> NatTables {
+    let eip = |eip, kind: EipKind| EipRow {
+        eip,
+        kind: kind as u32,
+        vni: 0,
+        ip: [0; 4],
+        vtep: [0; 4],
+    };
+    NatTables {
+        border: Some(BORDER),
+        eips: vec![eip(EIP_S, EipKind::Snat), eip(EIP_D, EipKind::Dnat)],
+        dnat: vec![DnatRow {
+            eip: EIP_D,
+            proto: IPPROTO_UDP,
+            port: DNAT_PORT,
+            vni: VNI,
+            ip: VM,
+            target_port: DNAT_TARGET_PORT,
+            vtep: THIS_VTEP,
+        }],
+        sources: vec![SourceRow {
+            vni: VNI,
+            ip: [10, 0, 0, 0],
+            len: 16,
+            eips: vec![EIP_S],
+        }],
+        blocks: vec![BlockRow {
+            eip: EIP_S,
+            blocks: (0..BLOCKS).collect(),
+        }],
+        owners: (0..BLOCKS)
+            .map(|block| OwnerRow {
+                eip: EIP_S,
+                block,
+                vtep: THIS_VTEP,
+            })
+            .collect(),
+        bindings: vec![],
+    }
+}
+
+/// The SNAT port a flow's first probe takes (the datapath's hash over the host's ports,
+/// which are contiguous here: blocks 0..BLOCKS).
+pub fn first_probe_port(src: Ipv4, dst: Ipv4, proto: u8, sport: u16, dport: u16) -> u16 {
+    let total = u32::from(BLOCKS) * u32::from(BLOCK_SIZE);
+    block_first_port(0) + (flow_hash(src, dst, proto, sport, dport) % total) as u16
+}
+
+/// The port the established SNAT flow holds.
+pub fn established_port() -> u16 {
+    first_probe_port(VM, PUBLIC, IPPROTO_UDP, VM_SPORT, VM_DPORT)
+}
+
+/// Writes the VPC tables (10 routes) plus the default route to the NAT gateway, the NAT
+/// maps, the two established flows, and the exhausted destination's public entries.
+pub fn install(dp: &mut Dataplane) -> Result<NatInfo> {
+    vpc::install(dp, &vpc::tables(Scale::Routes10))?;
+    let started = std::time::Instant::now();
+    {
+        let mut routes: LpmTrie<_, RouteKey, NextHop> =
+            LpmTrie::try_from(dp.map_mut(maps::ROUTES)?)?;
+        let hop = NextHop {
+            kind: NextHopKind::NatGateway as u32,
+            vni: VNI,
+            ip: [0; 4],
+        };
+        routes
+            .insert(
+                &Key::new(RouteKey::trie_prefix_len(0), RouteKey::new(VNI, [0; 4])),
+                hop,
+                0,
+            )
+            .context("inserting the default route to the NAT gateway")?;
+    }
+    let t = tables();
+    let resolved = apply::resolve(&t, THIS_VTEP, |ip| (ip == BORDER).then_some(BORDER_MAC));
+    let applied = apply::apply(dp, &resolved).context("writing the NAT maps")?;
+
+    // The established flows, opened as their first packet would.
+    let out = run(dp, XDP_VM, &vpc::from_vm(PUBLIC))?;
+    ensure!(
+        out.0 == XDP_REDIRECT,
+        "the SNAT flow's first packet was not forwarded (action {})",
+        out.0
+    );
+    let port = established_port();
+    ensure!(
+        out.1[26..30] == EIP_S && out.1[34..36] == port.to_be_bytes(),
+        "the SNAT flow left as {:?}:{}, expected {:?}:{port} (the datapath's port choice changed?)",
+        &out.1[26..30],
+        u16::from_be_bytes([out.1[34], out.1[35]]),
+        EIP_S
+    );
+    let out = run(dp, XDP_UNDERLAY, &dnat_established_frame())?;
+    ensure!(
+        out.0 == XDP_REDIRECT,
+        "the DNAT flow's first packet was not forwarded (action {})",
+        out.0
+    );
+
+    // Every port of the host's blocks toward EXHAUSTED_DST:53 held by other flows.
+    let exhausted = u32::from(BLOCKS) * u32::from(BLOCK_SIZE);
+    {
+        let mut table: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(dp.map_mut(conntrack::maps::CONNTRACK)?)?;
+        let now = ct::monotonic_ns();
+        for i in 0..exhausted {
+            let p = (u32::from(block_first_port(0)) + i) as u16;
+            let (key, a_first) = CtKey::new(
+                NAT_VNI,
+                IPPROTO_UDP,
+                EIP_S,
+                p.to_be_bytes(),
+                EXHAUSTED_DST,
+                EXHAUSTED_DPORT.to_be_bytes(),
+            );
+            let mut e = CtEntry::new(now, IPPROTO_UDP, a_first, 0);
+            e.nat.kind = LINK_SNAT;
+            e.nat.vni = VNI;
+            e.nat.addr = [10, 0, 9, 9];
+            e.nat.port = p.to_be_bytes();
+            table
+                .insert(key, e, 0)
+                .with_context(|| format!("holding SNAT port {p}"))?;
+        }
+    }
+    ct::add_to_slot(dp, CT_COUNT_USERSPACE, u64::from(exhausted), 0)?;
+    Ok(NatInfo {
+        label: format!(
+            "SNAT {} ({} ports on this host), DNAT {}:{DNAT_PORT}/udp",
+            Ipv4Addr::from(EIP_S),
+            exhausted,
+            Ipv4Addr::from(EIP_D)
+        ),
+        snat_eip: Ipv4Addr::from(EIP_S).to_string(),
+        dnat_eip: Ipv4Addr::from(EIP_D).to_string(),
+        snat_ports: exhausted,
+        established_port: port,
+        exhausted_entries: exhausted,
+        map_entries: applied.written,
+        fill_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One test run of `frame` through `program` (a VM's from `lo`): the action and the frame out.
+fn run(dp: &Dataplane, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let md = xdp_md(frame.len(), LO);
+    let mut out = vec![0u8; frame.len() + 512];
+    let r = dp
+        .program(program)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: (program == XDP_VM).then_some(&md[..]),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })
+        .with_context(|| format!("BPF_PROG_TEST_RUN on {program}"))?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
+/// A UDP frame from the Internet (border router to this host's underlay MAC).
+fn from_internet(src: Ipv4, sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(60);
+    PacketBuilder::ethernet2(BORDER_MAC, UNDERLAY_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, &[0xab; 60 - 14 - 20 - 8])
+        .expect("etherparse serialises a valid frame");
+    out
+}
+
+fn dnat_established_frame() -> Vec<u8> {
+    from_internet(PUBLIC, DNAT_SPORT, EIP_D, DNAT_PORT)
+}
+
+/// Flow numbers handed out to new-flow frames (never reused in one process).
+static NEXT_FLOW: AtomicU32 = AtomicU32::new(0);
+
+/// The VM's frame as the next never-seen SNAT flow: the destination port counts up (so
+/// its public tuple is new whatever port it gets), the source port every 65,000 flows.
+pub fn next_snat_flow(frame: &[u8]) -> Vec<u8> {
+    let k = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
+    let dport = 1 + (k % 65_000) as u16;
+    let sport = 1024 + (k / 65_000) as u16;
+    let mut f = frame.to_vec();
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f
+}
+
+/// The Internet's frame as the next never-seen DNAT flow: its source address counts up
+/// (in 198.18.0.0/15, the benchmarking range), its source port every 65,536 flows.
+pub fn next_dnat_flow(frame: &[u8]) -> Vec<u8> {
+    let k = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
+    let src = [198, 18 + ((k >> 16) & 1) as u8, (k >> 8) as u8, k as u8];
+    let sport = 20000 + (k >> 17) as u16;
+    let mut f = frame.to_vec();
+    f[26..30].copy_from_slice(&src);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    ipv4_checksum(&mut f[14..34]);
+    f
+}
+
+/// Recomputes the IPv4 header checksum of `h` (20 bytes).
+fn ipv4_checksum(h: &mut [u8]) {
+    h[10..12].copy_from_slice(&[0, 0]);
+    let mut s: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    h[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+}
+
+/// The NAT paths.
+pub fn paths() -> Vec<PathSpec> {
+    let p = |name: &str,
+             program: &'static str,
+             description: String,
+             frame: Vec<u8>,
+             action: u32,
+             reason: Reason,
+             method: Method| PathSpec {
+        name: name.into(),
+        program,
+        description,
+        frame,
+        ingress_ifindex: if program == XDP_VM { LO } else { 0 },
+        action,
+        reason: Some(reason),
+        method,
+        scale: None,
+        sg: None,
+        vary: None,
+    };
+    let fresh = Method::Fresh { repeat: 1 };
+    let reply = from_internet(PUBLIC, VM_DPORT, EIP_S, established_port());
+    // Any port of the SNAT EIP but the established flow's: no flow holds it.
+    let unheld = if established_port() == u16::MAX {
+        established_port() - 1
+    } else {
+        established_port() + 1
+    };
+    vec![
+        p(
+            "nat_vpc_local_fresh",
+            XDP_VM,
+            "calibration: vpc_local (VM to a NIC on this host) in the NAT instance, measured like the translating paths (one repetition per call): what that method alone adds to a forwarding path".into(),
+            vpc::from_vm(LOCAL_PEER),
+            XDP_REDIRECT,
+            Reason::FwdLocal,
+            fresh,
+        ),
+        PathSpec {
+            vary: Some(next_snat_flow),
+            ..p(
+                "snat_new_flow",
+                XDP_VM,
+                "VM to the Internet through the NAT gateway, a new flow each packet: route (NAT gateway), private entry inserted, SNAT rule, port allocated (public entry inserted), rewrite, to the border router".into(),
+                vpc::from_vm(NEW_FLOW_DST),
+                XDP_REDIRECT,
+                Reason::FwdNatOut,
+                Method::NewFlows,
+            )
+        },
+        p(
+            "snat_established",
+            XDP_VM,
+            "VM to the Internet, a live SNAT flow: route (NAT gateway), private entry hit, its link, rewrite, to the border router".into(),
+            vpc::from_vm(PUBLIC),
+            XDP_REDIRECT,
+            Reason::FwdNatOut,
+            fresh,
+        ),
+        p(
+            "snat_reply",
+            XDP_UNDERLAY,
+            "the Internet's reply to a live SNAT flow at the underlay: EIP, public entry, private entry, reverse rewrite, to the VM".into(),
+            reply,
+            XDP_REDIRECT,
+            Reason::FwdNatIn,
+            fresh,
+        ),
+        PathSpec {
+            vary: Some(next_dnat_flow),
+            ..p(
+                "dnat_new_flow",
+                XDP_UNDERLAY,
+                format!("the Internet to a published port (UDP {DNAT_PORT} to the VM's {DNAT_TARGET_PORT}), a new flow each packet: EIP, public entry (miss), DNAT entry, private entry and public entry inserted, rewrite, to the VM"),
+                dnat_established_frame(),
+                XDP_REDIRECT,
+                Reason::FwdNatIn,
+                Method::NewFlows,
+            )
+        },
+        p(
+            "dnat_established",
+            XDP_UNDERLAY,
+            "the Internet to a published port, a live DNAT flow: EIP, public entry, private entry, rewrite, to the VM".into(),
+            dnat_established_frame(),
+            XDP_REDIRECT,
+            Reason::FwdNatIn,
+            fresh,
+        ),
+        p(
+            "nat_default_deny",
+            XDP_UNDERLAY,
+            "the Internet to a port of the SNAT EIP that no flow holds: EIP, public entry (miss), block owner (this host): dropped".into(),
+            from_internet(PUBLIC, VM_DPORT, EIP_S, unheld),
+            XDP_DROP,
+            Reason::DropNatNoRule,
+            Method::Repeat,
+        ),
+        p(
+            "snat_exhausted_drop",
+            XDP_VM,
+            format!("VM to a destination for which all {} SNAT ports of this host are taken: SNAT rule, {PORT_PROBES} port probes (each a failed insert), dropped", u32::from(BLOCKS) * u32::from(BLOCK_SIZE)),
+            udp_from_vm(EXHAUSTED_SPORT, EXHAUSTED_DST, EXHAUSTED_DPORT),
+            XDP_DROP,
+            Reason::DropNatPortsExhausted,
+            // Microseconds per packet: measured like the routed paths (200 repetitions per
+            // call), so a run is 4,000 packets rather than a million.
+            Method::Fresh {
+                repeat: vpc::ROUTED_REPEAT,
+            },
+        ),
+    ]
+}
+
+fn udp_from_vm(sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
+    let mut f = vpc::from_vm(dst);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_nat_path_is_listed_and_named_once() {
+        let names: Vec<String> = paths().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, PATHS);
+        assert!(names.iter().all(|n| is_nat_path(n)));
+        assert!(!is_nat_path("vpc_local@10"));
+    }
+
+    #[test]
+    fn new_flows_never_repeat_a_tuple() {
+        let base = vpc::from_vm(NEW_FLOW_DST);
+        let (a, b) = (next_snat_flow(&base), next_snat_flow(&base));
+        assert_ne!(a[34..38], b[34..38]);
+        assert_eq!(a[..34], base[..34]);
+        let base = dnat_established_frame();
+        let (a, b) = (next_dnat_flow(&base), next_dnat_flow(&base));
+        assert_ne!(a[26..36], b[26..36]);
+        // The header checksum stays valid: the sum over the header folds to 0xffff.
+        let mut h = a[14..34].to_vec();
+        let before = u16::from_be_bytes([h[10], h[11]]);
+        ipv4_checksum(&mut h);
+        assert_eq!(u16::from_be_bytes([h[10], h[11]]), before);
+    }
+
+    #[test]
+    fn tables_give_the_host_every_block_it_may_hold() {
+        let t = tables();
+        assert_eq!(t.blocks[0].blocks.len(), MAX_HOST_BLOCKS);
+        assert_eq!(t.owners.len(), MAX_HOST_BLOCKS);
+        let p = established_port();
+        assert!(p >= block_first_port(0) && p < block_first_port(BLOCKS));
+    }
+}
