@@ -139,28 +139,10 @@ pub struct DnatTarget {
     pub port: [u8; 2],
 }
 
-/// Key of [`maps::SOURCES`] (an LPM trie): VNI (big-endian) then the source address; the
-/// trie prefix length is 32 + the source prefix length (a NIC is a /32, so the most
-/// specific SNAT entry wins).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SourceKey {
-    pub vni: [u8; 4],
-    pub ip: Ipv4,
-}
-
-impl SourceKey {
-    pub const fn new(vni: u32, ip: Ipv4) -> Self {
-        Self {
-            vni: vni.to_be_bytes(),
-            ip,
-        }
-    }
-
-    pub const fn trie_prefix_len(prefix_len: u8) -> u32 {
-        32 + prefix_len as u32
-    }
-}
+/// Key of [`maps::SOURCES`] (an LPM trie): the route key's layout, VNI (big-endian) then
+/// the source address, prefix length 32 + the source prefix length (a NIC is a /32, so the
+/// most specific SNAT entry wins).
+pub type SourceKey = crate::vpc::RouteKey;
 
 /// Value of [`maps::SOURCES`]: the EIPs an SNAT entry translates to, in order. A flow
 /// starts at `eips[hash(source) % count]` (a VM keeps one public address while it has
@@ -268,7 +250,6 @@ const _: () = assert!(core::mem::size_of::<NatConfig>() == 12);
 const _: () = assert!(core::mem::size_of::<EipEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<DnatKey>() == 8);
 const _: () = assert!(core::mem::size_of::<DnatTarget>() == 20);
-const _: () = assert!(core::mem::size_of::<SourceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SnatRule>() == 4 + 4 * MAX_SNAT_EIPS);
 const _: () = assert!(core::mem::size_of::<HostBlocks>() == 4 + 2 * MAX_HOST_BLOCKS);
 const _: () = assert!(core::mem::size_of::<OwnerKey>() == 8);
@@ -285,7 +266,6 @@ mod pod {
     unsafe impl aya::Pod for EipEntry {}
     unsafe impl aya::Pod for DnatKey {}
     unsafe impl aya::Pod for DnatTarget {}
-    unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SnatRule {}
     unsafe impl aya::Pod for HostBlocks {}
     unsafe impl aya::Pod for OwnerKey {}
