@@ -429,6 +429,77 @@ pub struct ControlReport {
     pub apply: ScaleApply,
     pub idle_resync: IdleResync,
     pub in_process: InProcess,
+    /// Building (and loading) a 1,000-backend Maglev table.
+    #[serde(default)]
+    pub maglev: Option<MaglevBuild>,
+}
+
+/// The load balancer's table build for the largest listener: 1,000 backends in the
+/// largest table ([`sluice_common::lb::MAGLEV_MAX_SIZE`] entries), in this process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MaglevBuild {
+    pub backends: u32,
+    pub table_size: u32,
+    pub runs: u32,
+    /// Every backend of weight 100 (one entry per round each).
+    pub equal_weights_ms: Summary,
+    /// Weights 1..=100 (more, emptier rounds).
+    pub mixed_weights_ms: Summary,
+    /// A new inner map created and filled with the table (one batch update): what the
+    /// agent does before the swap.
+    pub load_ms: Summary,
+}
+
+/// Builds the 1,000-backend table `runs` times each way (the first, warm-up build of each
+/// is not counted).
+pub fn maglev_build(runs: u32) -> Result<MaglevBuild> {
+    use sluice_dataplane::lb::{
+        apply::filled_table,
+        maglev::{build, table_size, Candidate},
+    };
+    let backends = 1000u32;
+    let size = table_size(backends as usize);
+    let pool = |weight: &dyn Fn(u32) -> u8| -> Vec<Candidate> {
+        (0..backends)
+            .map(|k| Candidate {
+                slot: k,
+                ip: [10, 1, (k >> 8) as u8, k as u8],
+                port: 8080,
+                weight: weight(k),
+            })
+            .collect()
+    };
+    let time = |b: &[Candidate]| -> Result<(f64, Vec<u32>)> {
+        let t0 = Instant::now();
+        let t = build(b, size).ok_or_else(|| anyhow!("no table"))?;
+        let elapsed = ms(t0.elapsed());
+        ensure!(t.len() == size as usize, "table of {} entries", t.len());
+        Ok((elapsed, t))
+    };
+    let equal = pool(&|_| 100);
+    let mixed = pool(&|k| 1 + (k % 100) as u8);
+    let (mut e, mut m, mut l) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..=runs {
+        let (te, table) = time(&equal)?;
+        let (tm, _) = time(&mixed)?;
+        let t0 = Instant::now();
+        let map = filled_table(&table)?;
+        let tl = ms(t0.elapsed());
+        drop(map);
+        if run > 0 {
+            e.push(te);
+            m.push(tm);
+            l.push(tl);
+        }
+    }
+    Ok(MaglevBuild {
+        backends,
+        table_size: size,
+        runs,
+        equal_weights_ms: Summary::of(&e)?,
+        mixed_weights_ms: Summary::of(&m)?,
+        load_ms: Summary::of(&l)?,
+    })
 }
 
 pub const METHOD: &str = "A real sluiced (controller + agent, one process) in a lab network namespace, driven over its Unix socket with the library's HTTP client. Datapath observation: a thread inside the namespace loads the programs against the daemon's pinned maps and runs one frame from the probed VPC's NIC through xdp_vm (BPF_PROG_TEST_RUN, ingress ifindex of the NIC's interface) every poll interval until the XDP action changes; the stats map then confirms the reason (fwd_local, drop_blackhole, drop_no_route) before and after every change. Latency: PUT /v1/routes alternately adds a /24 toward the appliance NIC and replaces it with a blackhole; timed from sending the call to the first run with the new verdict, split at the reply; the next change starts once the agent's status shows the generation applied, after a 5-10 ms pause. Apply: POST /v1/topology of every VPC (one subnet, one NIC on the host on a veth interface created beforehand with ip -batch (its peer in a second namespace), R custom /24 routes alternating appliance NIC and blackhole) into a fresh lab, store and daemon per run; timed from sending to the agent's status showing the generation applied (polled every 2 ms), each run starting once the CPUs were at most 15 % busy over half a second (at most 90 s of waiting: the previous lab's namespace teardown keeps a kernel worker busy for seconds); agent_apply_s is the daemon's own sluice_agent_apply_seconds over that span; the pinned maps are read back and counted after. In-process: the same steps as library calls in one thread inside a namespace with the same interfaces, into freshly loaded (unpinned) maps.";
@@ -1868,6 +1939,16 @@ pub fn run(params: &Params, log: impl Fn(&str)) -> Result<ControlReport> {
     log("in-process breakdown");
     let in_process = in_process(params, log)?;
 
+    let maglev = maglev_build(if params.quick { 3 } else { 20 })?;
+    log(&format!(
+        "Maglev table, {} backends x {} entries: build median {:.1} ms (mixed weights {:.1} ms), load {:.1} ms",
+        maglev.backends,
+        maglev.table_size,
+        maglev.equal_weights_ms.median,
+        maglev.mixed_weights_ms.median,
+        maglev.load_ms.median
+    ));
+
     Ok(ControlReport {
         mode: "control".into(),
         date_utc: crate::machine::utc_now(),
@@ -1883,6 +1964,7 @@ pub fn run(params: &Params, log: impl Fn(&str)) -> Result<ControlReport> {
         apply,
         idle_resync,
         in_process,
+        maglev: Some(maglev),
     })
 }
 

@@ -4,6 +4,7 @@
 pub mod affinity;
 pub mod control;
 pub mod e2e;
+pub mod lb;
 pub mod machine;
 pub mod micro;
 pub mod nat;

@@ -21,7 +21,7 @@ use sluice_common::{
 use sluice_dataplane::{loader::Dataplane, stats::StatsSnapshot};
 
 use crate::{
-    affinity,
+    affinity, lb,
     machine::Machine,
     nat::{self, NatInfo},
     packets,
@@ -302,6 +302,7 @@ pub fn paths() -> Vec<PathSpec> {
         all.extend(sg::paths(scale));
     }
     all.extend(nat::paths());
+    all.extend(lb::paths());
     all
 }
 
@@ -650,7 +651,19 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
         let info = nat::install(&mut dp)?;
         nat_instance = Some((dp, info));
     }
+    let mut lb_instance: Option<Dataplane> = None;
+    if paths.iter().any(|p| lb::is_lb_path(&p.name)) {
+        progress("loading the programs and the load balancer's tables");
+        let mut dp = load()?;
+        lb::install(&mut dp)?;
+        lb_instance = Some(dp);
+    }
     let dp_for = |path: &PathSpec| -> &Dataplane {
+        if lb::is_lb_path(&path.name) {
+            return lb_instance
+                .as_ref()
+                .expect("a load balancer instance for its paths");
+        }
         if nat::is_nat_path(&path.name) {
             return &nat_instance
                 .as_ref()
@@ -697,10 +710,15 @@ pub fn run(params: &Params, mut progress: impl FnMut(&str)) -> Result<MicroRepor
         })
         .map(|(_, dp)| dp)
         .chain(sg_instances.iter().map(|(_, dp)| dp))
-        .chain(nat_instance.iter().map(|(dp, _)| dp));
+        .chain(nat_instance.iter().map(|(dp, _)| dp))
+        .chain(lb_instance.iter());
     // The plain instance too, unless only floors (which count nothing) ran on it.
     let plain_used = paths.iter().any(|p| {
-        p.scale.is_none() && p.sg.is_none() && p.reason.is_some() && !nat::is_nat_path(&p.name)
+        p.scale.is_none()
+            && p.sg.is_none()
+            && p.reason.is_some()
+            && !nat::is_nat_path(&p.name)
+            && !lb::is_lb_path(&p.name)
     });
     for dp in plain_used.then_some(&plain).into_iter().chain(used) {
         check_all_counted_on(dp, params.cpu)?;

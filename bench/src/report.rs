@@ -749,6 +749,22 @@ pub fn control_markdown(r: &ControlReport) -> String {
         ip.change_small_total_ms
     );
     s.push_str(&steps_table(&ip.change_small, 1e3, "ms"));
+    if let Some(m) = &r.maglev {
+        let _ = writeln!(
+            s,
+            "\n### Load balancer table build\n\nA Maglev table of {} backends ({} entries), in process, {} runs: weights all 100, median {:.1} ms (min {:.1}, max {:.1}); weights 1..100, median {:.1} ms (min {:.1}, max {:.1}). Creating and filling its inner map (one batch update), median {:.1} ms.",
+            m.backends,
+            m.table_size,
+            m.runs,
+            m.equal_weights_ms.median,
+            m.equal_weights_ms.min,
+            m.equal_weights_ms.max,
+            m.mixed_weights_ms.median,
+            m.mixed_weights_ms.min,
+            m.mixed_weights_ms.max,
+            m.load_ms.median
+        );
+    }
     s
 }
 

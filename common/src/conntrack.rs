@@ -208,8 +208,9 @@ pub struct CtEntry {
     pub touched: u32,
     /// The NAT translation of a translated flow ([`crate::nat::NatLink`]); zero otherwise.
     pub nat: crate::nat::NatLink,
-    /// Reserved for the load balancer (service, backend); zero for now.
-    pub lb: [u32; 4],
+    /// The load balancer's link of a balanced flow ([`crate::lb::LbLink`]); zero
+    /// otherwise.
+    pub lb: crate::lb::LbLink,
 }
 
 impl CtEntry {
@@ -468,9 +469,10 @@ pub mod maps {
     pub const STATS: &str = "SLUICE_CT_STATS";
     /// Per-CPU one-slot array of [`super::CtEntry`]: where the datapath builds a new entry
     /// (its stack has no room); nothing to read.
-    /// Versioned: the slot grew with NAT, and a pinned map of the old size must not be
-    /// reused by a newer program (a daemon upgrade creates the new one beside it).
-    pub const SCRATCH: &str = "SLUICE_CT_SCRATCH_V2";
+    /// Versioned: the slot grew with NAT (V2) and the load balancer (V3), and a pinned map
+    /// of an old size must not be reused by a newer program (a daemon upgrade creates the
+    /// new one beside it).
+    pub const SCRATCH: &str = "SLUICE_CT_SCRATCH_V3";
     pub const ALL: [&str; 5] = [CONNTRACK, CONFIG, COUNT, STATS, SCRATCH];
 }
 

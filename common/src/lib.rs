@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod lb;
 pub mod nat;
 pub mod sg;
 pub mod stats;
@@ -33,7 +34,7 @@ pub mod maps {
     /// appliance NICs may send any inner source address under a VNI.
     pub const APPLIANCE_VTEPS: &str = "SLUICE_APPLIANCE_VTEPS";
     /// Every map in the object; the daemon pins each under `<pin_dir>/maps/<name>`.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 31] = [
         STATS,
         PORTS,
         ENDPOINTS,
@@ -61,6 +62,10 @@ pub mod maps {
         crate::nat::maps::BLOCKS,
         crate::nat::maps::OWNERS,
         crate::nat::maps::BINDINGS,
+        crate::lb::maps::LISTENERS,
+        crate::lb::maps::TABLES,
+        crate::lb::maps::BACKENDS,
+        crate::lb::maps::ACTIVE,
     ];
 }
 

@@ -105,11 +105,20 @@ pub enum Reason {
     DropNatNoState,
     /// The host owning an EIP's flow has no resolved underlay MAC.
     DropNatUnresolvedOwner,
+    /// A packet to a VIP with no listener for its protocol and port (or without ports).
+    DropLbNoListener,
+    /// A new flow to a listener with nothing to pick: every backend drained, or down
+    /// with `fail_closed`.
+    DropLbNoBackend,
+    /// A new flow to a listener whose table slot holds no table (transient).
+    DropLbNoTable,
+    /// The translated 5-tuple is held by another flow (not balanced, or another VIP's).
+    DropLbConflict,
 }
 
 impl Reason {
     /// Number of reasons: the stats map's size.
-    pub const COUNT: u32 = Reason::DropNatUnresolvedOwner as u32 + 1;
+    pub const COUNT: u32 = Reason::DropLbConflict as u32 + 1;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -172,6 +181,10 @@ impl Reason {
         Reason::DropNatNoSource,
         Reason::DropNatNoState,
         Reason::DropNatUnresolvedOwner,
+        Reason::DropLbNoListener,
+        Reason::DropLbNoBackend,
+        Reason::DropLbNoTable,
+        Reason::DropLbConflict,
     ];
 
     pub const fn index(self) -> u32 {
@@ -262,6 +275,10 @@ impl Reason {
             Reason::DropNatNoSource => "drop_nat_no_source",
             Reason::DropNatNoState => "drop_nat_no_state",
             Reason::DropNatUnresolvedOwner => "drop_nat_unresolved_owner",
+            Reason::DropLbNoListener => "drop_lb_no_listener",
+            Reason::DropLbNoBackend => "drop_lb_no_backend",
+            Reason::DropLbNoTable => "drop_lb_no_table",
+            Reason::DropLbConflict => "drop_lb_conflict",
         }
     }
 }

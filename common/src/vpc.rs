@@ -37,6 +37,8 @@ pub struct Port {
 /// The NIC is an appliance (router, firewall): it forwards others' packets, so its source
 /// IP is not checked (MAC still is). The cloud's "source/destination check: off".
 pub const PORT_NO_SOURCE_CHECK: u16 = 1;
+/// The NIC is a load balancer backend ([`ENDPOINT_LB_BACKEND`] for its local port).
+pub const PORT_LB_BACKEND: u16 = 2;
 
 /// Key of [`crate::maps::ENDPOINTS`]: a NIC's address inside its VPC.
 #[repr(C)]
@@ -61,6 +63,12 @@ pub const ENDPOINT_DIRECT: u32 = 4;
 /// packets with any source address. The agent turns these into
 /// [`crate::maps::APPLIANCE_VTEPS`] entries; the datapath does not read the flag.
 pub const ENDPOINT_APPLIANCE: u32 = 8;
+/// The address is a load balancer's VIP (no NIC has it): a packet to it is balanced
+/// (`crate::lb`). Written on every host with a NIC in the VPC.
+pub const ENDPOINT_VIP: u32 = 16;
+/// The NIC is a load balancer backend: a packet from it may be a reply to a balanced
+/// flow, whose source becomes the VIP again at the client's host (`crate::lb`).
+pub const ENDPOINT_LB_BACKEND: u32 = 32;
 
 /// Where a NIC lives.
 #[repr(C)]

@@ -1,12 +1,13 @@
 //! `sluicectl`: the operator CLI for a running `sluiced`, speaking its HTTP API: the
 //! daemon's status and counters, and the controller's intent (hosts, VPCs, subnets, NICs,
 //! routes, peerings, security groups and their rules, the blocklist, EIP pools, EIPs, NAT
-//! gateways and their SNAT/DNAT entries), one resource at a time or a whole topology with
-//! `apply -f`.
+//! gateways and their SNAT/DNAT entries, load balancers with `sluicectl lb ...`), one
+//! resource at a time or a whole topology with `apply -f`.
 //!
 //! Exit status: 0 done, 1 the request failed (the API's `field: reason` is printed, or
 //! the address that could not be reached), 2 usage error.
 
+mod lb;
 mod nat;
 mod render;
 mod resource;
@@ -82,6 +83,9 @@ enum Command {
     /// Detach an EIP from a NAT gateway.
     #[command(subcommand)]
     Detach(nat::DetachCmd),
+    /// Load balancers, their listeners and backends, and their backends' status.
+    #[command(subcommand, name = "lb", alias = "load-balancer")]
+    Lb(lb::LbCmd),
 }
 
 fn main() -> ExitCode {
@@ -123,6 +127,7 @@ fn intent_request(command: &Command) -> Result<Option<ApiRequest>> {
         Command::Unbind(c) => nat::unbind(c),
         Command::Attach(c) => nat::attach(c)?,
         Command::Detach(c) => nat::detach(c),
+        Command::Lb(c) => lb::request(c)?,
     }))
 }
 
@@ -362,6 +367,158 @@ mod tests {
             Some(json!({"vpc": "a", "peer_vpc": "b"})),
             Expect::One(Kind::Peering),
         );
+    }
+
+    #[test]
+    fn lb_commands_map_to_their_requests() {
+        check(
+            &[
+                "lb", "create", "--name", "web", "--vpc", "a", "--subnet", "s1",
+            ],
+            Method::POST,
+            "/v1/load-balancers",
+            Some(json!({"name": "web", "vpc": "a", "subnet": "s1", "listeners": []})),
+            Expect::One(Kind::LoadBalancer),
+        );
+        check(
+            &["lb", "list", "--vpc", "a b"],
+            Method::GET,
+            "/v1/load-balancers?vpc=a%20b",
+            None,
+            Expect::List(Kind::LoadBalancer),
+        );
+        check(
+            &["lb", "get", "web"],
+            Method::GET,
+            "/v1/load-balancers/web",
+            None,
+            Expect::One(Kind::LoadBalancer),
+        );
+        check(
+            &["lb", "status", "lb-1"],
+            Method::GET,
+            "/v1/load-balancers/lb-1/status",
+            None,
+            Expect::LbStatus,
+        );
+        check(
+            &["lb", "delete", "web"],
+            Method::DELETE,
+            "/v1/load-balancers/web",
+            None,
+            Expect::Deleted("load-balancer/web".into()),
+        );
+        check(
+            &[
+                "lb",
+                "listener",
+                "add",
+                "web",
+                "--protocol",
+                "tcp",
+                "--port",
+                "80",
+                "--scheduler",
+                "source_ip",
+                "--backend",
+                "vm1:8080",
+                "--backend",
+                "10.0.1.9:8080:0",
+                "--check",
+                "http",
+                "--check-path",
+                "/healthz",
+                "--check-status",
+                "200,204",
+                "--interval-ms",
+                "5000",
+            ],
+            Method::POST,
+            "/v1/load-balancers/web/listeners",
+            Some(json!({
+                "protocol": "tcp", "port": 80, "scheduler": "source_ip",
+                "health_check": {"type": "http", "path": "/healthz", "expected_status": [200, 204], "interval_ms": 5000},
+                "backends": [{"nic": "vm1", "port": 8080}, {"ip": "10.0.1.9", "port": 8080, "weight": 0}],
+            })),
+            Expect::One(Kind::LbListener),
+        );
+        check(
+            &[
+                "lb",
+                "listener",
+                "add",
+                "web",
+                "--protocol",
+                "udp",
+                "--port",
+                "53",
+            ],
+            Method::POST,
+            "/v1/load-balancers/web/listeners",
+            Some(json!({"protocol": "udp", "port": 53, "backends": []})),
+            Expect::One(Kind::LbListener),
+        );
+        check(
+            &["lb", "listener", "remove", "web", "lbl-1"],
+            Method::DELETE,
+            "/v1/load-balancers/web/listeners/lbl-1",
+            None,
+            Expect::Deleted("listener/web:lbl-1".into()),
+        );
+        check(
+            &[
+                "lb", "backend", "add", "web", "lbl-1", "--nic", "vm2", "--port", "8080",
+                "--weight", "50",
+            ],
+            Method::POST,
+            "/v1/load-balancers/web/listeners/lbl-1/backends",
+            Some(json!({"nic": "vm2", "port": 8080, "weight": 50})),
+            Expect::One(Kind::LbBackend),
+        );
+        check(
+            &["lb", "backend", "weight", "web", "lbl-1", "lbb-2", "0"],
+            Method::PATCH,
+            "/v1/load-balancers/web/listeners/lbl-1/backends/lbb-2",
+            Some(json!({"weight": 0})),
+            Expect::One(Kind::LbBackend),
+        );
+        check(
+            &["lb", "backend", "remove", "web", "lbl-1", "lbb-2"],
+            Method::DELETE,
+            "/v1/load-balancers/web/listeners/lbl-1/backends/lbb-2",
+            None,
+            Expect::Deleted("backend/web:lbl-1:lbb-2".into()),
+        );
+        // Usage errors: a bad backend, a scheduler that does not exist, nic and ip both.
+        let e = usage_error(&[
+            "lb",
+            "listener",
+            "add",
+            "web",
+            "--protocol",
+            "tcp",
+            "--port",
+            "80",
+            "--backend",
+            "vm1",
+        ]);
+        assert!(e.contains("<nic or ip>:<port>"), "{e}");
+        usage_error(&[
+            "lb",
+            "listener",
+            "add",
+            "web",
+            "--protocol",
+            "tcp",
+            "--port",
+            "80",
+            "--scheduler",
+            "random",
+        ]);
+        usage_error(&[
+            "lb", "backend", "add", "web", "lbl-1", "--nic", "a", "--ip", "10.0.0.9", "--port", "1",
+        ]);
+        usage_error(&["lb", "create", "--name", "web"]);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde::de::DeserializeOwned;
+use sluice_dataplane::controller::lb_status::LbStatus;
+use sluice_dataplane::intent::lb::{LbBackend, LbListener, LoadBalancer};
 use sluice_dataplane::intent::{
     ApplySummary, BlocklistEntry, DnatEntry, Eip, EipPool, Host, NatGateway, Nic, Peering, Route,
     RouteTableEntry, SecurityGroup, SgRule, SnatEntry, Subnet, Vpc,
@@ -78,6 +80,12 @@ pub fn answer(expect: &Expect, value: &serde_json::Value, output: Output) -> Res
                 "an apply summary",
             )?))
         }
+        Expect::LbStatus => {
+            return Ok(table::lb_status(&typed::<LbStatus>(
+                value,
+                "a load balancer's status",
+            )?))
+        }
         Expect::Deleted(_) => unreachable!("handled above"),
     };
     Ok(match kind {
@@ -103,6 +111,14 @@ pub fn answer(expect: &Expect, value: &serde_json::Value, output: Output) -> Res
         Kind::NatGateway => table::nat_gateway(&typed::<NatGateway>(value, "a NAT gateway")?),
         Kind::Snat => table::snat(&rows::<SnatEntry>(value, list, "SNAT entry")?),
         Kind::Dnat => table::dnat(&rows::<DnatEntry>(value, list, "DNAT entry")?),
+        Kind::LoadBalancer if list => {
+            table::load_balancers(&rows::<LoadBalancer>(value, list, "load balancer")?)
+        }
+        Kind::LoadBalancer => {
+            table::load_balancer(&typed::<LoadBalancer>(value, "a load balancer")?)
+        }
+        Kind::LbListener => table::lb_listeners(&rows::<LbListener>(value, list, "listener")?),
+        Kind::LbBackend => table::lb_backends(&rows::<LbBackend>(value, list, "backend")?),
     })
 }
 

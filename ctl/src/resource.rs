@@ -43,6 +43,8 @@ pub enum Expect {
     /// A security group's rules (the answer is the group).
     Rules,
     Apply,
+    /// `GET /v1/load-balancers/{lb}/status`.
+    LbStatus,
     /// 204; the text says what went (`vpc/a`).
     Deleted(String),
 }
@@ -63,6 +65,9 @@ pub enum Kind {
     NatGateway,
     Snat,
     Dnat,
+    LoadBalancer,
+    LbListener,
+    LbBackend,
 }
 
 // ---------------------------------------------------------------------------------------

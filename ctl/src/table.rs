@@ -10,6 +10,11 @@ use sluice_dataplane::{
     },
 };
 
+use sluice_dataplane::{
+    controller::lb_status::LbStatus,
+    intent::lb::{HealthCheck, HealthCheckKind, LbBackend, LbListener, LoadBalancer},
+};
+
 use crate::resource::next_hop_text;
 
 /// Columns aligned to their widest cell; numeric columns (`right[i]`) right-aligned.
@@ -524,6 +529,163 @@ fn json_word(v: &impl serde::Serialize) -> String {
     }
 }
 
+pub fn load_balancers(lbs: &[LoadBalancer]) -> String {
+    let rows: Vec<Vec<String>> = lbs
+        .iter()
+        .map(|l| {
+            let listeners: Vec<String> = l
+                .listeners
+                .iter()
+                .map(|x| format!("{}/{}", x.protocol, x.port))
+                .collect();
+            vec![
+                l.id.clone(),
+                l.name.clone(),
+                l.vpc.clone(),
+                l.subnet.clone(),
+                l.vip.to_string(),
+                listeners.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "VPC", "SUBNET", "VIP", "LISTENERS"],
+        &rows,
+        &[],
+    )
+}
+
+/// One load balancer: its row, its listeners, then each listener's backends.
+pub fn load_balancer(l: &LoadBalancer) -> String {
+    let mut out = format!(
+        "{}\n{}",
+        load_balancers(std::slice::from_ref(l)),
+        lb_listeners(&l.listeners)
+    );
+    for x in &l.listeners {
+        out.push_str(&format!("\n{} ({}/{})\n", x.id, x.protocol, x.port));
+        out.push_str(&lb_backends(&x.backends));
+    }
+    out
+}
+
+/// CHECK as `tcp` or `http GET <path> -> <codes>`, with its port when not the backend's.
+fn check_text(h: &HealthCheck) -> String {
+    let what = match &h.kind {
+        HealthCheckKind::Tcp => "tcp".to_string(),
+        HealthCheckKind::Http {
+            path,
+            expected_status,
+        } => {
+            let codes: Vec<String> = expected_status.iter().map(u16::to_string).collect();
+            format!("http {path} -> {}", codes.join(","))
+        }
+    };
+    let port = h.port.map(|p| format!(" port {p}")).unwrap_or_default();
+    format!(
+        "{what}{port} every {}ms/{}ms up {} down {}",
+        h.interval_ms, h.timeout_ms, h.healthy_threshold, h.unhealthy_threshold
+    )
+}
+
+pub fn lb_listeners(listeners: &[LbListener]) -> String {
+    let rows: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| {
+            vec![
+                l.id.clone(),
+                l.protocol.to_string(),
+                l.port.to_string(),
+                json_word(&l.scheduler),
+                json_word(&l.all_down),
+                check_text(&l.health_check),
+                l.backends.len().to_string(),
+                l.slot.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "LISTENER",
+            "PROTOCOL",
+            "PORT",
+            "SCHEDULER",
+            "ALL-DOWN",
+            "CHECK",
+            "BACKENDS",
+            "SLOT",
+        ],
+        &rows,
+        &[false, false, true, false, false, false, true, true],
+    )
+}
+
+pub fn lb_backends(backends: &[LbBackend]) -> String {
+    let rows: Vec<Vec<String>> = backends
+        .iter()
+        .map(|b| {
+            vec![
+                b.id.clone(),
+                b.nic.clone().unwrap_or_else(|| "-".into()),
+                format!("{}:{}", b.ip, b.port),
+                b.weight.to_string(),
+                b.slot.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["BACKEND", "NIC", "ADDRESS", "WEIGHT", "SLOT"],
+        &rows,
+        &[false, false, false, true, true],
+    )
+}
+
+/// One row per backend of every listener: what `sluicectl lb status` shows.
+pub fn lb_status(s: &LbStatus) -> String {
+    let mut rows: Vec<Vec<String>> = vec![];
+    for l in &s.listeners {
+        for b in &l.backends {
+            let last = match &b.last_check {
+                None => "-".to_string(),
+                Some(c) => format!(
+                    "{} {:.1}ms {}",
+                    if c.ok { "ok" } else { "failed" },
+                    c.latency_ms,
+                    c.detail
+                ),
+            };
+            rows.push(vec![
+                format!("{} {}/{}", l.id, l.protocol, l.port),
+                b.id.clone(),
+                format!("{}:{}", b.ip, b.port),
+                b.weight.to_string(),
+                json_word(&b.health),
+                b.active_connections.to_string(),
+                last,
+            ]);
+        }
+    }
+    format!(
+        "{} {} VIP {}\n{}",
+        s.load_balancer,
+        s.name,
+        s.vip,
+        table(
+            &[
+                "LISTENER",
+                "BACKEND",
+                "ADDRESS",
+                "WEIGHT",
+                "HEALTH",
+                "ACTIVE",
+                "LAST-CHECK"
+            ],
+            &rows,
+            &[false, false, false, true, false, true, false],
+        )
+    )
+}
+
 /// `3d 4h 5m 6s`, leading zero units dropped.
 pub fn uptime(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
@@ -749,6 +911,49 @@ nic-1  fw0   vpc-1  subnet-1  h1    fw0     10.0.1.10  02:73:6c:00:00:01  off   
         assert_eq!(
             peerings(&p),
             "ID     NAME  VPC    PEER-VPC  STATE\npcx-1  a-b   vpc-1  vpc-2     pending\n"
+        );
+    }
+
+    #[test]
+    fn load_balancer_and_status_tables() {
+        let lb: LoadBalancer = parse(
+            serde_json::json!({"id": "lb-1", "name": "web", "vpc": "vpc-1",
+            "subnet": "subnet-1", "vip": "10.0.1.5", "listeners": [{"id": "lbl-1", "protocol": "tcp",
+            "port": 80, "scheduler": "source_ip", "all_down": "fail_open",
+            "health_check": {"type": "http", "path": "/hz", "expected_status": [200, 204],
+                "interval_ms": 2000, "timeout_ms": 1000, "healthy_threshold": 3, "unhealthy_threshold": 3},
+            "backends": [{"id": "lbb-1", "nic": "nic-1", "ip": "10.0.1.4", "port": 8080, "weight": 100, "slot": 0}],
+            "slot": 0}]}),
+        );
+        assert_eq!(
+            load_balancer(&lb),
+            "\
+ID    NAME  VPC    SUBNET    VIP       LISTENERS
+lb-1  web   vpc-1  subnet-1  10.0.1.5  tcp/80
+
+LISTENER  PROTOCOL  PORT  SCHEDULER  ALL-DOWN   CHECK                                                BACKENDS  SLOT
+lbl-1     tcp         80  source_ip  fail_open  http /hz -> 200,204 every 2000ms/1000ms up 3 down 3         1     0
+
+lbl-1 (tcp/80)
+BACKEND  NIC    ADDRESS        WEIGHT  SLOT
+lbb-1    nic-1  10.0.1.4:8080     100     0
+"
+        );
+        let s: LbStatus = parse(serde_json::json!({"load_balancer": "lb-1", "name": "web",
+            "vip": "10.0.1.5", "listeners": [{"id": "lbl-1", "protocol": "tcp", "port": 80,
+            "scheduler": "maglev", "backends": [
+                {"id": "lbb-1", "ip": "10.0.1.4", "port": 8080, "weight": 100, "health": "healthy",
+                 "active_connections": 12, "last_check": {"ok": true, "latency_ms": 0.42, "detail": "connected", "at": 1}},
+                {"id": "lbb-2", "ip": "10.0.1.6", "port": 8080, "weight": 0, "health": "unknown",
+                 "active_connections": 0}]}]}));
+        assert_eq!(
+            lb_status(&s),
+            "\
+lb-1 web VIP 10.0.1.5
+LISTENER      BACKEND  ADDRESS        WEIGHT  HEALTH   ACTIVE  LAST-CHECK
+lbl-1 tcp/80  lbb-1    10.0.1.4:8080     100  healthy      12  ok 0.4ms connected
+lbl-1 tcp/80  lbb-2    10.0.1.6:8080       0  unknown       0  -
+"
         );
     }
 

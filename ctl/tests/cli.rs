@@ -1112,3 +1112,159 @@ nat_gateways:
     );
     assert_eq!(api.json(&["get", "nat-gateway", "gw"]), gw);
 }
+
+#[test]
+fn load_balancers_listeners_backends_and_status() {
+    let api = Api::start("lb");
+    let file = write(&api.dir, "topology.yaml", TOPOLOGY);
+    api.ok(&["apply", "-f", &file]);
+
+    let out = api.ok(&[
+        "lb",
+        "create",
+        "--name",
+        "web",
+        "--vpc",
+        "tenant-a",
+        "--subnet",
+        "web",
+        "--vip",
+        "10.0.1.100",
+    ]);
+    assert_eq!(
+        row(&out, "lb-1"),
+        ["lb-1", "web", "vpc-1", "subnet-1", "10.0.1.100"]
+    );
+    let out = api.ok(&[
+        "lb",
+        "listener",
+        "add",
+        "web",
+        "--protocol",
+        "tcp",
+        "--port",
+        "80",
+        "--backend",
+        "a-vm1:8080",
+        "--backend",
+        "10.0.2.50:8080:0",
+        "--check",
+        "http",
+        "--check-path",
+        "/healthz",
+    ]);
+    let l = row(&out, "lbl-1");
+    assert_eq!(
+        l[..5],
+        ["lbl-1", "tcp", "80", "maglev", "fail_open"],
+        "{out}"
+    );
+    let out = api.ok(&[
+        "lb",
+        "backend",
+        "add",
+        "web",
+        "lbl-1",
+        "--ip",
+        "10.0.2.51",
+        "--port",
+        "8080",
+    ]);
+    assert_eq!(
+        row(&out, "lbb-3"),
+        ["lbb-3", "-", "10.0.2.51:8080", "100", "2"]
+    );
+    let out = api.ok(&["lb", "backend", "weight", "web", "lbl-1", "lbb-3", "25"]);
+    assert_eq!(row(&out, "lbb-3")[3], "25");
+
+    // Status: every backend, unknown until the agents report.
+    let out = api.ok(&["lb", "status", "web"]);
+    assert!(out.starts_with("lb-1 web VIP 10.0.1.100\n"), "{out}");
+    let lines: Vec<Vec<&str>> = out.lines().skip(2).map(words).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(
+        lines[0],
+        [
+            "lbl-1",
+            "tcp/80",
+            "lbb-1",
+            "10.0.1.10:8080",
+            "100",
+            "unknown",
+            "0",
+            "-"
+        ]
+    );
+    let status = api.json(&["lb", "status", "lb-1"]);
+    assert_eq!(status["listeners"][0]["backends"][1]["weight"], 0);
+
+    // The backend NIC shows its system rule; the API's errors name the field.
+    let nic = api.json(&["get", "nic", "a-vm1"]);
+    assert_eq!(nic["system_rules"][0]["cidr"], "100.64.0.0/10");
+    let e = api.fails(
+        1,
+        &["lb", "backend", "weight", "web", "lbl-1", "lbb-3", "101"],
+    );
+    assert!(e.starts_with("sluicectl: error: weight: "), "{e}");
+    let e = api.fails(
+        1,
+        &[
+            "lb", "backend", "add", "web", "lbl-1", "--nic", "b-vm1", "--port", "1",
+        ],
+    );
+    assert!(
+        e.starts_with("sluicectl: error: nic: ") && e.contains("outside"),
+        "{e}"
+    );
+    let e = api.fails(
+        1,
+        &[
+            "lb",
+            "listener",
+            "add",
+            "web",
+            "--protocol",
+            "tcp",
+            "--port",
+            "80",
+        ],
+    );
+    assert!(
+        e.starts_with("sluicectl: error: port: ") && e.contains("listener/lb-1:lbl-1"),
+        "{e}"
+    );
+    let e = api.fails(1, &["delete", "nic", "a-vm1"]);
+    assert!(e.contains("backend/lb-1:lbb-1"), "{e}");
+    api.fails(
+        2,
+        &[
+            "lb",
+            "listener",
+            "add",
+            "web",
+            "--protocol",
+            "tcp",
+            "--port",
+            "81",
+            "--backend",
+            "x",
+        ],
+    );
+
+    let lbs = api.ok(&["lb", "list", "--vpc", "tenant-a"]);
+    assert_eq!(row(&lbs, "lb-1")[5], "tcp/80");
+    assert_eq!(
+        api.ok(&["lb", "backend", "remove", "web", "lbl-1", "lbb-1"]),
+        "deleted backend/web:lbl-1:lbb-1\n"
+    );
+    assert_eq!(
+        api.ok(&["lb", "listener", "remove", "web", "lbl-1"]),
+        "deleted listener/web:lbl-1\n"
+    );
+    assert_eq!(
+        api.ok(&["lb", "delete", "web"]),
+        "deleted load-balancer/web\n"
+    );
+    api.fails(1, &["lb", "get", "web"]);
+    api.ok(&["delete", "nic", "a-vm1"]);
+}

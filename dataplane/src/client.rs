@@ -186,6 +186,32 @@ pub fn encode(s: &str) -> String {
     out
 }
 
+/// The API path of load balancer `lb`, of one of its listeners, or of one of that
+/// listener's backends (segments encoded).
+pub fn load_balancer_path(lb: &str, listener: Option<&str>, backend: Option<&str>) -> String {
+    let mut p = format!("/v1/load-balancers/{}", encode(lb));
+    if let Some(l) = listener {
+        p.push_str(&format!("/listeners/{}", encode(l)));
+        if let Some(b) = backend {
+            p.push_str(&format!("/backends/{}", encode(b)));
+        }
+    }
+    p
+}
+
+/// `GET /v1/load-balancers/{lb}/status`: each backend's health, weight, connections and
+/// last check.
+pub async fn load_balancer_status(
+    addr: &ApiAddr,
+    lb: &str,
+) -> Result<crate::controller::lb_status::LbStatus> {
+    get_json(
+        addr,
+        &format!("{}/status", load_balancer_path(lb, None, None)),
+    )
+    .await
+}
+
 /// Send `method path` with an optional `(content type, bytes)` body to the daemon at
 /// `addr`; any status is returned as is.
 pub async fn request(

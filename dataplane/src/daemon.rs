@@ -147,6 +147,8 @@ async fn serve(config: Config) -> Result<()> {
             dataplane: dataplane.clone(),
             status,
             metrics: Default::default(),
+            lb: Default::default(),
+            checks: Default::default(),
         }
     });
     if let Some(a) = &agent {

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod fixture;
 pub mod intent;
 pub mod lab;
+pub mod lb;
 pub mod loader;
 pub mod metrics;
 pub mod nat;

@@ -145,6 +145,8 @@ pub struct AgentMetrics {
     pub apply_errors: prometheus::IntCounter,
     pub apply_seconds: prometheus::Histogram,
     pub map_entries: prometheus::IntGaugeVec,
+    /// The load balancer's health checks (`lb::health`).
+    pub lb_health: crate::lb::health::HealthMetrics,
 }
 
 impl Default for AgentMetrics {
@@ -181,6 +183,7 @@ impl AgentMetrics {
                 &["map"],
             )
             .expect("valid metric"),
+            lb_health: Default::default(),
         }
     }
 
@@ -188,7 +191,8 @@ impl AgentMetrics {
         registry.register(Box::new(self.applied_generation.clone()))?;
         registry.register(Box::new(self.apply_errors.clone()))?;
         registry.register(Box::new(self.apply_seconds.clone()))?;
-        registry.register(Box::new(self.map_entries.clone()))
+        registry.register(Box::new(self.map_entries.clone()))?;
+        self.lb_health.register(registry)
     }
 }
 

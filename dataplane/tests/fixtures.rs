@@ -1,6 +1,8 @@
 //! Tier 2: packet fixtures through BPF_PROG_TEST_RUN. Each fixture is one frame into one
 //! program with the expected verdict, output bytes and counter deltas; every drop reason has
 //! at least one fixture (checked below), so a new reason without a fixture fails the suite.
+#[path = "fixtures/lb.rs"]
+mod lb;
 #[path = "fixtures/nat.rs"]
 mod nat;
 #[path = "fixtures/sg.rs"]
@@ -861,6 +863,7 @@ fn every_reason_has_a_fixture() {
     fixtures.extend(vpc::fixtures());
     let mut scenarios = sg::scenarios(sg::Ports::PLACEHOLDER);
     scenarios.extend(nat::scenarios(nat::Ports::PLACEHOLDER));
+    scenarios.extend(lb::scenarios(lb::Ports::PLACEHOLDER));
     let missing: Vec<&str> = Reason::ALL
         .iter()
         .filter(|r| !vpc::UNREACHABLE.iter().any(|(u, _)| u == *r))
@@ -981,6 +984,19 @@ fn nat_scenarios_pass() {
         &nat::PORT_PAIRS,
         |ifindex| nat::scenarios(nat::Ports::from_names(ifindex)),
         "nat-fixture-report.txt",
+    );
+}
+
+#[test]
+fn lb_scenarios_pass() {
+    if !support::privileged("lb_scenarios_pass") {
+        return;
+    }
+    run_scenarios(
+        "load balancer",
+        &lb::PORT_PAIRS,
+        |ifindex| lb::scenarios(lb::Ports::from_names(ifindex)),
+        "lb-fixture-report.txt",
     );
 }
 

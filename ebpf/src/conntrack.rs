@@ -21,6 +21,7 @@ use sluice_common::{
     conntrack::*,
     proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     sg::ServiceKey,
+    stats::Reason,
     vpc::Ipv4,
 };
 
@@ -36,7 +37,7 @@ static CONFIG: Array<CtConfig> = Array::with_max_entries(1, 0);
 static COUNT: Array<CtCount> = Array::with_max_entries(CT_COUNT_SLOTS, 0);
 #[map(name = "SLUICE_CT_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_STATS_SLOTS, 0);
-#[map(name = "SLUICE_CT_SCRATCH_V2")]
+#[map(name = "SLUICE_CT_SCRATCH_V3")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// CPUs the declared size leaves LRU headroom for.
@@ -80,6 +81,8 @@ pub struct Scratch {
     pub entry: CtEntry,
     /// The NAT translation of the packet (`nat.rs`).
     pub nat: crate::nat::Work,
+    /// The load balancer's choice for the packet (`lb.rs`).
+    pub lb: crate::lb::Work,
 }
 
 /// The packet's scratch slot. XDP runs a packet to completion on its CPU.
@@ -270,6 +273,18 @@ pub fn insert(sc: &Scratch) -> Result<(), InsertError> {
     }
 }
 
+/// Whether a packet (from the originator or not, with `tcp_flags`) of the flow of `e`
+/// would change nothing in it (the security groups' fast path, `sg.rs`): the entry took
+/// the full path less than [`CT_FRESH_JIFFIES`] ago (so it cannot have expired), no TCP
+/// state to advance, a reply already seen.
+#[inline(always)]
+pub fn steady(e: &CtEntry, from_orig: bool, proto: u8, tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && (proto != IPPROTO_TCP || e.state == CtState::Established as u8)
+        && (from_orig || e.flags & CT_SEEN_REPLY != 0)
+        && jiffies().wrapping_sub(e.touched) < CT_FRESH_JIFFIES
+}
+
 /// Advances a live entry for a packet from the originator or not; true when the packet
 /// ended the connection (RST) and the entry should go.
 #[inline(never)]
@@ -329,5 +344,54 @@ pub extern "C" fn sluice_ct_insert_unique() -> u32 {
             event(CtEvent::InsertFailed);
             NO_ROOM
         }
+    }
+}
+
+/// The entry of the scratch flow under `vni` (null: none), with 0 or a drop reason's
+/// index. When an end is `filtered` the security groups keep the entry; otherwise this
+/// does as they would (expired: deleted; live: tracked; missing: inserted if
+/// `may_insert` and the packet may open a flow), so a translated flow (NAT's private
+/// entry, the balancer's translated one) has its state either way. A pair, not an
+/// `Option`: LLVM leaves a `None`'s payload undefined, and the verifier refuses to copy
+/// an unwritten register.
+#[inline(always)]
+pub fn flow_entry(
+    sc: &mut Scratch,
+    vni: u32,
+    filtered: bool,
+    may_insert: bool,
+) -> (*mut CtEntry, u32) {
+    let none = core::ptr::null_mut();
+    let f = sc.flow;
+    let (key, src_is_a) = CtKey::new(vni, f.proto, f.src, f.sport, f.dst, f.dport);
+    sc.key = key;
+    // ICMP errors and fragments only read the entry.
+    if filtered || f.track == TRACK_NONE {
+        return (lookup(&sc.key).unwrap_or(none), 0);
+    }
+    if let Some(e) = lookup(&sc.key) {
+        let e_ref = unsafe { &mut *e };
+        let from_orig = e_ref.from_orig(src_is_a);
+        if steady(e_ref, from_orig, f.proto, f.tcp_flags) {
+            return (e, 0);
+        }
+        let now = now();
+        if !expired(e_ref, f.proto, now) {
+            if track(e_ref, from_orig, f.proto, f.tcp_flags, now) {
+                delete(&sc.key, CtEvent::CollectedRst);
+                return (none, 0);
+            }
+            return (e, 0);
+        }
+        delete(&sc.key, CtEvent::CollectedExpired);
+    }
+    if !may_insert || f.track != TRACK_INSERT {
+        return (none, 0);
+    }
+    sc.entry = CtEntry::new(now(), f.proto, src_is_a, f.tcp_flags);
+    sc.entry.touched = jiffies();
+    match insert(sc) {
+        Ok(()) => (lookup(&sc.key).unwrap_or(none), 0),
+        Err(InsertError::Full) => (none, Reason::DropCtFull.index()),
     }
 }

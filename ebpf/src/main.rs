@@ -2,7 +2,9 @@
 //! `parse` validates and locates headers, `sg` checks the operator blocklist first, `vpc`
 //! routes (calling `sg` for the security groups, which keep state in `conntrack`),
 //! `stats` counts the verdict; `nat` translates for the Internet (from `vpc` on the way
-//! out, at the underlay on the way in). Later concerns (lb) slot in the same way.
+//! out, at the underlay on the way in); `lb` balances a VM's flows to a VIP among its
+//! backends and turns their replies back into the VIP's (both from `vpc`); `rewrite`
+//! holds the checksum-preserving rewrites NAT and the balancer share.
 #![no_std]
 #![no_main]
 // Atomic adds for counters other CPUs share (`conntrack.rs`).
@@ -10,8 +12,10 @@
 #![feature(core_intrinsics)]
 
 mod conntrack;
+mod lb;
 mod nat;
 mod parse;
+mod rewrite;
 mod sg;
 mod stats;
 mod vpc;

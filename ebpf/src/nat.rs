@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sluice_common::{
-    conntrack::{CtEntry, CtEvent, CtKey, CT_ORIG_IS_A, TCP_RST},
+    conntrack::{CtEntry, CtKey, CT_ORIG_IS_A, TCP_RST},
     nat::*,
     proto::{ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     stats::Reason,
@@ -29,8 +29,9 @@ use sluice_common::{
 };
 
 use crate::{
-    conntrack::{self as ct, Flow, TRACK_INSERT, TRACK_NONE},
+    conntrack::{self as ct, Flow, TRACK_NONE},
     parse::Packet,
+    rewrite::*,
     sg,
     vpc::{self, drop, Outcome},
 };
@@ -52,8 +53,6 @@ static OWNERS: HashMap<OwnerKey, BlockOwner> =
 #[map(name = "SLUICE_NAT_BINDINGS")]
 static BINDINGS: HashMap<EndpointKey, Binding> = HashMap::with_max_entries(MAX_BINDINGS, 0);
 
-const ETH_LEN: usize = 14;
-const IP_LEN: usize = 20;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAM_PROBLEM: u8 = 12;
@@ -95,44 +94,13 @@ pub struct Work {
 
 /// The reason a global function's code names (codes are reason indexes).
 #[inline(always)]
-fn reason(code: u32) -> Reason {
+pub(crate) fn reason(code: u32) -> Reason {
     if code < Reason::COUNT {
         // SAFETY: `Reason` is `repr(u32)` with discriminants 0..COUNT.
         unsafe { core::mem::transmute::<u32, Reason>(code) }
     } else {
         Reason::DropCtFull
     }
-}
-
-// ---- checksums (RFC 1624: HC' = ~(~HC + ~m + m')) ----
-
-#[inline(always)]
-fn fold(mut s: u32) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
-}
-
-/// `~m + m'` for one 16-bit word.
-#[inline(always)]
-fn diff16(old: u16, new: u16) -> u32 {
-    (!old) as u32 + new as u32
-}
-
-#[inline(always)]
-fn diff32(old: Ipv4, new: Ipv4) -> u32 {
-    diff16(
-        u16::from_be_bytes([old[0], old[1]]),
-        u16::from_be_bytes([new[0], new[1]]),
-    ) + diff16(
-        u16::from_be_bytes([old[2], old[3]]),
-        u16::from_be_bytes([new[2], new[3]]),
-    )
-}
-
-#[inline(always)]
-fn csum_apply(check: u16, diff: u32) -> u16 {
-    !fold((!check) as u32 + fold(diff) as u32)
 }
 
 /// Hides `v` from LLVM's range reasoning, so a bounds check it could prove redundant stays
@@ -153,24 +121,6 @@ fn link(addr: Ipv4, port: [u8; 2], kind: u8, vni: u32) -> NatLink {
         vni,
         _reserved: 0,
     }
-}
-
-#[inline(always)]
-fn get16(b: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([b[off], b[off + 1]])
-}
-
-#[inline(always)]
-fn put16(b: &mut [u8], off: usize, v: u16) {
-    b[off..off + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Decrements the TTL of the IPv4 header `h`; the checksum difference it makes.
-#[inline(always)]
-fn ttl_dec(h: &mut [u8; IP_LEN]) -> u32 {
-    let old = get16(h, 8);
-    h[8] -= 1;
-    diff16(old, get16(h, 8))
 }
 
 // ---- egress ----
@@ -238,7 +188,7 @@ pub fn egress(
     let ok = if icmp_error {
         rewrite_icmp_error(ctx, pkt, true, to.addr, to.port)
     } else {
-        rewrite(ctx, pkt, true, to.addr, to.port)
+        rewrite(ctx, pkt.l4_off, pkt.ip_proto, true, to.addr, to.port, true)
     };
     if !ok {
         return drop(Reason::DropIcmpTruncated);
@@ -286,7 +236,7 @@ pub extern "C" fn sluice_nat_egress(vni: u32, ifindex: u32) -> u32 {
         return Reason::DropCtFull.index();
     };
     let f = sc.flow;
-    let (e, code) = private(sc, vni, ifindex, false);
+    let (e, code) = ct::flow_entry(sc, vni, sg::filtered(ifindex), false);
     if code != PASS {
         return code;
     }
@@ -312,7 +262,7 @@ pub extern "C" fn sluice_nat_egress(vni: u32, ifindex: u32) -> u32 {
     };
     // Only SNAT needs the entry: a bound EIP's flows are stateless.
     let e = if e.is_null() {
-        let (e, code) = private(sc, vni, ifindex, true);
+        let (e, code) = ct::flow_entry(sc, vni, sg::filtered(ifindex), true);
         if code != PASS {
             return code;
         }
@@ -451,115 +401,6 @@ extern "C" fn probe(index: u32, _ctx: *mut c_void) -> i64 {
     (r != ct::TAKEN) as i64
 }
 
-/// The private entry of the scratch flow under `vni` (null: none), with `PASS` or a drop
-/// reason's index. The security groups keep the entry when the NIC `ifindex` is filtered;
-/// otherwise this does as they would (expired: deleted; live: tracked; missing: inserted
-/// if `may_insert` and the packet may open a flow), so a translated flow has its state
-/// either way. A pair, not an `Option`: LLVM leaves a `None`'s payload undefined, and the
-/// verifier refuses to copy an unwritten register.
-#[inline(always)]
-fn private(sc: &mut ct::Scratch, vni: u32, ifindex: u32, may_insert: bool) -> (*mut CtEntry, u32) {
-    let none = core::ptr::null_mut();
-    let f = sc.flow;
-    let (key, src_is_a) = CtKey::new(vni, f.proto, f.src, f.sport, f.dst, f.dport);
-    sc.key = key;
-    // ICMP errors and fragments only read the entry.
-    if sg::filtered(ifindex) || f.track == TRACK_NONE {
-        return (ct::lookup(&sc.key).unwrap_or(none), PASS);
-    }
-    let now = ct::now();
-    if let Some(e) = ct::lookup(&sc.key) {
-        let e_ref = unsafe { &mut *e };
-        if !ct::expired(e_ref, f.proto, now) {
-            let from_orig = e_ref.from_orig(src_is_a);
-            if ct::track(e_ref, from_orig, f.proto, f.tcp_flags, now) {
-                ct::delete(&sc.key, CtEvent::CollectedRst);
-                return (none, PASS);
-            }
-            return (e, PASS);
-        }
-        ct::delete(&sc.key, CtEvent::CollectedExpired);
-    }
-    if !may_insert || f.track != TRACK_INSERT {
-        return (none, PASS);
-    }
-    sc.entry = CtEntry::new(now, f.proto, src_is_a, f.tcp_flags);
-    sc.entry.touched = ct::jiffies();
-    match ct::insert(sc) {
-        Ok(()) => (ct::lookup(&sc.key).unwrap_or(none), PASS),
-        Err(ct::InsertError::Full) => (none, Reason::DropCtFull.index()),
-    }
-}
-
-/// Writes `addr` at offset `a` (source 12, destination 16) of the IPv4 header `h` and
-/// decrements its TTL, updating its checksum; the address's checksum difference (for the
-/// L4 pseudo-header).
-#[inline(always)]
-fn rewrite_ip(h: &mut [u8; IP_LEN], a: usize, addr: Ipv4) -> u32 {
-    let old: Ipv4 = [h[a], h[a + 1], h[a + 2], h[a + 3]];
-    let d_addr = diff32(old, addr);
-    let d_ttl = ttl_dec(h);
-    let check = csum_apply(get16(h, 10), d_addr + d_ttl);
-    put16(h, 10, check);
-    h[a..a + 4].copy_from_slice(&addr);
-    d_addr
-}
-
-/// Rewrites the source (`src`) or destination address of the frame's IPv4 packet and its
-/// TCP/UDP port or ICMP echo identifier to `addr`/`port`, decrementing the TTL, with
-/// every checksum updated. False if a header cannot be read (never: the parser vouched).
-#[inline(always)]
-fn rewrite(ctx: &XdpContext, pkt: &Packet, src: bool, addr: Ipv4, port: [u8; 2]) -> bool {
-    let Some(ip) = vpc::ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN) else {
-        return false;
-    };
-    let d_addr = rewrite_ip(unsafe { &mut *ip }, if src { 12 } else { 16 }, addr);
-    if pkt.l4_off == 0 {
-        return true;
-    }
-    let new_port = u16::from_be_bytes(port);
-    let p = if src { 0 } else { 2 };
-    match pkt.ip_proto {
-        IPPROTO_TCP => {
-            let Some(l4) = vpc::ptr_mut::<[u8; 20]>(ctx, pkt.l4_off) else {
-                return false;
-            };
-            let t = unsafe { &mut *l4 };
-            let d = d_addr + diff16(get16(t, p), new_port);
-            let check = csum_apply(get16(t, 16), d);
-            put16(t, 16, check);
-            put16(t, p, new_port);
-        }
-        IPPROTO_UDP => {
-            let Some(l4) = vpc::ptr_mut::<[u8; 8]>(ctx, pkt.l4_off) else {
-                return false;
-            };
-            let u = unsafe { &mut *l4 };
-            let d = d_addr + diff16(get16(u, p), new_port);
-            let old_check = get16(u, 6);
-            if old_check != 0 {
-                let check = csum_apply(old_check, d);
-                put16(u, 6, if check == 0 { 0xffff } else { check });
-            }
-            put16(u, p, new_port);
-        }
-        IPPROTO_ICMP => {
-            let Some(l4) = vpc::ptr_mut::<[u8; 8]>(ctx, pkt.l4_off) else {
-                return false;
-            };
-            let c = unsafe { &mut *l4 };
-            if c[0] == ct::ICMP_ECHO_REQUEST || c[0] == ct::ICMP_ECHO_REPLY {
-                // No pseudo-header: only the identifier counts.
-                let check = csum_apply(get16(c, 2), diff16(get16(c, 4), new_port));
-                put16(c, 2, check);
-                put16(c, 4, new_port);
-            }
-        }
-        _ => {}
-    }
-    true
-}
-
 // ---- ingress ----
 
 /// Plain IPv4 at the underlay. `None`: not for an EIP (or the host is not configured),
@@ -590,7 +431,11 @@ fn ingress(ctx: &XdpContext, pkt: &Packet, host: &HostConfig) -> Outcome {
         Ok(e) => e,
         Err(reason) => return drop(reason),
     };
-    let code = sluice_nat_ingress(u32::from_ne_bytes(host.vtep), icmp_error as u32);
+    let code = sluice_nat_ingress(
+        u32::from_ne_bytes(host.vtep),
+        icmp_error as u32,
+        from_border(ctx) as u32,
+    );
     if code == OWNER {
         return to_owner(ctx, host);
     }
@@ -626,7 +471,7 @@ fn ingress(ctx: &XdpContext, pkt: &Packet, host: &HostConfig) -> Outcome {
     let ok = if icmp_error {
         rewrite_icmp_error(ctx, pkt, false, to.addr, to.port)
     } else {
-        rewrite(ctx, pkt, false, to.addr, to.port)
+        rewrite(ctx, pkt.l4_off, pkt.ip_proto, false, to.addr, to.port, true)
     };
     if !ok {
         return drop(Reason::DropIcmpTruncated);
@@ -701,7 +546,12 @@ fn rewrite_icmp_error(
     let Some(ip) = vpc::ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN) else {
         return false;
     };
-    rewrite_ip(unsafe { &mut *ip }, if egress { 12 } else { 16 }, addr);
+    rewrite_ip(
+        unsafe { &mut *ip },
+        if egress { 12 } else { 16 },
+        addr,
+        true,
+    );
     let Some(m) = vpc::ptr_mut::<[u8; ICMP_ERROR_LEN]>(ctx, pkt.l4_off) else {
         return false;
     };
@@ -784,7 +634,7 @@ fn to_owner(ctx: &XdpContext, host: &HostConfig) -> Outcome {
 /// host's MAC in `nat.mac`, or a drop reason's index. `this_vtep`: this host's VTEP.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn sluice_nat_ingress(this_vtep: u32, icmp_error: u32) -> u32 {
+pub extern "C" fn sluice_nat_ingress(this_vtep: u32, icmp_error: u32, from_border: u32) -> u32 {
     let Some(sc) = ct::scratch() else {
         return Reason::DropCtFull.index();
     };
@@ -835,6 +685,9 @@ pub extern "C" fn sluice_nat_ingress(this_vtep: u32, icmp_error: u32) -> u32 {
                     None => return Reason::DropNatNoRule.index(),
                 },
             };
+            if t.vtep == [0; 4] {
+                return balance(t.vni, t.ip, t.port, from_border);
+            }
             if t.vtep != this_vtep {
                 return owner(sc, t.vtep_mac);
             }
@@ -859,6 +712,49 @@ pub extern "C" fn sluice_nat_ingress(this_vtep: u32, icmp_error: u32) -> u32 {
         }
         _ => Reason::DropNatNoRule.index(),
     }
+}
+
+/// A DNAT entry whose target is a load balancer's VIP (`vip`, listener port `vport`, in
+/// `vni`; its `vtep` is zero: no one host has it): the backend the listener picks for
+/// the flow (`lb.rs`). Translated here when the backend is on this host, as any DNAT
+/// target; else the packet goes unchanged to the backend's host, which picks the same
+/// and translates there (so replies leave from there, as for any DNAT flow). A packet a
+/// peer host sent here is never sent on: when this host picks a backend elsewhere (its
+/// health checks disagree), it is dropped (`drop_lb_no_backend`).
+#[inline(always)]
+fn balance(vni: u32, vip: Ipv4, vport: [u8; 2], from_border: u32) -> u32 {
+    let vport = u32::from_ne_bytes([vport[0], vport[1], 0, 0]);
+    let code = crate::lb::sluice_lb_pick_public(vni, u32::from_ne_bytes(vip), vport);
+    if code != PASS {
+        return code;
+    }
+    let Some(sc) = ct::scratch() else {
+        return Reason::DropCtFull.index();
+    };
+    let (ip, port) = (sc.lb.addr, sc.lb.port);
+    let Some(ep) = vpc::endpoint(vni, ip) else {
+        return Reason::DropLbNoBackend.index();
+    };
+    if ep.flags & ENDPOINT_LOCAL != 0 {
+        return match target(sc, vni, ip, port) {
+            PASS => COMMIT,
+            code => code,
+        };
+    }
+    if from_border == 0 {
+        return Reason::DropLbNoBackend.index();
+    }
+    owner(sc, ep.vtep_mac)
+}
+
+/// Whether the frame came from the border router (not forwarded by a peer host).
+#[inline(always)]
+fn from_border(ctx: &XdpContext) -> bool {
+    let (Some(border), Some(eth)) = (border_mac(), vpc::ptr_mut::<[u8; 12]>(ctx, 0)) else {
+        return false;
+    };
+    let e = unsafe { &*eth };
+    e[6..12] == border
 }
 
 /// `OWNER`, with the owner's MAC in the scratch, unless it is unresolved.
@@ -896,7 +792,7 @@ fn target(sc: &mut ct::Scratch, vni: u32, ip: Ipv4, port: [u8; 2]) -> u32 {
 }
 
 /// After the security groups passed an EIP's packet to the NIC `ifindex` in `vni`: its
-/// private entry kept (see [`private`]) and, for a new DNAT flow (`commit`), the public
+/// private entry kept (see [`ct::flow_entry`]) and, for a new DNAT flow (`commit`), the public
 /// entry inserted and the private one linked to it. `PASS` or a drop reason's index.
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -904,7 +800,7 @@ pub extern "C" fn sluice_nat_settle(vni: u32, ifindex: u32, commit: u32) -> u32 
     let Some(sc) = ct::scratch() else {
         return Reason::DropCtFull.index();
     };
-    let (e, code) = private(sc, vni, ifindex, commit != 0);
+    let (e, code) = ct::flow_entry(sc, vni, sg::filtered(ifindex), commit != 0);
     // Without an entry (a packet that cannot open a flow) nothing is linked.
     if code != PASS || e.is_null() || commit == 0 {
         return code;

@@ -9,6 +9,11 @@
 //! (its longest-prefix match is a `Local` route, per the agent) skips the route lookup;
 //! decapsulation to such an endpoint skips the VNI lookup (a local endpoint of a VNI means
 //! the VNI is present). Every check happens before the first write to the packet.
+//!
+//! A packet to a VIP is balanced first (`lb.rs`) and then routed as one to the chosen
+//! backend; its destination is rewritten after the routing checks, just before the
+//! security groups judge it (and restored if they drop it). A backend's packet to a local
+//! client gets the VIP back as its source after them.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -24,9 +29,9 @@ use sluice_common::{
 };
 
 use crate::{
-    nat,
+    lb, nat,
     parse::{Packet, Vxlan},
-    sg,
+    rewrite, sg,
 };
 
 #[map(name = "SLUICE_PORT_ARRAY")]
@@ -205,7 +210,26 @@ fn route(ctx: &XdpContext, pkt: &Packet, ifindex: u32, port: &Port, host: &HostC
     if src != port.ip && port.flags & PORT_NO_SOURCE_CHECK == 0 {
         return drop(Reason::DropSpoofedIp);
     }
-    let own = endpoint(port.vni, dst);
+    let mut own = endpoint(port.vni, dst);
+    // A VIP: balanced (`lb.rs`). The packet then goes on as one to the chosen backend,
+    // through the same routing below (its destination is rewritten after every check).
+    let balanced = own.is_some_and(|e| e.flags & ENDPOINT_VIP != 0);
+    // What later stages read of the packet (security groups, the VXLAN hash) is the
+    // translated packet's.
+    let mut moved = *pkt;
+    let dst = if balanced {
+        match lb::forward(ctx, pkt, port.vni) {
+            Ok((backend, backend_port)) => {
+                own = endpoint(port.vni, backend);
+                moved.dst_port = backend_port;
+                backend
+            }
+            Err(reason) => return drop(reason),
+        }
+    } else {
+        dst
+    };
+    let pkt = &moved;
     let (vni, ep, same_subnet) = match own {
         // Its route is Local (the agent says so): what the route lookup would give.
         Some(ep) if ep.flags & ENDPOINT_DIRECT != 0 => {
@@ -250,16 +274,50 @@ fn route(ctx: &XdpContext, pkt: &Packet, ifindex: u32, port: &Port, host: &HostC
     if !same_subnet && h[8] <= 1 {
         return drop(Reason::DropTtlExceeded);
     }
+    // A backend's packet to a local client may be a balanced flow's reply.
+    let reply = !balanced && !remote && port.flags & PORT_LB_BACKEND != 0;
+    if reply {
+        if let Err(reason) = lb::before_reply(ctx, pkt, port.vni) {
+            return drop(reason);
+        }
+    }
+    if balanced && !lb::translate(ctx, pkt) {
+        return drop(Reason::DropIpv4Truncated);
+    }
     // Last check, so only a packet that leaves moves the connection table.
     if let Err(reason) = security_groups(ctx, pkt, ifindex, port.vni, vni, ep) {
+        // A dropped frame leaves as it came.
+        if balanced {
+            lb::untranslate(ctx, pkt);
+        }
         return drop(reason);
     }
+    let filtered = reply || balanced;
+    let filtered = filtered && (sg::filtered(ifindex) || !remote && sg::filtered(ep.ifindex));
+    if balanced {
+        if let Err(reason) = lb::settle(port.vni, filtered) {
+            return drop(reason);
+        }
+    }
+    let vip = if reply {
+        match lb::reply(port.vni, filtered) {
+            Ok(vip) => vip,
+            Err(reason) => return drop(reason),
+        }
+    } else {
+        None
+    };
     if !same_subnet {
         // Routed between subnets: one hop, like any router (RFC 1624 incremental checksum).
         h[8] -= 1;
         let check = u16::from_be_bytes([h[10], h[11]]) as u32 + 0x0100;
         let check = (check + (check >= 0xffff) as u32) as u16;
         h[10..12].copy_from_slice(&check.to_be_bytes());
+    }
+    if let Some((addr, vport)) = vip {
+        if !rewrite::rewrite(ctx, pkt.l4_off, pkt.ip_proto, true, addr, vport, false) {
+            return drop(Reason::DropIpv4Truncated);
+        }
     }
     if !set_macs(ctx, ep.mac, host.router_mac) {
         return drop(Reason::DropEthTruncated);
@@ -447,11 +505,19 @@ fn decap(ctx: &XdpContext, vx: &Vxlan, outer_src: Ipv4, host: &HostConfig) -> Ou
             }
         }
     };
-    let from_its_host = endpoint(vni, src).is_some_and(|e| e.vtep == outer_src);
+    let sender = endpoint(vni, src);
+    let from_its_host = sender.is_some_and(|e| e.vtep == outer_src);
     if !from_its_host && !from_appliance_host(vni, outer_src) {
         return drop(Reason::DropVxlanSpoofedSource);
     }
+    // A backend's packet may be a reply of a flow balanced here (`lb.rs`).
+    let reply = from_its_host && sender.is_some_and(|e| e.flags & ENDPOINT_LB_BACKEND != 0);
     let (mac, ifindex) = (target.mac, target.ifindex);
+    if reply {
+        if let Err(reason) = lb::before_reply(ctx, &vx.inner, vni) {
+            return drop(reason);
+        }
+    }
     // The receiving NIC's ingress policy; the sender's egress was its own host's business.
     let ends = sg::Ends {
         sender_ifindex: 0,
@@ -462,8 +528,26 @@ fn decap(ctx: &XdpContext, vx: &Vxlan, outer_src: Ipv4, host: &HostConfig) -> Ou
     if let Err(reason) = sg::check(ctx, &vx.inner, &ends) {
         return drop(reason);
     }
+    let vip = if reply {
+        match lb::reply(vni, sg::filtered(ifindex)) {
+            Ok(vip) => vip,
+            Err(reason) => return drop(reason),
+        }
+    } else {
+        None
+    };
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
         return drop(Reason::DropEncapFailed);
+    }
+    if let Some((addr, vport)) = vip {
+        let l4_off = if vx.inner.l4_off == 0 {
+            0
+        } else {
+            vx.inner.l4_off - OUTER_LEN
+        };
+        if !rewrite::rewrite(ctx, l4_off, vx.inner.ip_proto, true, addr, vport, false) {
+            return drop(Reason::DropIpv4Truncated);
+        }
     }
     if !set_macs(ctx, mac, host.router_mac) {
         return drop(Reason::DropEthTruncated);

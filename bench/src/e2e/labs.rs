@@ -35,6 +35,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sluice_common::{proto::VXLAN_PORT, stats::Reason, vpc::Mac};
 use sluice_dataplane::{
+    client::Method as HttpMethod,
     intent::Vpc,
     lab::{
         cmd,
@@ -86,14 +87,14 @@ pub struct Vm {
 }
 
 /// Sender and receiver: the same in both labs.
-pub const TX: (&str, &str, &str, [u8; 4], Mac) = (
+pub const TX: VmSpec = (
     "tx",
     "h1",
     "vm-tx",
     [10, 0, 1, 10],
     [0x02, 0xbe, 0, 0, 0, 0x0a],
 );
-pub const RX: (&str, &str, &str, [u8; 4], Mac) = (
+pub const RX: VmSpec = (
     "rx",
     "h2",
     "vm-rx",
@@ -101,7 +102,11 @@ pub const RX: (&str, &str, &str, [u8; 4], Mac) = (
     [0x02, 0xbe, 0, 0, 0, 0x0b],
 );
 
-fn vm(lab: &Lab, spec: (&'static str, &'static str, &'static str, [u8; 4], Mac)) -> Vm {
+/// A VM's description: label, host, host end, address, MAC.
+pub type VmSpec = (&'static str, &'static str, &'static str, [u8; 4], Mac);
+
+/// The VM `spec` in `lab`.
+pub fn vm(lab: &Lab, spec: VmSpec) -> Vm {
     let (label, host, host_if, ip, mac) = spec;
     Vm {
         label,
@@ -166,27 +171,13 @@ impl<'lab> Side<'lab> {
     /// The Sluice lab, through the controller's API.
     pub fn sluice(lab: &'lab Lab, sluiced: &Path) -> Result<Side<'lab>> {
         let (tx, rx) = (vm(lab, TX), vm(lab, RX));
-        let nic = |v: &Vm| {
-            format!(
-                "  - {{ name: {}, vpc: {VPC_NAME}, subnet: web, host: {}, ifname: {}, ip: {}, mac: \"{}\" }}\n",
-                v.label,
-                v.host,
-                v.host_if,
-                v.ip,
-                format_mac(&v.mac)
-            )
-        };
         let mut yaml = String::from("hosts:\n");
         for (h, ip) in HOSTS {
             yaml += &format!(
                 "  - {{ name: {h}, underlay_ip: {ip}, underlay_ifname: {UNDERLAY_IF} }}\n"
             );
         }
-        yaml += &format!(
-            "vpcs:\n  - name: {VPC_NAME}\n    cidr: 10.0.0.0/16\n    subnets:\n      - {{ name: web, cidr: {SUBNET} }}\nnics:\n"
-        );
-        yaml += &nic(&tx);
-        yaml += &nic(&rx);
+        yaml += &vpc_yaml(&[&tx, &rx]);
         let topology = topology_from_yaml(&yaml).context("the e2e lab's topology")?;
         let (a, b) = underlay(lab)?;
         let tl = TopologyLab::build_on(lab, topology, sluiced, vec![a, b])?;
@@ -263,20 +254,13 @@ impl<'lab> Side<'lab> {
                 let stats =
                     |h: &str| -> Result<StatsSnapshot> { tl.host(h)?.daemon.pinned_stats() };
                 let (s1, s2) = (stats(HOSTS[0].0)?, stats(HOSTS[1].0)?);
-                let mut drop_reasons = BTreeMap::new();
-                for (h, s) in [(HOSTS[0].0, &s1), (HOSTS[1].0, &s2)] {
-                    for r in Reason::ALL.iter().filter(|r| r.name().starts_with("drop_")) {
-                        let n = s.get(*r).packets;
-                        if n > 0 {
-                            drop_reasons.insert(format!("{h}:{}", r.name()), n);
-                        }
-                    }
-                }
+                let mut reasons = drop_reasons(HOSTS[0].0, &s1);
+                reasons.extend(drop_reasons(HOSTS[1].0, &s2));
                 Ok(PathCounters {
                     sender_host: s1.get(Reason::FwdEncap).packets,
                     receiver_host: s2.get(Reason::FwdDecap).packets,
-                    drops: drop_reasons.values().sum(),
-                    drop_reasons,
+                    drops: reasons.values().sum(),
+                    drop_reasons: reasons,
                 })
             }
             None => {
@@ -334,13 +318,7 @@ impl<'lab> Side<'lab> {
     /// Per-namespace sysctls for many short connections from the sender: a wide ephemeral
     /// port range and TIME_WAIT reuse.
     pub fn tune_for_short_connections(&self) -> Result<()> {
-        for kv in [
-            "net.ipv4.ip_local_port_range=1024 65000",
-            "net.ipv4.tcp_tw_reuse=1",
-        ] {
-            self.lab.exec(self.tx.label, &["sysctl", "-q", "-w", kv])?;
-        }
-        Ok(())
+        tune_for_short_connections(self.lab, self.tx.label)
     }
 
     /// Stops Sluice's daemons (before the lab goes).
@@ -363,6 +341,16 @@ fn underlay(lab: &Lab) -> Result<(UnderlayPort, UnderlayPort)> {
 /// A kernel-lab VM: as [`Lab::overlay_vm_named`] builds Sluice's, without the XDP program on
 /// the VM end, its host end on the bridge with GRO on.
 fn kernel_vm(lab: &Lab, v: &Vm) -> Result<()> {
+    kernel_vm_end(lab, v)?;
+    lab.enslave(v.host, v.host_if, "br0")?;
+    lab.up(v.host, v.host_if)?;
+    lab.enable_gro(v.host, v.host_if)
+}
+
+/// A kernel-lab VM's own end, configured as Sluice's lab VMs are (namespace, veth to its
+/// host, MTU, MAC, address, TX checksum offload off, default route via the gateway); its
+/// host end is left down, to each lab's wiring.
+pub fn kernel_vm_end(lab: &Lab, v: &Vm) -> Result<()> {
     lab.add_host(v.label)?;
     lab.disable_ipv6(v.label)?;
     lab.veth(v.host, v.host_if, v.label, v.ifname)?;
@@ -372,14 +360,107 @@ fn kernel_vm(lab: &Lab, v: &Vm) -> Result<()> {
     lab.addr(v.label, v.ifname, &format!("{}/{SUBNET_LEN}", v.ip))?;
     lab.up(v.label, v.ifname)?;
     lab.exec(v.label, &["ethtool", "-K", v.ifname, "tx", "off"])?;
-    lab.enslave(v.host, v.host_if, "br0")?;
-    lab.up(v.host, v.host_if)?;
-    lab.enable_gro(v.host, v.host_if)?;
     cmd::ip_in(
         &v.netns,
         &["route", "add", "default", "via", GATEWAY, "dev", v.ifname],
     )?;
     Ok(())
+}
+
+/// The `vpcs:` and `nics:` part of a lab topology: VPC `bench` (10.0.0.0/16, subnet `web`
+/// 10.0.1.0/24) with a NIC per VM, at its fixed address and MAC.
+pub fn vpc_yaml(vms: &[&Vm]) -> String {
+    let mut yaml = format!(
+        "vpcs:\n  - name: {VPC_NAME}\n    cidr: 10.0.0.0/16\n    subnets:\n      - {{ name: web, cidr: {SUBNET} }}\nnics:\n"
+    );
+    for v in vms {
+        yaml += &format!(
+            "  - {{ name: {}, vpc: {VPC_NAME}, subnet: web, host: {}, ifname: {}, ip: {}, mac: \"{}\" }}\n",
+            v.label,
+            v.host,
+            v.host_if,
+            v.ip,
+            format_mac(&v.mac)
+        );
+    }
+    yaml
+}
+
+/// A change through the controller's API that must succeed (waited for until every agent
+/// applied it); its JSON answer (null when empty).
+pub fn api_change(
+    tl: &mut TopologyLab,
+    method: HttpMethod,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value> {
+    let r = tl
+        .change(method.clone(), path, Some(&body))
+        .with_context(|| format!("{method} {path}"))?;
+    if r.body.trim().is_empty() {
+        Ok(serde_json::Value::Null)
+    } else {
+        r.json()
+    }
+}
+
+/// Host `host`'s nonzero drop counts by reason (`<host>:drop_...`).
+pub fn drop_reasons(host: &str, s: &StatsSnapshot) -> BTreeMap<String, u64> {
+    Reason::ALL
+        .iter()
+        .filter(|r| r.is_drop() && s.get(**r).packets > 0)
+        .map(|r| (format!("{host}:{}", r.name()), s.get(*r).packets))
+        .collect()
+}
+
+/// Per-namespace sysctls of VM `label` for many short connections from it: a wide
+/// ephemeral port range and TIME_WAIT reuse.
+pub fn tune_for_short_connections(lab: &Lab, label: &str) -> Result<()> {
+    for kv in [
+        "net.ipv4.ip_local_port_range=1024 65000",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
+        lab.exec(label, &["sysctl", "-q", "-w", kv])?;
+    }
+    Ok(())
+}
+
+/// The TCP segments namespace `label` retransmitted (`Tcp RetransSegs`): a connect stalled
+/// by a lost or refused SYN shows here.
+pub fn tcp_retransmits(lab: &Lab, label: &str) -> Result<u64> {
+    let snmp = lab.exec(label, &["cat", "/proc/net/snmp"])?.stdout;
+    snmp_field(&snmp, "Tcp", "RetransSegs")
+}
+
+/// Loads nftables `rules` into `host` (kept as `<name>.nft` in the lab's run directory).
+pub fn load_nft(lab: &Lab, host: &str, name: &str, rules: &str) -> Result<()> {
+    let file = lab.run_dir().join(format!("{name}.nft"));
+    std::fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
+    lab.exec(host, &["nft", "-f", &file.to_string_lossy()])
+        .with_context(|| format!("loading {} (nft)", file.display()))?;
+    Ok(())
+}
+
+/// The packets of the first rule counter of chain `table chain` (family ip) in `host`.
+pub fn nft_rule_counter(lab: &Lab, host: &str, table: &str, chain: &str) -> Result<u64> {
+    let out = lab
+        .exec(host, &["nft", "-j", "list", "chain", "ip", table, chain])?
+        .stdout;
+    nft_counter_packets(&out)
+}
+
+/// The packets of the first rule counter in `nft -j list chain` output.
+fn nft_counter_packets(json_text: &str) -> Result<u64> {
+    let v: serde_json::Value =
+        serde_json::from_str(json_text).with_context(|| format!("nft -j: {json_text}"))?;
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .flatten()
+        .find_map(|e| e["counter"]["packets"].as_u64())
+        .with_context(|| format!("no rule counter in {json_text}"))
 }
 
 /// Field `field` of protocol `proto` in /proc/net/snmp (a header line, then a value line).

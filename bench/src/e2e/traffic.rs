@@ -341,34 +341,70 @@ pub fn ping_pong(
 const CRR_REQUEST: u8 = b'r';
 
 /// A server for short connections: accept, read one byte, answer one byte, close.
-pub struct CrrServer(Worker<u64>);
+pub struct CrrServer {
+    counts: Arc<CrrCounts>,
+    worker: Worker<u64>,
+}
+
+/// What a [`CrrServer`] answered so far.
+#[derive(Default)]
+struct CrrCounts {
+    served: AtomicU64,
+    /// Answered connections from another address than the expected client.
+    foreign: AtomicU64,
+}
 
 impl CrrServer {
     /// Listens on `addr` in `netns`, pinned to `cpu`.
     pub fn start(netns_name: &str, cpu: usize, addr: SocketAddrV4) -> Result<CrrServer> {
+        Self::start_expecting(netns_name, cpu, addr, None)
+    }
+
+    /// As [`CrrServer::start`], counting as foreign every answered connection whose peer
+    /// is not `client` (when given): a translation that hid the client's address shows.
+    pub fn start_expecting(
+        netns_name: &str,
+        cpu: usize,
+        addr: SocketAddrV4,
+        client: Option<Ipv4Addr>,
+    ) -> Result<CrrServer> {
+        let counts = Arc::new(CrrCounts::default());
+        let c = counts.clone();
         let worker = Worker::start("TCP server", netns_name, cpu, move |stop, ready| {
             let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
             ready();
-            let mut served = 0;
             while !stop.load(Ordering::Relaxed) {
                 // Blocks until a connection is pending (no added latency), at most POLL.
                 if !readable(&listener, POLL)? {
                     continue;
                 }
-                let (mut c, _) = listener.accept().context("accept")?;
+                let (mut s, peer) = listener.accept().context("accept")?;
                 let mut b = [0u8; 1];
-                if c.read_exact(&mut b).is_ok() && c.write_all(b"a").is_ok() {
-                    served += 1;
+                if s.read_exact(&mut b).is_ok() && s.write_all(b"a").is_ok() {
+                    c.served.fetch_add(1, Ordering::Relaxed);
+                    if client.is_some_and(|ip| peer.ip() != ip) {
+                        c.foreign.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            Ok(served)
+            Ok(c.served.load(Ordering::Relaxed))
         })?;
-        Ok(CrrServer(worker))
+        Ok(CrrServer { counts, worker })
+    }
+
+    /// Connections answered so far.
+    pub fn served(&self) -> u64 {
+        self.counts.served.load(Ordering::Relaxed)
+    }
+
+    /// Answered connections from another peer than the expected client so far.
+    pub fn foreign(&self) -> u64 {
+        self.counts.foreign.load(Ordering::Relaxed)
     }
 
     /// Stops it; returns the connections it answered.
     pub fn stop(self) -> Result<u64> {
-        self.0.finish()
+        self.worker.finish()
     }
 }
 

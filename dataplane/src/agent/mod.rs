@@ -15,7 +15,9 @@
 //! Security groups travel with the tables and are written around the VPC maps: new
 //! policies and NIC slots before (a NIC's slot is set before its port goes live), slots
 //! and policies no longer used after (a port stops before its filter goes); the blocklist
-//! first. A separate task sweeps expired connection-table entries every
+//! first. The load balancer maps follow the VPC and NAT maps ([`lb_apply::LbState`],
+//! shared with the health checks, which re-apply it when a verdict changes). A separate
+//! task sweeps expired connection-table entries every
 //! [`SWEEP_INTERVAL`], through its own handles on the pinned maps, so a sweep of a large
 //! table never holds up an apply (and with it a revocation).
 
@@ -35,6 +37,7 @@ use crate::{
     client::{self, ApiAddr},
     conntrack,
     controller::api::AgentTables,
+    lb::{apply as lb_apply, health as lb_health},
     loader::{self, Dataplane, Role},
     metrics::AgentMetrics,
     nat::apply as nat_apply,
@@ -83,6 +86,11 @@ pub struct Agent {
     pub dataplane: Arc<Mutex<Dataplane>>,
     pub status: Arc<Mutex<AgentStatus>>,
     pub metrics: AgentMetrics,
+    /// What the LB maps hold and why; the health checks change it through
+    /// [`lb_apply::apply_health`].
+    pub lb: Arc<Mutex<lb_apply::LbState>>,
+    /// The backends' health checks, through each VPC's own path (`lb::health`).
+    pub checks: Arc<lb_health::Checks>,
 }
 
 /// What one apply round keeps between rounds.
@@ -116,6 +124,21 @@ impl Agent {
             agent.pin_dir.clone(),
             stop.clone(),
         ));
+        {
+            let (checks, a, stop) = (agent.checks.clone(), agent.clone(), stop.clone());
+            tokio::spawn(async move {
+                checks
+                    .run(
+                        a.host.clone(),
+                        a.controller.clone(),
+                        a.dataplane.clone(),
+                        a.lb.clone(),
+                        a.metrics.lb_health.clone(),
+                        stop,
+                    )
+                    .await
+            });
+        }
         loop {
             let have = applied.lock().expect("agent").held.as_ref().map(|h| h.0);
             let fetched = tokio::select! {
@@ -204,6 +227,8 @@ impl Agent {
             .routes
             .iter()
             .all(|r| r.prefix.len <= 32 && normalize(r.prefix) == r.prefix);
+        // Health-check ports are interfaces the agent makes: they exist before the lookup.
+        self.checks.sync(&self.host, &whole.lb);
         let ifs = SystemInterfaces::of(&whole);
         let (tables, missing) = present_only_in(whole, &ifs);
         let resolved = resolve_with(&tables, &ifs).context("resolving the tables")?;
@@ -239,6 +264,14 @@ impl Agent {
             .context("writing the maps")?;
         // After the VPC maps: a translated packet's endpoint exists before it is sent there.
         let nat_done = nat_apply::apply(&mut dp, &nat_want).context("writing the NAT maps")?;
+        // After the VPC maps too: a VIP's listener goes live once its backends' endpoints
+        // exist (and when a VIP goes, its endpoint is gone before its listener).
+        let lb_done = self
+            .lb
+            .lock()
+            .expect("lb state")
+            .set_tables(&mut dp, &tables.lb)
+            .context("writing the LB maps")?;
         let sg_after = sg_apply::execute(&mut *dp, &after, &sg)
             .context("removing unused security-group entries")?;
 
@@ -296,6 +329,12 @@ impl Agent {
         if nat_done.written + nat_done.deleted > 0 {
             log::info!(
                 "agent {}: generation {generation}: NAT {nat_done:?}",
+                self.host
+            );
+        }
+        if !lb_done.is_noop() {
+            log::info!(
+                "agent {}: generation {generation}: LB {lb_done:?}",
                 self.host
             );
         }

@@ -22,6 +22,7 @@ use sluice_common::{
         CT_COUNT_EVICTED, CT_COUNT_SLOTS, CT_COUNT_USERSPACE, CT_MIDSTREAM, CT_ORIG_IS_A,
         CT_REVOKED, CT_SEEN_REPLY, CT_TOUCH_NS,
     },
+    lb::{LB_COUNTED, LB_LINK_FORWARD, LB_LINK_REVERSE, LB_VNI},
     nat::{LINK_NONE, NAT_VNI},
     proto::IPPROTO_ICMP,
     vpc::Ipv4,
@@ -240,15 +241,15 @@ pub fn entries(maps: &impl SgMaps) -> Result<Vec<(CtKey, CtEntry)>, ApplyError> 
 /// `union bpf_attr` for the `BPF_MAP_*_BATCH` commands.
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub(crate) struct BatchAttr {
+    pub in_batch: u64,
+    pub out_batch: u64,
+    pub keys: u64,
+    pub values: u64,
+    pub count: u32,
+    pub map_fd: u32,
+    pub elem_flags: u64,
+    pub flags: u64,
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -381,49 +382,108 @@ pub struct SweepStats {
     pub evicted: u64,
     /// Entries left.
     pub live: u64,
-    /// Of `collected`: NAT public-side entries whose private entry no longer links to them.
+    /// Of `collected`: NAT public-side and LB forward entries whose partner no longer
+    /// links to them.
     pub unlinked: u64,
+    /// Live LB forward entries: the active connections recounted.
+    #[serde(default)]
+    pub lb_forward: u64,
 }
 
-/// The private-side key a NAT public-side entry (`k`, `e`) links to, taking its end
-/// `(eip, eport)` as the public one: the private end (from the link) and the other end of
-/// `k`. ICMP echo keys carry the identifier on both sides, so the private key's remote
-/// "port" is the private identifier.
-fn private_key(k: &CtKey, e: &CtEntry, public_is_a: bool) -> (CtKey, Ipv4, [u8; 2]) {
-    let ((eip, eport), (remote, rport)) = k.ends(public_is_a);
-    let link = e.nat;
-    let rport = if k.proto == IPPROTO_ICMP {
-        link.port
+/// Entries without a clock of their own: they live while the entry they translate
+/// for (their partner) exists, has not expired, and links back to them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dependent {
+    /// A NAT public-side entry (under [`NAT_VNI`]); its partner is the private entry.
+    NatPublic,
+    /// A load balancer's forward entry (under `vni | LB_VNI`, the client's 5-tuple to
+    /// the VIP); its partner is the translated flow's entry (client to backend, under the
+    /// VNI) with a reverse link naming the VIP.
+    LbForward,
+}
+
+fn dependent(k: &CtKey) -> Option<Dependent> {
+    if k.vni == NAT_VNI {
+        Some(Dependent::NatPublic)
+    } else if k.vni & LB_VNI != 0 {
+        Some(Dependent::LbForward)
     } else {
-        rport
-    };
-    let (key, _) = CtKey::new(link.vni, k.proto, link.addr, link.port, remote, rport);
-    (key, eip, eport)
+        None
+    }
 }
 
-/// Whether the NAT public-side entry (`k`, `e`) is still linked: a private entry it
-/// points to points back at one of its ends. `get` reads a private entry.
-fn nat_linked<E>(
+/// The partner's key of a dependent entry (`k`, `e`), taking end `a` (`first_is_a`) or
+/// `b` as the dependent's own translated end (EIP and port; VIP and port), and that end.
+fn partner_key(
+    kind: Dependent,
     k: &CtKey,
     e: &CtEntry,
-    mut get: impl FnMut(&CtKey) -> Result<Option<CtEntry>, E>,
-) -> Result<bool, E> {
-    for public_is_a in [true, false] {
-        let (pk, eip, eport) = private_key(k, e, public_is_a);
-        if get(&pk)?
-            .is_some_and(|p| p.nat.kind != LINK_NONE && p.nat.addr == eip && p.nat.port == eport)
-        {
-            return Ok(true);
+    first_is_a: bool,
+) -> (CtKey, Ipv4, [u8; 2]) {
+    let ((own, oport), (remote, rport)) = k.ends(first_is_a);
+    let (vni, addr, port, rport) = match kind {
+        // ICMP echo keys carry the identifier on both sides, so the private key's
+        // remote "port" is the private identifier.
+        Dependent::NatPublic => {
+            let link = e.nat;
+            let rport = if k.proto == IPPROTO_ICMP {
+                link.port
+            } else {
+                rport
+            };
+            (link.vni, link.addr, link.port, rport)
+        }
+        Dependent::LbForward => (k.vni & !LB_VNI, e.lb.addr, e.lb.port, rport),
+    };
+    let (key, _) = CtKey::new(vni, k.proto, addr, port, remote, rport);
+    (key, own, oport)
+}
+
+/// Whether partner entry `p` links back to the end (`addr`, `port`).
+fn links_back(kind: Dependent, p: &CtEntry, addr: Ipv4, port: [u8; 2]) -> bool {
+    match kind {
+        Dependent::NatPublic => p.nat.kind != LINK_NONE && p.nat.addr == addr && p.nat.port == port,
+        Dependent::LbForward => {
+            p.lb.kind == LB_LINK_REVERSE && p.lb.addr == addr && p.lb.port == port
         }
     }
-    Ok(false)
+}
+
+/// The partner that keeps the dependent entry (`k`, `e`) alive, if any: a live one
+/// (`alive`: not expired) that points back at one of its ends. `get` reads an entry.
+fn partner<E>(
+    kind: Dependent,
+    k: &CtKey,
+    e: &CtEntry,
+    alive: impl Fn(&CtKey, &CtEntry) -> bool,
+    mut get: impl FnMut(&CtKey) -> Result<Option<CtEntry>, E>,
+) -> Result<Option<CtEntry>, E> {
+    for first_is_a in [true, false] {
+        let (pk, addr, port) = partner_key(kind, k, e, first_is_a);
+        let p = get(&pk)?.filter(|p| links_back(kind, p, addr, port) && alive(&pk, p));
+        if p.is_some() {
+            return Ok(p);
+        }
+    }
+    Ok(None)
+}
+
+/// The backend slot whose active connection a live forward entry (`kind`, with partner
+/// `p`) holds: the datapath counts a balanced flow from its first packet until its
+/// translated entry ends, marking the reverse link [`LB_COUNTED`] meanwhile.
+fn counted_backend(kind: Dependent, e: &CtEntry, p: &CtEntry) -> Option<u32> {
+    (kind == Dependent::LbForward && e.lb.kind == LB_LINK_FORWARD && p.lb.flags & LB_COUNTED != 0)
+        .then_some(p.lb.backend)
 }
 
 /// Deletes the entries expired at `now_ns` (each re-read just before its delete, so a
 /// flow the datapath refreshed meanwhile stays), and books LRU evictions. NAT public-side
-/// entries (under [`NAT_VNI`]) have no clock of their own: they go once the private entry
-/// they link to is gone or links elsewhere (and are at least [`CT_TOUCH_NS`] old, as the
-/// datapath inserts the public entry just before it links the private one).
+/// entries (under [`NAT_VNI`]) and load balancer forward entries (under `vni | LB_VNI`)
+/// have no clock of their own: they go once the entry they translate for is gone, expired
+/// or links elsewhere (and are at least [`CT_TOUCH_NS`] old, as the datapath inserts them
+/// just before it links their partner). Then the active connections per backend slot
+/// (`SLUICE_LB_ACTIVE`, read by `least_conn`) are recounted from the live forward entries
+/// and written where they differ, when the maps include it.
 pub fn sweep(maps: &mut impl SgMaps, now_ns: u64) -> Result<SweepStats, ApplyError> {
     let cfg = read_config(maps)?;
     let before = read_slots(maps)?;
@@ -433,6 +493,7 @@ pub fn sweep(maps: &mut impl SgMaps, now_ns: u64) -> Result<SweepStats, ApplyErr
         scanned: all.len() as u64,
         ..Default::default()
     };
+    let mut active: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
     {
         let mut table: HashMap<&mut MapData, CtKey, CtEntry> = typed_mut(maps, maps::CONNTRACK)?;
         let read = |table: &HashMap<&mut MapData, CtKey, CtEntry>, k: &CtKey| match table.get(k, 0)
@@ -444,36 +505,58 @@ pub fn sweep(maps: &mut impl SgMaps, now_ns: u64) -> Result<SweepStats, ApplyErr
                 source,
             }),
         };
+        let alive = |pk: &CtKey, p: &CtEntry| !p.is_expired(now_ns, pk.proto, &cfg);
         for (k, e) in &all {
-            let public = k.vni == NAT_VNI;
-            let stale = if public {
-                now_ns.saturating_sub(e.created_ns) >= CT_TOUCH_NS
-                    && !nat_linked(k, e, |pk| Ok::<_, ()>(snapshot.get(pk).copied()))
-                        .unwrap_or(true)
-            } else {
-                e.is_expired(now_ns, k.proto, &cfg)
-            };
-            if !stale {
+            let kind = dependent(k);
+            // A live dependent: one whose partner links back (or that is too young to
+            // have been linked yet); counted when it holds an active connection.
+            let mut live = |e: &CtEntry, p: Option<CtEntry>| {
                 st.live += 1;
-                continue;
+                if let (Some(kind), Some(p)) = (kind, p) {
+                    if let Some(slot) = counted_backend(kind, e, &p) {
+                        *active.entry(slot).or_insert(0) += 1;
+                    }
+                }
+            };
+            match kind {
+                Some(kind) => {
+                    let p = partner(kind, k, e, alive, |pk| {
+                        Ok::<_, ()>(snapshot.get(pk).copied())
+                    })
+                    .unwrap_or(None);
+                    if p.is_some() || now_ns.saturating_sub(e.created_ns) < CT_TOUCH_NS {
+                        live(e, p);
+                        continue;
+                    }
+                }
+                None if !e.is_expired(now_ns, k.proto, &cfg) => {
+                    live(e, None);
+                    continue;
+                }
+                None => {}
             }
             // Re-read just before the delete: the datapath may have moved on meanwhile.
             let Some(fresh) = read(&table, k)? else {
                 continue;
             };
-            let still = if public {
-                !nat_linked(k, &fresh, |pk| read(&table, pk))?
-            } else {
-                fresh.is_expired(now_ns, k.proto, &cfg)
-            };
-            if !still {
-                st.live += 1;
-                continue;
+            match kind {
+                Some(kind) => {
+                    let p = partner(kind, k, &fresh, alive, |pk| read(&table, pk))?;
+                    if p.is_some() {
+                        live(&fresh, p);
+                        continue;
+                    }
+                }
+                None if !fresh.is_expired(now_ns, k.proto, &cfg) => {
+                    live(&fresh, None);
+                    continue;
+                }
+                None => {}
             }
             match table.remove(k) {
                 Ok(()) => {
                     st.collected += 1;
-                    st.unlinked += public as u64;
+                    st.unlinked += kind.is_some() as u64;
                 }
                 // The datapath collected it first (and counted it).
                 Err(MapError::SyscallError(e))
@@ -495,7 +578,39 @@ pub fn sweep(maps: &mut impl SgMaps, now_ns: u64) -> Result<SweepStats, ApplyErr
     st.evicted = CtCount::entries(&before).saturating_sub(st.live + st.collected + dp_deleted);
     add_to_slot(maps, CT_COUNT_USERSPACE, 0, st.collected)?;
     add_to_slot(maps, CT_COUNT_EVICTED, 0, st.evicted)?;
+    st.lb_forward = active.values().map(|n| *n as u64).sum();
+    if maps.sg_map(sluice_common::lb::maps::ACTIVE).is_ok() {
+        write_active(maps, &active)?;
+    }
     Ok(st)
+}
+
+/// Writes the active connections per backend slot where the map differs: `active`'s
+/// counts, zero elsewhere. (A forward entry the datapath inserts between the count and
+/// the write is missed until the next sweep.)
+fn write_active(
+    maps: &mut impl SgMaps,
+    active: &std::collections::BTreeMap<u32, u32>,
+) -> Result<(), ApplyError> {
+    let name = sluice_common::lb::maps::ACTIVE;
+    let mut a: Array<&mut MapData, u32> = typed_mut(maps, name)?;
+    let current: Vec<(u32, u32)> = a
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, v)| v.ok().map(|v| (slot as u32, v)))
+        .filter(|(slot, v)| active.get(slot).copied().unwrap_or(0) != *v)
+        .collect();
+    let stale: std::collections::BTreeSet<u32> = current.iter().map(|(s, _)| *s).collect();
+    for slot in stale {
+        let n = active.get(&slot).copied().unwrap_or(0);
+        a.set(slot, n, 0).map_err(|source| ApplyError::Write {
+            step: format!("set {name} slot {slot} to {n}"),
+            source,
+            applied: 0,
+            total: 1,
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -564,9 +679,100 @@ mod tests {
         [(pk, private), (ek, public)]
     }
 
-    fn linked(table: &[(CtKey, CtEntry)], public: &(CtKey, CtEntry)) -> bool {
+    fn linked_in(table: &[(CtKey, CtEntry)], dep: &(CtKey, CtEntry), now_ns: u64) -> bool {
         let get = |k: &CtKey| Ok::<_, ()>(table.iter().find(|(t, _)| t == k).map(|(_, e)| *e));
-        nat_linked(&public.0, &public.1, get).unwrap()
+        let alive = |k: &CtKey, e: &CtEntry| !e.is_expired(now_ns, k.proto, &CtConfig::DEFAULT);
+        let kind = dependent(&dep.0).expect("a dependent entry");
+        partner(kind, &dep.0, &dep.1, alive, get).unwrap().is_some()
+    }
+
+    fn linked(table: &[(CtKey, CtEntry)], public: &(CtKey, CtEntry)) -> bool {
+        linked_in(table, public, 0)
+    }
+
+    /// A balanced flow's two entries as the datapath writes them: the forward one under
+    /// `vni | LB_VNI` (client -> VIP, naming the backend), the translated one under the
+    /// VNI (client -> backend, naming the VIP).
+    fn lb_pair(proto: u8, created_ns: u64) -> [(CtKey, CtEntry); 2] {
+        use sluice_common::lb::LbLink;
+        let (client, vip, backend) = ([10, 0, 1, 10], [10, 0, 1, 100], [10, 0, 1, 12]);
+        let (cport, vport, bport) = (40000u16.to_be_bytes(), [0, 80], 8080u16.to_be_bytes());
+        let (fk, c_is_a) = CtKey::new(7 | LB_VNI, proto, client, cport, vip, vport);
+        let (tk, t_is_a) = CtKey::new(7, proto, client, cport, backend, bport);
+        let forward = CtEntry {
+            lb: LbLink {
+                addr: backend,
+                port: bport,
+                kind: LB_LINK_FORWARD,
+                backend: 4,
+                ..Default::default()
+            },
+            ..CtEntry::new(created_ns, proto, c_is_a, sluice_common::conntrack::TCP_SYN)
+        };
+        let translated = CtEntry {
+            lb: LbLink {
+                addr: vip,
+                port: vport,
+                kind: LB_LINK_REVERSE,
+                backend: 4,
+                ..Default::default()
+            },
+            ..CtEntry::new(created_ns, proto, t_is_a, sluice_common::conntrack::TCP_SYN)
+        };
+        [(fk, forward), (tk, translated)]
+    }
+
+    #[test]
+    fn a_forward_lb_entry_lives_while_its_translated_entry_links_back_and_lives() {
+        for proto in [6, 17] {
+            let t0 = 5_000_000_000;
+            let [forward, translated] = lb_pair(proto, t0);
+            assert_eq!(dependent(&forward.0), Some(Dependent::LbForward));
+            assert_eq!(dependent(&translated.0), None);
+            assert!(
+                linked_in(&[forward, translated], &forward, t0),
+                "proto {proto}"
+            );
+            // Gone.
+            assert!(!linked_in(&[forward], &forward, t0), "proto {proto}");
+            // Expired (a SYN entry: the shortest TCP timeout; UDP's own).
+            let later = t0
+                + CtConfig::DEFAULT
+                    .tcp_established_ns
+                    .max(CtConfig::DEFAULT.udp_ns)
+                + 1;
+            assert!(
+                !linked_in(&[forward, translated], &forward, later),
+                "proto {proto}"
+            );
+            // Re-created for another VIP port, or without a link.
+            let mut other = translated;
+            other.1.lb.port = [0, 81];
+            assert!(!linked_in(&[forward, other], &forward, t0), "proto {proto}");
+            let mut plain = translated;
+            plain.1.lb = Default::default();
+            assert!(!linked_in(&[forward, plain], &forward, t0), "proto {proto}");
+        }
+        // A NAT public entry is not taken for a balancer's, nor the reverse.
+        let [_, public] = nat_pair(6, 40000, 1234);
+        assert_eq!(dependent(&public.0), Some(Dependent::NatPublic));
+    }
+
+    #[test]
+    fn a_forward_entry_holds_an_active_connection_while_its_reverse_link_is_counted() {
+        let [forward, mut translated] = lb_pair(6, 0);
+        let kind = Dependent::LbForward;
+        assert_eq!(counted_backend(kind, &forward.1, &translated.1), None);
+        translated.1.lb.flags |= LB_COUNTED;
+        assert_eq!(counted_backend(kind, &forward.1, &translated.1), Some(4));
+        // Not for a NAT public entry, nor a forward entry without its link.
+        assert_eq!(
+            counted_backend(Dependent::NatPublic, &forward.1, &translated.1),
+            None
+        );
+        let mut bare = forward;
+        bare.1.lb = Default::default();
+        assert_eq!(counted_backend(kind, &bare.1, &translated.1), None);
     }
 
     #[test]

@@ -9,17 +9,21 @@ use axum::{
     extract::{Path, Query, State},
     http::{header::HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
     Json, Router,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::Controller;
+use super::{
+    lb_status::{HostReport, LbStatus},
+    Controller,
+};
 use crate::{
     intent::{
+        lb::{BackendSpec, BackendUpdate, ListenerSpec, LoadBalancerSpec},
         BlocklistSpec, Cidr, DnatSpec, EipAttach, EipBind, EipPoolSpec, EipSpec, ErrorKind,
-        HostSpec, Intent, NatGatewaySpec, NicSpec, NicUpdate, PeeringSpec, RouteSpec,
-        SecurityGroupSpec, SgRuleSpec, SnatSpec, SubnetSpec, Topology, TransactError,
+        HostSpec, Intent, NatGatewaySpec, Nic, NicSpec, NicUpdate, PeeringSpec, RouteSpec,
+        SecurityGroupSpec, SgRule, SgRuleSpec, SnatSpec, SubnetSpec, Topology, TransactError,
         ValidationError, VpcSpec,
     },
     vpc::delta::TablesDelta,
@@ -231,8 +235,31 @@ pub fn router(controller: Arc<Controller>) -> Router {
             "/v1/nat-gateways/{gw}/dnat/{entry}",
             axum::routing::delete(remove_dnat),
         )
+        .route(
+            "/v1/load-balancers",
+            get(list_load_balancers).post(create_load_balancer),
+        )
+        .route(
+            "/v1/load-balancers/{lb}",
+            get(get_load_balancer).delete(delete_load_balancer),
+        )
+        .route("/v1/load-balancers/{lb}/status", get(load_balancer_status))
+        .route("/v1/load-balancers/{lb}/listeners", post(add_listener))
+        .route(
+            "/v1/load-balancers/{lb}/listeners/{listener}",
+            axum::routing::delete(remove_listener),
+        )
+        .route(
+            "/v1/load-balancers/{lb}/listeners/{listener}/backends",
+            post(add_backend),
+        )
+        .route(
+            "/v1/load-balancers/{lb}/listeners/{listener}/backends/{backend}",
+            axum::routing::patch(update_backend).delete(remove_backend),
+        )
         .route("/v1/topology", post(apply_topology))
         .route("/v1/agent/hosts/{host}/tables", get(agent_tables))
+        .route("/v1/agent/hosts/{host}/lb-health", put(agent_lb_health))
         // A whole-cloud `apply -f` (1,000 VPCs x 100 routes) is ~7 MB of JSON; axum's
         // default 2 MiB limit would refuse it with 413.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -421,10 +448,36 @@ async fn list_nics(State(c): Ctl, Query(q): Query<NicFilter>) -> ApiResult {
             .nics()
             .filter(|n| vpc.as_ref().is_none_or(|v| &n.vpc == v))
             .filter(|n| q.host.as_ref().is_none_or(|h| &n.host == h))
-            .cloned()
+            .map(|n| NicView::of(i, n))
             .collect();
         Ok(Json(nics).into_response())
     })
+}
+
+/// A NIC as GET shows it: with its system security-group rules (read-only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicView {
+    #[serde(flatten)]
+    pub nic: Nic,
+    /// Rules the cloud adds before the NIC's groups' (load balancer health checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub system_rules: Vec<SgRule>,
+}
+
+impl NicView {
+    fn of(i: &Intent, n: &Nic) -> Self {
+        let system_rules = [
+            crate::intent::Direction::Ingress,
+            crate::intent::Direction::Egress,
+        ]
+        .into_iter()
+        .flat_map(|d| i.system_rules(n, d))
+        .collect();
+        Self {
+            nic: n.clone(),
+            system_rules,
+        }
+    }
 }
 
 async fn create_nic(State(c): Ctl, body: Bytes) -> ApiResult {
@@ -433,7 +486,12 @@ async fn create_nic(State(c): Ctl, body: Bytes) -> ApiResult {
 }
 
 async fn get_nic(State(c): Ctl, Path(nic): Path<String>) -> ApiResult {
-    found(c.read(|i| i.nic(&nic).cloned()), "nic", "NIC", &nic)
+    found(
+        c.read(|i| i.nic(&nic).map(|n| NicView::of(i, n))),
+        "nic",
+        "NIC",
+        &nic,
+    )
 }
 
 async fn update_nic(State(c): Ctl, Path(nic): Path<String>, body: Bytes) -> ApiResult {
@@ -693,15 +751,21 @@ async fn unbind_eip(State(c): Ctl, Path(eip): Path<String>) -> ApiResult {
 }
 
 async fn list_nat_gateways(State(c): Ctl, Query(q): Query<VpcFilter>) -> ApiResult {
-    c.read(|i| {
-        let vpc = q.vpc.as_deref().map(|v| vpc_id(i, v)).transpose()?;
-        let gws: Vec<_> = i
-            .nat_gateways()
-            .filter(|g| vpc.as_ref().is_none_or(|v| *v == g.vpc))
-            .cloned()
-            .collect();
-        Ok(Json(gws).into_response())
-    })
+    c.read(|i| of_vpc(i, &q, i.nat_gateways(), |g| &g.vpc))
+}
+
+/// `items` in the VPC `?vpc=` names (ID or name; all without it), as a JSON list.
+fn of_vpc<'a, T: Serialize + 'a>(
+    i: &Intent,
+    q: &VpcFilter,
+    items: impl Iterator<Item = &'a T>,
+    vpc_of: impl Fn(&T) -> &str,
+) -> ApiResult {
+    let vpc = q.vpc.as_deref().map(|v| vpc_id(i, v)).transpose()?;
+    let list: Vec<&T> = items
+        .filter(|x| vpc.as_deref().is_none_or(|v| v == vpc_of(x)))
+        .collect();
+    Ok(Json(list).into_response())
 }
 
 async fn create_nat_gateway(State(c): Ctl, body: Bytes) -> ApiResult {
@@ -779,6 +843,93 @@ async fn remove_nat_entry(c: Arc<Controller>, gw: String, entry: String, kind: &
     .await
 }
 
+// ---- load balancers ----
+
+async fn list_load_balancers(State(c): Ctl, Query(q): Query<VpcFilter>) -> ApiResult {
+    c.read(|i| of_vpc(i, &q, i.load_balancers(), |l| &l.vpc))
+}
+
+async fn create_load_balancer(State(c): Ctl, body: Bytes) -> ApiResult {
+    let spec: LoadBalancerSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| {
+        i.create_load_balancer(spec)
+    })
+    .await
+}
+
+async fn get_load_balancer(State(c): Ctl, Path(lb): Path<String>) -> ApiResult {
+    found(
+        c.read(|i| i.load_balancer(&lb).cloned()),
+        "load_balancer",
+        "load balancer",
+        &lb,
+    )
+}
+
+async fn delete_load_balancer(State(c): Ctl, Path(lb): Path<String>) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.delete_load_balancer(&lb).map(|n| (n, ()))
+    })
+    .await
+}
+
+/// Each backend's health, weight, active connections and last check, from what the
+/// agents reported (`unknown` and 0 until they do).
+async fn load_balancer_status(State(c): Ctl, Path(lb): Path<String>) -> ApiResult {
+    let status: Option<LbStatus> = c.read(|i| i.load_balancer(&lb).map(|l| c.lb_status.status(l)));
+    found(status, "load_balancer", "load balancer", &lb)
+}
+
+async fn add_listener(State(c): Ctl, Path(lb): Path<String>, body: Bytes) -> ApiResult {
+    let spec: ListenerSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| {
+        i.add_lb_listener(&lb, spec)
+    })
+    .await
+}
+
+async fn remove_listener(State(c): Ctl, Path((lb, listener)): Path<(String, String)>) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.remove_lb_listener(&lb, &listener).map(|n| (n, ()))
+    })
+    .await
+}
+
+async fn add_backend(
+    State(c): Ctl,
+    Path((lb, listener)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let spec: BackendSpec = parse(&body)?;
+    commit(c, StatusCode::CREATED, move |i| {
+        i.add_lb_backend(&lb, &listener, spec)
+    })
+    .await
+}
+
+async fn update_backend(
+    State(c): Ctl,
+    Path((lb, listener, backend)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let update: BackendUpdate = parse(&body)?;
+    commit(c, StatusCode::OK, move |i| {
+        i.set_lb_backend_weight(&lb, &listener, &backend, update)
+    })
+    .await
+}
+
+async fn remove_backend(
+    State(c): Ctl,
+    Path((lb, listener, backend)): Path<(String, String, String)>,
+) -> ApiResult {
+    commit(c, StatusCode::NO_CONTENT, move |i| {
+        i.remove_lb_backend(&lb, &listener, &backend)
+            .map(|n| (n, ()))
+    })
+    .await
+}
+
 // ---- topology and agents ----
 
 async fn apply_topology(State(c): Ctl, body: Bytes) -> ApiResult {
@@ -794,6 +945,17 @@ struct TablesQuery {
     wait_ms: Option<u64>,
     /// The generation whose tables the agent holds: answer with the change from them.
     have: Option<u64>,
+}
+
+/// An agent's health checks and connection counts (`lb_status`): 204, or 404 for a host
+/// not in the intent.
+async fn agent_lb_health(State(c): Ctl, Path(host): Path<String>, body: Bytes) -> ApiResult {
+    let report: HostReport = parse(&body)?;
+    if !c.read(|i| i.host(&host).is_some()) {
+        return Err(ValidationError::not_found("host", format!("no host {host:?}")).into());
+    }
+    c.lb_status.report_host(&host, report);
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn agent_tables(
@@ -1599,5 +1761,245 @@ mod tests {
         let r = call(&app, "DELETE", "/v1/nat-gateways/gw/eips/e2", None).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         assert_eq!(r.body["eips"], serde_json::json!(["eip-1"]));
+    }
+
+    #[tokio::test]
+    async fn load_balancers_listeners_backends_and_status_through_the_api() {
+        use crate::controller::lb_status::{BackendReport, Health, HostReport, LastCheck};
+        let t = TempController::new("api-lb");
+        let app = lab(&t).await;
+        let r = call(
+            &app,
+            "POST",
+            "/v1/load-balancers",
+            Some(
+                r#"{"name":"web","vpc":"a","subnet":"s1","listeners":[{"protocol":"tcp","port":80,
+                    "health_check":{"type":"http","path":"/healthz"},
+                    "backends":[{"nic":"a1","port":8080},{"ip":"10.0.1.50","port":8080,"weight":30}]}]}"#,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert!(r.generation.is_some());
+        assert_eq!(r.body["id"], "lb-1");
+        assert_eq!(r.body["vip"], "10.0.1.5", "a1 has .4");
+        let l = &r.body["listeners"][0];
+        assert_eq!(l["health_check"]["type"], "http");
+        assert_eq!(
+            l["health_check"]["expected_status"],
+            serde_json::json!([200])
+        );
+        assert_eq!(l["backends"][1]["weight"], 30);
+
+        // The backend NIC shows its system rule.
+        let nic = call(&app, "GET", "/v1/nics/a1", None).await.body;
+        assert_eq!(nic["system_rules"][0]["cidr"], "100.64.0.0/10");
+        assert_eq!(nic["system_rules"][0]["ports"], "8080");
+        assert_eq!(
+            nic["system_rules"][0]["description"],
+            "load balancer health checks"
+        );
+        let nics = call(&app, "GET", "/v1/nics", None).await.body;
+        assert_eq!(nics[0]["system_rules"], nic["system_rules"]);
+
+        let g = t.controller.generation();
+        let before = t.controller.read(|i| i.clone());
+        for (method, path, body, status, field) in [
+            (
+                "POST",
+                "/v1/load-balancers",
+                r#"{"vpc":"a","subnet":"s1","vip":"10.0.2.9"}"#,
+                400,
+                "vip",
+            ),
+            (
+                "POST",
+                "/v1/load-balancers",
+                r#"{"vpc":"a","subnet":"s1","vip":"10.0.1.4"}"#,
+                409,
+                "vip",
+            ),
+            (
+                "POST",
+                "/v1/load-balancers",
+                r#"{"vpc":"a","subnet":"s1","colour":1}"#,
+                400,
+                "colour",
+            ),
+            (
+                "POST",
+                "/v1/load-balancers/web/listeners",
+                r#"{"protocol":"tcp","port":80}"#,
+                409,
+                "port",
+            ),
+            (
+                "POST",
+                "/v1/load-balancers/web/listeners",
+                r#"{"protocol":"sctp","port":80}"#,
+                400,
+                "protocol",
+            ),
+            (
+                "POST",
+                "/v1/load-balancers/web/listeners/lbl-1/backends",
+                r#"{"ip":"10.9.0.1","port":1}"#,
+                400,
+                "ip",
+            ),
+            (
+                "POST",
+                "/v1/load-balancers/web/listeners/lbl-1/backends",
+                r#"{"nic":"a1","port":8080}"#,
+                409,
+                "port",
+            ),
+            (
+                "PATCH",
+                "/v1/load-balancers/web/listeners/lbl-1/backends/lbb-1",
+                r#"{"weight":101}"#,
+                400,
+                "weight",
+            ),
+            (
+                "PATCH",
+                "/v1/load-balancers/web/listeners/lbl-1/backends/lbb-9",
+                r#"{"weight":1}"#,
+                404,
+                "backend",
+            ),
+            (
+                "DELETE",
+                "/v1/load-balancers/web/listeners/lbl-7",
+                "",
+                404,
+                "listener",
+            ),
+            ("DELETE", "/v1/nics/a1", "", 409, "nic"),
+            ("GET", "/v1/load-balancers/nope", "", 404, "load_balancer"),
+            (
+                "GET",
+                "/v1/load-balancers/nope/status",
+                "",
+                404,
+                "load_balancer",
+            ),
+        ] {
+            let r = call(&app, method, path, (!body.is_empty()).then_some(body)).await;
+            assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.body);
+            assert_eq!(
+                r.body["error"]["field"], field,
+                "{method} {path}: {}",
+                r.body
+            );
+        }
+        assert_eq!(t.controller.generation(), g, "nothing changed");
+        assert_eq!(t.controller.read(|i| i.clone()), before);
+
+        // Status: unknown until reported; a report for a slot's old backend is not shown.
+        let r = call(&app, "GET", "/v1/load-balancers/web/status", None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let b = &r.body["listeners"][0]["backends"];
+        assert_eq!(
+            (b[0]["health"].as_str(), b[0]["active_connections"].as_u64()),
+            (Some("unknown"), Some(0))
+        );
+        assert!(b[0].get("last_check").is_none());
+        let report = |health, active, at: Option<u64>| BackendReport {
+            ip: "10.0.1.4".parse().unwrap(),
+            port: 8080,
+            health,
+            active_connections: active,
+            last_check: at.map(|at| LastCheck {
+                ok: health == Health::Healthy,
+                latency_ms: 1000.0,
+                detail: format!("check at {at}"),
+                at,
+            }),
+        };
+        let body = serde_json::to_string(&HostReport::from([
+            (0, report(Health::Unhealthy, 7, Some(5))),
+            // Slot 1's backend is not 10.0.1.4: a stale report.
+            (1, report(Health::Healthy, 3, None)),
+        ]))
+        .unwrap();
+        let r = call(&app, "PUT", "/v1/agent/hosts/h1/lb-health", Some(&body)).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let r = call(&app, "PUT", "/v1/agent/hosts/h9/lb-health", Some(&body)).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "unknown host: {}", r.body);
+        // Another host sees it healthy, later: still unhealthy (h1's clients lose it),
+        // connections summed, the latest check shown.
+        let body = serde_json::to_string(&HostReport::from([(
+            0,
+            report(Health::Healthy, 2, Some(9)),
+        )]))
+        .unwrap();
+        let r = call(&app, "PUT", "/v1/agent/hosts/h2/lb-health", Some(&body)).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let r = call(&app, "GET", "/v1/load-balancers/lb-1/status", None).await;
+        let b = &r.body["listeners"][0]["backends"];
+        assert_eq!(b[0]["health"], "unhealthy");
+        assert_eq!(b[0]["active_connections"], 9);
+        assert_eq!(b[0]["last_check"]["detail"], "check at 9");
+        assert_eq!(b[1]["health"], "unknown", "{}", r.body);
+
+        let r = call(
+            &app,
+            "PATCH",
+            "/v1/load-balancers/web/listeners/lbl-1/backends/lbb-2",
+            Some(r#"{"weight":0}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["weight"], 0);
+        let r = call(
+            &app,
+            "POST",
+            "/v1/load-balancers/web/listeners",
+            Some(r#"{"protocol":"udp","port":53}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert_eq!(
+            (r.body["id"].as_str(), r.body["slot"].as_u64()),
+            (Some("lbl-2"), Some(1))
+        );
+        let r = call(
+            &app,
+            "POST",
+            "/v1/load-balancers/web/listeners/lbl-2/backends",
+            Some(r#"{"nic":"a1","port":53}"#),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert_eq!(r.body["slot"], 2);
+        let list = call(&app, "GET", "/v1/load-balancers?vpc=b", None)
+            .await
+            .body;
+        assert_eq!(list, serde_json::json!([]));
+        let list = call(&app, "GET", "/v1/load-balancers?vpc=a", None)
+            .await
+            .body;
+        assert_eq!(list[0]["listeners"].as_array().unwrap().len(), 2);
+        for path in [
+            "/v1/load-balancers/web/listeners/lbl-2/backends/lbb-3",
+            "/v1/load-balancers/web/listeners/lbl-2",
+            "/v1/load-balancers/web",
+        ] {
+            let r = call(&app, "DELETE", path, None).await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT, "{path}: {}", r.body);
+        }
+        assert_eq!(
+            call(&app, "GET", "/v1/load-balancers/web", None)
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        let nic = call(&app, "GET", "/v1/nics/a1", None).await.body;
+        assert!(nic.get("system_rules").is_none(), "{nic}");
+        assert_eq!(
+            call(&app, "DELETE", "/v1/nics/a1", None).await.status,
+            StatusCode::NO_CONTENT
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! it got is broadcast so waiting agents wake up.
 
 pub mod api;
+pub mod lb_status;
 pub mod openapi;
 
 use std::{
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::{
     intent::{Intent, Store, StoreError, TransactError, ValidationError},
+    lb::compile as lb,
     nat::compile as nat,
     sg::compile as sg,
     sg::SgTables,
@@ -39,6 +41,9 @@ pub struct Controller {
     /// Per host: the tables last served to its agent, the base of the next delta it asks
     /// for.
     served: Mutex<HashMap<String, Served>>,
+    /// Backends' health and connections as the agents report them (`GET
+    /// /v1/load-balancers/{id}/status`).
+    pub lb_status: lb_status::LbStatusBoard,
 }
 
 struct Served {
@@ -62,6 +67,7 @@ impl Controller {
             intent: RwLock::new(Arc::new(intent)),
             generation,
             served: Mutex::default(),
+            lb_status: Default::default(),
         })
     }
 
@@ -208,8 +214,8 @@ pub fn compile_tables_cached(
     t
 }
 
-/// `t` (the host's VPC tables) with its security-group tables (from `sg`), the blocklist
-/// and the NAT tables, whose VTEPs join the ones to resolve.
+/// `t` (the host's VPC tables) with its security-group tables (from `sg`), the blocklist,
+/// the NAT tables (whose VTEPs join the ones to resolve) and the load balancer tables.
 fn with_the_rest(
     intent: &Intent,
     host: &str,
@@ -220,6 +226,7 @@ fn with_the_rest(
         t.security_groups = sg();
         t.blocklist = sg::compile_blocklist(intent);
         t.nat = nat::compile_host(intent, host);
+        t.lb = lb::compile_host(intent, host);
         // The agent resolves the NAT tables' hosts and border router with the VTEPs.
         let extra = t.nat.vteps(h.underlay_ip.octets());
         if !extra.is_empty() {

@@ -243,6 +243,39 @@ fn document() -> Value {
             ),
         },
     });
+    let lb = || path_param("lb", "Load balancer ID or name");
+    let listener = || path_param("listener", "Listener ID (lbl-<n>)");
+    let backend = || path_param("backend", "Backend ID (lbb-<n>)");
+    let lb_paths = json!({
+        "/v1/load-balancers": {
+            "get": op("List load balancers", vec![query_param("vpc", "Only this VPC's (ID or name)", "string")], None, ("200", list("LoadBalancer"))),
+            "post": op("Create a load balancer (VIP given or the subnet's lowest free) with its listeners and backends", vec![], Some("LoadBalancerSpec"), ("201", one("LoadBalancer"))),
+        },
+        "/v1/load-balancers/{lb}": {
+            "get": op("Get a load balancer", vec![lb()], None, ("200", one("LoadBalancer"))),
+            "delete": op("Delete a load balancer no DNAT entry forwards to", vec![lb()], None, ("204", None)),
+        },
+        "/v1/load-balancers/{lb}/status": {
+            "get": op("Each backend's health, weight, active connections and last check (unknown until the agents report)", vec![lb()], None, ("200", one("LbStatus"))),
+        },
+        "/v1/load-balancers/{lb}/listeners": {
+            "post": op("Add a listener (409 if the load balancer has one on the protocol and port)", vec![lb()], Some("ListenerSpec"), ("201", one("LbListener"))),
+        },
+        "/v1/load-balancers/{lb}/listeners/{listener}": {
+            "delete": op("Remove a listener and its backends (409 while DNAT entries forward to it)", vec![lb(), listener()], None, ("204", None)),
+        },
+        "/v1/load-balancers/{lb}/listeners/{listener}/backends": {
+            "post": op("Add a backend (a NIC or private IP of the VPC)", vec![lb(), listener()], Some("BackendSpec"), ("201", one("LbBackend"))),
+        },
+        "/v1/load-balancers/{lb}/listeners/{listener}/backends/{backend}": {
+            "patch": op("Change a backend's weight (0 drains: open connections continue, new ones go elsewhere)", vec![lb(), listener(), backend()], Some("BackendUpdate"), ("200", one("LbBackend"))),
+            "delete": op("Remove a backend (its flows pick another)", vec![lb(), listener(), backend()], None, ("204", None)),
+        },
+    });
+    let mut paths = paths;
+    for (path, item) in lb_paths.as_object().into_iter().flatten() {
+        paths[path] = item.clone();
+    }
 
     let next_hop = json!({
         "description": "Where a custom route sends traffic",
@@ -411,6 +444,7 @@ fn document() -> Value {
             "router_mac": string("Virtual router MAC"),
             "underlay_mtu": integer("Fabric MTU"),
             "public_gateway": string("Border router for NATed Internet traffic (absent: none)"),
+            "health_check_ip": string("Source of this host's load balancer health checks (from 100.64.0.0/10)"),
         }), json!({"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0", "router_mac": "06:00:00:00:00:01", "underlay_mtu": 1500})),
         "VpcSpec": object(&["cidr"], json!({
             "name": string("Unique name (default: the ID)"),
@@ -446,6 +480,7 @@ fn document() -> Value {
             "host": string("Host name"), "ifname": string("Host-side interface"), "ip": string("IPv4"), "mac": string("MAC"),
             "source_check": boolean("Source check"),
             "security_groups": array_of(string("Security group ID")),
+            "system_rules": array_of(schema_ref("SgRule")),
         }), json!({"id": "nic-1", "name": "web1", "vpc": "vpc-1", "subnet": "subnet-1", "host": "h1", "ifname": "vm-web1", "ip": "10.0.1.4", "mac": "02:73:6c:00:00:01", "source_check": true, "security_groups": ["sg-1"]})),
         "NextHop": next_hop,
         "RouteSpec": object(&["vpc", "destination", "next_hop"], json!({
@@ -490,6 +525,7 @@ fn document() -> Value {
             "eip_pools": array_of(schema_ref("EipPoolSpec")),
             "eips": array_of(schema_ref("EipSpec")),
             "nat_gateways": array_of(schema_ref("NatGatewaySpec")),
+            "load_balancers": array_of(schema_ref("LoadBalancerSpec")),
         }), json!({"hosts": [{"name": "h1", "underlay_ip": "192.0.2.1", "underlay_ifname": "ul0"}], "vpcs": [{"name": "tenant-a", "cidr": "10.0.0.0/16"}]})),
         "ApplySummary": object(&["created", "updated", "unchanged"], json!({
             "created": names.clone(), "updated": names, "unchanged": integer("Resources already as declared"),
@@ -502,10 +538,85 @@ fn document() -> Value {
             "delta": {"type": "object", "description": "The change from the tables of generation base (TablesDelta): per table, keys removed and entries added or replaced"},
         }), json!({"generation": 7, "registered": false, "tables": {"underlay": null, "ports": [], "endpoints": [], "routes": [], "vnis": [], "remote_vteps": []}})),
     });
+    let protocol = || json!({"type": "string", "enum": ["tcp", "udp"]});
+    let scheduler = || json!({"type": "string", "enum": ["maglev", "source_ip", "least_conn"], "description": "maglev: weighted consistent hashing of the 5-tuple; source_ip: of the client address (affinity); least_conn: fewest active connections per weight (at most 64 backends)"});
+    let all_down = || json!({"type": "string", "enum": ["fail_open", "fail_closed"], "description": "When every backend is unhealthy: use them all (default) or drop new flows"});
+    let hc_props = |resource: bool| {
+        json!({
+            "type": {"type": "string", "enum": ["tcp", "http"], "description": if resource { "tcp: connect; http: GET path" } else { "tcp (default): connect; http: GET path" }},
+            "path": string("http: the path, starting with '/' (default /)"),
+            "expected_status": array_of(integer("http: a healthy status, 100 to 599 (default [200])")),
+            "port": integer("Checked port (default: each backend's port)"),
+            "interval_ms": integer("1000 to 60000 (default 2000)"),
+            "timeout_ms": integer("Shorter than the interval (default 1000)"),
+            "healthy_threshold": integer("Successes to become healthy, 1 to 10 (default 3)"),
+            "unhealthy_threshold": integer("Failures to become unhealthy, 1 to 10 (default 3)"),
+        })
+    };
+    let lb_schemas = json!({
+        "HealthCheckSpec": object(&[], hc_props(false), json!({"type": "http", "path": "/healthz", "expected_status": [200, 204], "interval_ms": 2000})),
+        "HealthCheck": object(&["type", "interval_ms", "timeout_ms", "healthy_threshold", "unhealthy_threshold"], hc_props(true),
+            json!({"type": "tcp", "interval_ms": 2000, "timeout_ms": 1000, "healthy_threshold": 3, "unhealthy_threshold": 3})),
+        "BackendSpec": object(&["port"], json!({
+            "nic": string("A NIC of the VPC (ID or name); or ip"),
+            "ip": string("A private IP inside a subnet of the VPC; or nic"),
+            "port": integer("1 to 65535"),
+            "weight": integer("0 (drain) to 100 (default 100)"),
+        }), json!({"nic": "web1", "port": 8080, "weight": 50})),
+        "BackendUpdate": object(&["weight"], json!({"weight": integer("0 (drain) to 100")}), json!({"weight": 0})),
+        "LbBackend": object(&["id", "ip", "port", "weight", "slot"], json!({
+            "id": string("lbb-<n>"), "nic": string("NIC ID, when given as a NIC"), "ip": string("Backend IPv4"),
+            "port": integer("Port"), "weight": integer("0 (drain) to 100"),
+            "slot": integer("Datapath backend slot (stable while the backend exists)"),
+        }), json!({"id": "lbb-1", "nic": "nic-1", "ip": "10.0.1.4", "port": 8080, "weight": 100, "slot": 0})),
+        "ListenerSpec": object(&["protocol", "port"], json!({
+            "protocol": protocol(), "port": integer("1 to 65535; one listener per (protocol, port)"),
+            "scheduler": scheduler(), "health_check": schema_ref("HealthCheckSpec"), "all_down": all_down(),
+            "backends": array_of(schema_ref("BackendSpec")),
+        }), json!({"protocol": "tcp", "port": 443, "scheduler": "source_ip", "backends": [{"nic": "web1", "port": 8443}]})),
+        "LbListener": object(&["id", "protocol", "port", "scheduler", "health_check", "all_down", "backends", "slot"], json!({
+            "id": string("lbl-<n>"), "protocol": protocol(), "port": integer("Port"), "scheduler": scheduler(),
+            "health_check": schema_ref("HealthCheck"), "all_down": all_down(),
+            "backends": array_of(schema_ref("LbBackend")),
+            "slot": integer("Datapath table slot (stable while the listener exists)"),
+        }), json!({"id": "lbl-1", "protocol": "tcp", "port": 80, "scheduler": "maglev",
+                   "health_check": {"type": "tcp", "interval_ms": 2000, "timeout_ms": 1000, "healthy_threshold": 3, "unhealthy_threshold": 3},
+                   "all_down": "fail_open", "backends": [], "slot": 0})),
+        "LoadBalancerSpec": object(&["vpc", "subnet"], json!({
+            "name": string("Unique name (default: the ID)"), "vpc": string("VPC ID or name"),
+            "subnet": string("Subnet ID or name within the VPC: where the VIP is"),
+            "vip": string("The VIP (default: the subnet's lowest free address); no NIC or other VIP may have it"),
+            "listeners": array_of(schema_ref("ListenerSpec")),
+        }), json!({"name": "web", "vpc": "tenant-a", "subnet": "web", "listeners": [{"protocol": "tcp", "port": 80, "backends": [{"nic": "web1", "port": 8080}]}]})),
+        "LoadBalancer": object(&["id", "name", "vpc", "subnet", "vip", "listeners"], json!({
+            "id": string("lb-<n>"), "name": string("Name"), "vpc": string("VPC ID"), "subnet": string("Subnet ID"),
+            "vip": string("The VIP"), "listeners": array_of(schema_ref("LbListener")),
+        }), json!({"id": "lb-1", "name": "web", "vpc": "vpc-1", "subnet": "subnet-1", "vip": "10.0.1.5", "listeners": []})),
+        "LastCheck": object(&["ok", "latency_ms", "detail", "at"], json!({
+            "ok": boolean("The check passed"), "latency_ms": {"type": "number", "description": "How long it took"},
+            "detail": string("e.g. connected, HTTP 503, timeout"), "at": integer("When: ms since the Unix epoch"),
+        }), json!({"ok": false, "latency_ms": 1000.0, "detail": "timeout after 1000 ms", "at": 1_764_000_000_000u64})),
+        "BackendStatus": object(&["id", "ip", "port", "weight", "health", "active_connections"], json!({
+            "id": string("lbb-<n>"), "nic": string("NIC ID, when given as a NIC"), "ip": string("Backend IPv4"), "port": integer("Port"),
+            "weight": integer("0 (drain) to 100"),
+            "health": {"type": "string", "enum": ["healthy", "unhealthy", "unknown"]},
+            "active_connections": integer("Flows pinned to it, over all hosts"),
+            "last_check": schema_ref("LastCheck"),
+        }), json!({"id": "lbb-1", "ip": "10.0.1.4", "port": 8080, "weight": 100, "health": "unknown", "active_connections": 0})),
+        "ListenerStatus": object(&["id", "protocol", "port", "scheduler", "backends"], json!({
+            "id": string("lbl-<n>"), "protocol": protocol(), "port": integer("Port"), "scheduler": scheduler(),
+            "backends": array_of(schema_ref("BackendStatus")),
+        }), json!({"id": "lbl-1", "protocol": "tcp", "port": 80, "scheduler": "maglev", "backends": []})),
+        "LbStatus": object(&["load_balancer", "name", "vip", "listeners"], json!({
+            "load_balancer": string("lb-<n>"), "name": string("Name"), "vip": string("The VIP"),
+            "listeners": array_of(schema_ref("ListenerStatus")),
+        }), json!({"load_balancer": "lb-1", "name": "web", "vip": "10.0.1.5", "listeners": []})),
+    });
     for (name, schema) in sg_schemas
         .as_object()
         .into_iter()
         .chain(nat_schemas.as_object())
+        .chain(lb_schemas.as_object())
         .flatten()
     {
         schemas[name] = schema.clone();
@@ -516,7 +627,7 @@ fn document() -> Value {
         "info": {
             "title": "Sluice intent API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "VPCs, subnets, hosts, NICs, routes, peerings, security groups, the operator blocklist, EIP pools, elastic IPs and NAT gateways. Every request is all or nothing; every change answers with the header `sluice-generation`, the intent generation it produced.",
+            "description": "VPCs, subnets, hosts, NICs, routes, peerings, security groups, the operator blocklist, EIP pools, elastic IPs, NAT gateways and load balancers. Every request is all or nothing; every change answers with the header `sluice-generation`, the intent generation it produced.",
         },
         "paths": paths,
         "components": { "schemas": schemas },
@@ -608,7 +719,7 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::{api::router, tests::TempController};
+    use crate::controller::{api::router, lb_status as status, tests::TempController};
     use crate::intent::*;
     use axum::{body::Body, http::StatusCode};
     use http_body_util::BodyExt;
@@ -670,6 +781,19 @@ mod tests {
             "DnatEntry" => p::<DnatEntry>(example),
             "NatGatewaySpec" => p::<NatGatewaySpec>(example),
             "NatGateway" => p::<NatGateway>(example),
+            "HealthCheckSpec" => p::<lb::HealthCheckSpec>(example),
+            "HealthCheck" => p::<lb::HealthCheck>(example),
+            "BackendSpec" => p::<lb::BackendSpec>(example),
+            "BackendUpdate" => p::<lb::BackendUpdate>(example),
+            "LbBackend" => p::<lb::LbBackend>(example),
+            "ListenerSpec" => p::<lb::ListenerSpec>(example),
+            "LbListener" => p::<lb::LbListener>(example),
+            "LoadBalancerSpec" => p::<lb::LoadBalancerSpec>(example),
+            "LoadBalancer" => p::<lb::LoadBalancer>(example),
+            "LastCheck" => p::<status::LastCheck>(example),
+            "BackendStatus" => p::<status::BackendStatus>(example),
+            "ListenerStatus" => p::<status::ListenerStatus>(example),
+            "LbStatus" => p::<status::LbStatus>(example),
             other => Err(format!("no Rust type is known for schema {other}")),
         }
     }
@@ -738,6 +862,9 @@ mod tests {
             .replace("{eip}", "e3")
             .replace("{gw}", "gw")
             .replace("{entry}", "snat-1")
+            .replace("{lb}", "lb1")
+            .replace("{listener}", "lbl-1")
+            .replace("{backend}", "lbb-1")
     }
 
     /// Documented operations are served (answers come from a handler, not the router's
@@ -806,6 +933,12 @@ mod tests {
                     .replace("web", "s1")
                     .replace("10.0.1.10", "10.0.1.4"),
             ),
+            (
+                "POST",
+                "/v1/load-balancers",
+                r#"{"name":"lb1","vpc":"a","subnet":"s1","listeners":[{"protocol":"tcp","port":80,"backends":[{"nic":"fw0","port":8080}]}]}"#
+                    .to_string(),
+            ),
         ];
         for (method, path, body) in setup {
             let (status, body) = send(&app, method, path, Some(body)).await;
@@ -814,7 +947,7 @@ mod tests {
 
         let all = ["get", "post", "put", "patch", "delete"];
         let paths = d["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 37, "documented paths");
+        assert_eq!(paths.len(), 44, "documented paths");
         // Reads and idempotent bodies first; deletes last (in an order dependents allow).
         let mut ops: Vec<(String, String, Value)> = vec![];
         for (path, item) in paths {
@@ -834,6 +967,9 @@ mod tests {
             }
         }
         let rank = |m: &str, p: &str| match (m, p) {
+            ("delete", p) if p.contains("/backends/") => 4,
+            ("delete", p) if p.contains("/listeners/") => 5,
+            ("delete", p) if p.starts_with("/v1/load-balancers/") => 6,
             ("delete", p) if p.starts_with("/v1/nat-gateways/{gw}/") => 7,
             ("delete", p) if p.contains("rules") => 8,
             ("delete", p) if p.contains("security-groups") => 9,
@@ -852,6 +988,7 @@ mod tests {
                 .map(|r| examples(r.trim_start_matches("#/components/schemas/")));
             let body = match (method.as_str(), path.as_str()) {
                 // Examples that need the setup's names.
+                ("patch", p) if p.contains("/backends/") => Some(r#"{"weight":0}"#.to_string()),
                 ("patch", _) => Some(r#"{"source_check":false}"#.to_string()),
                 ("put", "/v1/routes") | ("post", "/v1/routes") => Some(
                     r#"{"vpc":"a","destination":"10.9.0.0/16","next_hop":{"type":"blackhole"}}"#
@@ -869,6 +1006,14 @@ mod tests {
                 ("post", "/v1/eips") => Some(r#"{"pool":"pub"}"#.to_string()),
                 ("post", "/v1/eips/{eip}/bind") => Some(r#"{"nic":"fw0"}"#.to_string()),
                 ("post", "/v1/nat-gateways") => Some(r#"{"vpc":"a","subnet":"s1"}"#.to_string()),
+                ("post", "/v1/load-balancers") => Some(r#"{"vpc":"a","subnet":"s1"}"#.to_string()),
+                ("post", "/v1/load-balancers/{lb}/listeners") => Some(
+                    r#"{"protocol":"udp","port":53,"backends":[{"ip":"10.0.1.60","port":53}]}"#
+                        .to_string(),
+                ),
+                ("post", "/v1/load-balancers/{lb}/listeners/{listener}/backends") => {
+                    Some(r#"{"ip":"10.0.1.50","port":8080,"weight":10}"#.to_string())
+                }
                 _ => body,
             };
             let (status, reply) = send(&app, &method.to_uppercase(), &concrete(&path), body).await;

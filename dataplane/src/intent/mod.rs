@@ -33,6 +33,7 @@
 //! shared and not reused until the 24-bit space wraps.
 
 pub mod blocklist;
+pub mod lb;
 pub mod model;
 pub mod nat;
 pub mod sg;

@@ -214,6 +214,11 @@ pub struct Host {
     /// (`drop_nat_no_border`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_gateway: Option<Ipv4Addr>,
+    /// Source address of this host's load-balancer health checks, from
+    /// [`sluice_common::lb::HEALTH_CHECK_NET`]: allocated at registration (lowest free,
+    /// stable); hosts stored before it get one when the store is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_ip: Option<Ipv4Addr>,
 }
 
 /// A tenant's virtual network: one VNI, one route table.
@@ -514,6 +519,10 @@ pub struct Topology {
     /// A gateway's declared EIPs and SNAT/DNAT entries are its whole sets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_gateways: Vec<super::nat::NatGatewaySpec>,
+    /// Load balancers, matched by name (see `intent/lb.rs`): declared listeners and
+    /// backends are their whole sets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancers: Vec<super::lb::LoadBalancerSpec>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -633,6 +642,12 @@ pub struct Counters {
     pub next_snat: u64,
     #[serde(default = "super::sg::first_counter")]
     pub next_dnat: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_load_balancer: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_lb_listener: u64,
+    #[serde(default = "super::sg::first_counter")]
+    pub next_lb_backend: u64,
 }
 
 impl Default for Counters {
@@ -651,6 +666,9 @@ impl Default for Counters {
             next_nat_gateway: 1,
             next_snat: 1,
             next_dnat: 1,
+            next_load_balancer: 1,
+            next_lb_listener: 1,
+            next_lb_backend: 1,
         }
     }
 }
@@ -675,6 +693,7 @@ pub(crate) enum NameKind {
     EipPool,
     Eip,
     NatGateway,
+    LoadBalancer,
 }
 
 /// The intent as flat lists of records: the store's layout, and a full JSON dump.
@@ -698,6 +717,8 @@ pub struct Records {
     pub eips: Vec<super::nat::Eip>,
     #[serde(default)]
     pub nat_gateways: Vec<super::nat::NatGateway>,
+    #[serde(default)]
+    pub load_balancers: Vec<super::lb::LoadBalancer>,
 }
 
 /// The whole declared state. Immutable from outside: every change goes through a pure,
@@ -719,6 +740,7 @@ pub struct Intent {
     pub(crate) eip_pools: BTreeMap<String, super::nat::EipPool>,
     pub(crate) eips: BTreeMap<String, super::nat::Eip>,
     pub(crate) nat_gateways: BTreeMap<String, super::nat::NatGateway>,
+    pub(crate) load_balancers: BTreeMap<String, super::lb::LoadBalancer>,
     pub(crate) counters: Counters,
     /// Derived: (kind, scope, name) -> ID. Rebuilt on load.
     pub(crate) names: BTreeMap<(NameKind, String, String), String>,
@@ -764,6 +786,7 @@ impl Intent {
             i.blocklist.insert(b.prefix, b);
         }
         super::nat::index_nat(&mut i, r.eip_pools, r.eips, r.nat_gateways);
+        super::lb::index_lb(&mut i, r.load_balancers);
         i
     }
 
@@ -783,6 +806,7 @@ impl Intent {
             eip_pools: self.eip_pools.values().cloned().collect(),
             eips: self.eips.values().cloned().collect(),
             nat_gateways: self.nat_gateways.values().cloned().collect(),
+            load_balancers: self.load_balancers.values().cloned().collect(),
         }
     }
 

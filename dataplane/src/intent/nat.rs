@@ -306,20 +306,23 @@ pub struct NatGatewaySpec {
 
 const NAT_ID_PREFIXES: [&str; 5] = ["eipp", "eip", "natgw", "snat", "dnat"];
 
-/// Names follow the other names' rules, must not look like an ID, nor (EIPs) an address.
-fn check_nat_name(field: &str, name: &str) -> Result<()> {
+/// Names follow the other names' rules and must not look like an ID (`<prefix>-<n>`).
+pub(super) fn check_name_not_id(field: &str, name: &str, prefixes: &[&str]) -> Result<()> {
     check_name(field, name)?;
     if let Some((prefix, n)) = name.split_once('-') {
-        if NAT_ID_PREFIXES.contains(&prefix)
-            && !n.is_empty()
-            && n.bytes().all(|b| b.is_ascii_digit())
-        {
+        if prefixes.contains(&prefix) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ValidationError::invalid(
                 field,
                 format!("{name:?} looks like an ID ({prefix}-<number>); IDs are allocated"),
             ));
         }
     }
+    Ok(())
+}
+
+/// Names follow the other names' rules, must not look like an ID, nor (EIPs) an address.
+fn check_nat_name(field: &str, name: &str) -> Result<()> {
+    check_name_not_id(field, name, &NAT_ID_PREFIXES)?;
     if name.parse::<Ipv4Addr>().is_ok() {
         return Err(ValidationError::invalid(
             field,
@@ -355,14 +358,14 @@ fn check_pool_cidr(field: &str, c: &Cidr) -> Result<()> {
     Ok(())
 }
 
-fn port(field: &str, p: i64) -> Result<u16> {
+pub(super) fn port(field: &str, p: i64) -> Result<u16> {
     u16::try_from(p)
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| ValidationError::invalid(field, format!("{p} is not a port (1 to 65535)")))
 }
 
-fn not_found(field: &str, what: &str, key: &str) -> ValidationError {
+pub(super) fn not_found(field: &str, what: &str, key: &str) -> ValidationError {
     ValidationError::not_found(field, format!("no {what} {key:?}"))
 }
 
@@ -1059,6 +1062,8 @@ impl Intent {
             }
             Some(_) => {}
         }
+        // A VIP is a valid target on one of its listeners' ports only.
+        self.check_dnat_to_vip(&g.vpc, private_ip, private_port, spec.protocol)?;
         Ok(DnatEntry {
             id: String::new(),
             eip,
@@ -1297,28 +1302,37 @@ impl Intent {
         Ok(self.bind_eip_mut(&existing.id, &n.id)?.1)
     }
 
+    /// `apply -f`: a declared VPC and subnet (references) are an existing resource's
+    /// `(vpc, subnet)` (IDs); they cannot change.
+    pub(super) fn check_same_place(
+        &self,
+        (what, id): (&str, &str),
+        (vpc_id, subnet_id): (&str, &str),
+        (vpc, subnet): (&str, &str),
+    ) -> Result<()> {
+        let vpc = self.resolve_vpc("vpc", vpc)?;
+        let subnet = self.subnet(Some(&vpc.id), subnet).map(|s| s.id.clone());
+        if vpc.id != vpc_id || subnet.as_deref() != Some(subnet_id) {
+            return Err(ValidationError::conflict(
+                if vpc.id != vpc_id { "vpc" } else { "subnet" },
+                format!("{what} {id}'s VPC and subnet cannot change: delete and recreate it"),
+                vec![],
+            ));
+        }
+        Ok(())
+    }
+
     fn apply_gateway(&mut self, t: &NatGatewaySpec) -> Result<Change> {
         let name = t.name.as_deref().unwrap_or_default();
         let Some(existing) = self.nat_gateway(name).cloned() else {
             self.create_nat_gateway_mut(t.clone())?;
             return Ok(Change::Created);
         };
-        let vpc = self.resolve_vpc("vpc", &t.vpc)?;
-        let subnet = self.subnet(Some(&vpc.id), &t.subnet).map(|s| s.id.clone());
-        if vpc.id != existing.vpc || subnet.as_deref() != Some(existing.subnet.as_str()) {
-            return Err(ValidationError::conflict(
-                if vpc.id != existing.vpc {
-                    "vpc"
-                } else {
-                    "subnet"
-                },
-                format!(
-                    "NAT gateway {}'s VPC and subnet cannot change: delete and recreate it",
-                    existing.id
-                ),
-                vec![],
-            ));
-        }
+        self.check_same_place(
+            ("NAT gateway", &existing.id),
+            (&existing.vpc, &existing.subnet),
+            (&t.vpc, &t.subnet),
+        )?;
         let id = existing.id.clone();
         let mut declared = BTreeSet::new();
         for (k, e) in t.eips.iter().enumerate() {

@@ -39,6 +39,21 @@ pub const MAX_GROUPS_PER_NIC: usize = 5;
 pub const MAX_RULES_PER_NIC: usize = sluice_common::sg::MAX_RULES;
 pub const MIN_PRIORITY: u32 = 1;
 pub const MAX_PRIORITY: u32 = 65535;
+/// Priority of system rules: before any a user may give (from [`MIN_PRIORITY`]).
+pub const SYSTEM_PRIORITY: u32 = 0;
+/// What the load balancers' system rule says it is for.
+pub const SYSTEM_RULE_DESCRIPTION: &str = "load balancer health checks";
+
+/// [`sluice_common::lb::HEALTH_CHECK_NET`] as a prefix.
+pub fn health_check_net() -> Cidr {
+    use sluice_common::lb::{HEALTH_CHECK_NET, HEALTH_CHECK_PREFIX};
+    Cidr::new(
+        std::net::Ipv4Addr::from(HEALTH_CHECK_NET),
+        HEALTH_CHECK_PREFIX,
+    )
+    .expect("the health-check range is a prefix")
+}
+
 /// The name of the group every VPC is created with.
 pub const DEFAULT_GROUP_NAME: &str = "default";
 
@@ -519,6 +534,7 @@ impl Intent {
         self.mutate(|i| {
             let mut n = i.resolve_nic("nic", nic)?;
             n.security_groups = i.check_nic_security_groups("security_groups", &n.vpc, &groups)?;
+            i.check_system_rule_room("security_groups", &n)?;
             i.nics.insert(n.id.clone(), n.clone());
             Ok(n)
         })
@@ -756,7 +772,10 @@ impl Intent {
         }
         let full: Vec<String> = self
             .security_group_members(group_id)
-            .filter(|n| self.nic_rule_count(&n.security_groups, d) >= MAX_RULES_PER_NIC)
+            .filter(|n| {
+                self.nic_rule_count(&n.security_groups, d) + self.system_rules(n, d).len()
+                    >= MAX_RULES_PER_NIC
+            })
             .map(|n| format!("nic/{}", n.id))
             .collect();
         if !full.is_empty() {
@@ -858,8 +877,60 @@ impl Intent {
         Ok(changed)
     }
 
+    /// The system rules of NIC `nic` in direction `d`, which users see but do not edit:
+    /// for a load balancer backend, ingress tcp from the health checkers' range
+    /// ([`sluice_common::lb::HEALTH_CHECK_NET`]) to its health-check ports, at priority
+    /// [`SYSTEM_PRIORITY`] (before every user rule).
+    pub fn system_rules(&self, nic: &Nic, d: Direction) -> Vec<SgRule> {
+        if d != Direction::Ingress {
+            return vec![];
+        }
+        let net = health_check_net();
+        // Adjacent ports merge into one range: fewer of the NIC's rule slots.
+        let mut ranges: Vec<PortRange> = vec![];
+        for (_, p) in self.health_check_ports(nic) {
+            match ranges.last_mut() {
+                Some(r) if r.to.checked_add(1) == Some(p) => r.to = p,
+                _ => ranges.push(PortRange { from: p, to: p }),
+            }
+        }
+        ranges
+            .into_iter()
+            .map(|ports| SgRule {
+                id: format!("system-lb-health-check-{ports}"),
+                direction: Direction::Ingress,
+                protocol: Protocol::Tcp,
+                ports: Some(ports),
+                icmp_type: None,
+                icmp_code: None,
+                remote: Remote::Cidr(net),
+                action: Action::Allow,
+                priority: SYSTEM_PRIORITY,
+                description: Some(SYSTEM_RULE_DESCRIPTION.into()),
+            })
+            .collect()
+    }
+
+    /// NIC `n`'s ingress rules over its groups with its system rules fit the datapath's
+    /// rule slots (`field` names what would overflow them).
+    pub(super) fn check_system_rule_room(&self, field: &str, n: &Nic) -> Result<()> {
+        let d = Direction::Ingress;
+        let count = self.nic_rule_count(&n.security_groups, d) + self.system_rules(n, d).len();
+        if count > MAX_RULES_PER_NIC {
+            return Err(ValidationError::conflict(
+                field,
+                format!(
+                    "NIC {} would have {count} ingress rules with its load balancer health-check system rules; a NIC can have at most {MAX_RULES_PER_NIC}",
+                    n.id
+                ),
+                vec![format!("nic/{}", n.id)],
+            ));
+        }
+        Ok(())
+    }
+
     /// Rules in direction `d` over `groups` (IDs), counted as the datapath does.
-    fn nic_rule_count(&self, groups: &[String], d: Direction) -> usize {
+    pub(super) fn nic_rule_count(&self, groups: &[String], d: Direction) -> usize {
         groups
             .iter()
             .filter_map(|g| self.security_groups.get(g))

@@ -31,6 +31,7 @@ const BLOCKLIST: TableDefinition<&str, &str> = TableDefinition::new("blocklist")
 const EIP_POOLS: TableDefinition<&str, &str> = TableDefinition::new("eip_pools");
 const EIPS: TableDefinition<&str, &str> = TableDefinition::new("eips");
 const NAT_GATEWAYS: TableDefinition<&str, &str> = TableDefinition::new("nat_gateways");
+const LOAD_BALANCERS: TableDefinition<&str, &str> = TableDefinition::new("load_balancers");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Layout version of the records; bumped (with a migration) when it changes.
@@ -97,6 +98,7 @@ impl Store {
                 EIP_POOLS,
                 EIPS,
                 NAT_GATEWAYS,
+                LOAD_BALANCERS,
             ] {
                 txn.open_table(t).map_err(dberr)?;
             }
@@ -118,8 +120,11 @@ impl Store {
         let store = Store { db };
         let intent = store.load()?;
         // Stores from before default security groups: one commit gives every VPC its
-        // default group and every NIC without groups that group.
-        let mut migrated = intent.with_default_security_groups();
+        // default group and every NIC without groups that group; from before load
+        // balancers, every host its health-check address.
+        let mut migrated = intent
+            .with_default_security_groups()
+            .with_health_check_ips();
         if migrated != intent {
             store.commit(&intent, &mut migrated)?;
             return Ok((store, migrated));
@@ -165,6 +170,7 @@ impl Store {
             eip_pools: all(&txn, EIP_POOLS)?,
             eips: all(&txn, EIPS)?,
             nat_gateways: all(&txn, NAT_GATEWAYS)?,
+            load_balancers: all(&txn, LOAD_BALANCERS)?,
         }))
     }
 
@@ -199,6 +205,13 @@ impl Store {
             NAT_GATEWAYS,
             &old.nat_gateways,
             &new.nat_gateways,
+            |k| k.clone(),
+        )?;
+        written += write_diff(
+            &txn,
+            LOAD_BALANCERS,
+            &old.load_balancers,
+            &new.load_balancers,
             |k| k.clone(),
         )?;
         let empty = Arc::default();

@@ -418,6 +418,10 @@ impl Intent {
             }
             None => None,
         };
+        let health_check_ip = match self.hosts.get(&spec.name).and_then(|h| h.health_check_ip) {
+            Some(ip) => ip,
+            None => self.free_health_check_ip()?,
+        };
         let host = Host {
             name: spec.name.clone(),
             underlay_ip,
@@ -425,6 +429,7 @@ impl Intent {
             router_mac,
             underlay_mtu,
             public_gateway,
+            health_check_ip: Some(health_check_ip),
         };
         let change = match self.hosts.insert(spec.name, host.clone()) {
             None => Change::Created,
@@ -432,6 +437,46 @@ impl Intent {
             Some(_) => Change::Updated,
         };
         Ok((host, change))
+    }
+
+    /// The lowest address of the health-check range no host has (its network address
+    /// excluded).
+    fn free_health_check_ip(&self) -> Result<Ipv4Addr> {
+        let net = super::sg::health_check_net();
+        let used: HashSet<Ipv4Addr> = self
+            .hosts
+            .values()
+            .filter_map(|h| h.health_check_ip)
+            .collect();
+        (1..net.size() - 1)
+            .filter_map(|k| net.nth(k))
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| {
+                ValidationError::conflict(
+                    "name",
+                    format!("every health-check address of {net} is a host's"),
+                    vec![],
+                )
+            })
+    }
+
+    /// The same intent with a health-check address on every host: what stores written
+    /// before load balancers are brought to on open (hosts in name order, lowest free).
+    pub fn with_health_check_ips(&self) -> Intent {
+        let mut i = self.clone();
+        let bare: Vec<String> = i
+            .hosts
+            .values()
+            .filter(|h| h.health_check_ip.is_none())
+            .map(|h| h.name.clone())
+            .collect();
+        for name in bare {
+            let ip = i.free_health_check_ip().ok();
+            if let Some(h) = i.hosts.get_mut(&name) {
+                h.health_check_ip = ip;
+            }
+        }
+        i
     }
 
     fn delete_host_mut(&mut self, name: &str) -> Result<()> {
@@ -535,6 +580,7 @@ impl Intent {
                 .map(|g| format!("security-group/{}", g.id)),
         );
         deps.extend(self.nat_dependents(Some(&vpc.id), None, None));
+        deps.extend(self.lb_dependents(Some(&vpc.id), None, None));
         if !deps.is_empty() {
             return Err(ValidationError::conflict(
                 "vpc",
@@ -629,11 +675,15 @@ impl Intent {
             .filter(|n| n.subnet == subnet.id)
             .map(|n| format!("nic/{}", n.id))
             .chain(self.nat_dependents(None, Some(&subnet.id), None))
+            .chain(self.lb_dependents(None, Some(&subnet.id), None))
             .collect();
         if !nics.is_empty() {
             return Err(ValidationError::conflict(
                 "subnet",
-                format!("subnet {} still has NICs or NAT resources", subnet.id),
+                format!(
+                    "subnet {} still has NICs, NAT or load balancer resources",
+                    subnet.id
+                ),
                 nics,
             ));
         }
@@ -711,11 +761,18 @@ impl Intent {
             }
         }
         self.check_ifname_free(&host, &spec.ifname, None)?;
-        let in_vpc: BTreeMap<Ipv4Addr, &str> = self
+        // Addresses of the VPC's NICs and load balancer VIPs, by holder (`nic/<id>`).
+        let in_vpc: BTreeMap<Ipv4Addr, String> = self
             .nics
             .values()
             .filter(|n| n.vpc == vpc.id)
-            .map(|n| (n.ip, n.id.as_str()))
+            .map(|n| (n.ip, format!("nic/{}", n.id)))
+            .chain(
+                self.load_balancers
+                    .values()
+                    .filter(|l| l.vpc == vpc.id)
+                    .map(|l| (l.vip, format!("load-balancer/{}", l.id))),
+            )
             .collect();
         let ip = match &spec.ip {
             Some(s) => {
@@ -729,11 +786,14 @@ impl Intent {
                 if let Some(why) = subnet.reserved_reason(ip) {
                     return Err(ValidationError::invalid("ip", format!("{ip} is {why}")));
                 }
-                if let Some(id) = in_vpc.get(&ip) {
+                if let Some(holder) = in_vpc.get(&ip) {
                     return Err(ValidationError::conflict(
                         "ip",
-                        format!("{ip} is already NIC {id}'s"),
-                        vec![format!("nic/{id}")],
+                        match holder.split_once('/') {
+                            Some(("nic", id)) => format!("{ip} is already NIC {id}'s"),
+                            _ => format!("{ip} is already {holder}'s VIP"),
+                        },
+                        vec![holder.clone()],
                     ));
                 }
                 ip
@@ -808,6 +868,7 @@ impl Intent {
         if let Some(groups) = &update.security_groups {
             nic.security_groups =
                 self.check_nic_security_groups("security_groups", &nic.vpc, groups)?;
+            self.check_system_rule_room("security_groups", &nic)?;
         }
         if nic == old {
             return Ok((nic, Change::Unchanged));
@@ -825,12 +886,13 @@ impl Intent {
             .filter(|r| matches!(&r.next_hop, NextHop::Nic { nic: n } if *n == nic.id))
             .map(Route::reference)
             .chain(self.nat_dependents(None, None, Some(&nic.id)))
+            .chain(self.lb_dependents(None, None, Some(&nic.id)))
             .collect();
         if !routes.is_empty() {
             return Err(ValidationError::conflict(
                 "nic",
                 format!(
-                    "NIC {} is the next hop of routes, has a bound EIP or is a SNAT source; delete or change them first",
+                    "NIC {} is the next hop of routes, has a bound EIP, is a SNAT source or a load balancer backend; delete or change them first",
                     nic.id
                 ),
                 routes,
@@ -1162,6 +1224,9 @@ impl Intent {
                 .map_err(|e| e.at(&format!("peerings[{k}]")))?;
             record("peering", &p.name, c);
         }
+
+        // After NICs (backends) and before NAT (DNAT entries may forward to a VIP).
+        self.apply_lb_mut(&t.load_balancers, &mut record)?;
 
         // After NICs (EIP bindings) and before routes (which may name a gateway).
         self.apply_nat_mut(&t.eip_pools, &t.eips, &t.nat_gateways, &mut record)?;

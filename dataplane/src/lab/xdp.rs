@@ -85,14 +85,25 @@ pub fn load_xdp_program(insns: &[u8], name: &str) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn attach_and_pin(prog: &OwnedFd, ifindex: u32, pin: &Path) -> Result<()> {
+/// Attaches the pass-everything program to `ifindex` in the calling thread's namespace
+/// (driver mode); the link lasts as long as the returned fd (nothing is pinned).
+pub fn attach_pass(ifindex: u32) -> Result<OwnedFd> {
+    let prog = load_pass_program()?;
+    link_create(&prog, ifindex)
+}
+
+fn link_create(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd> {
     let mut attr = [0u8; 64];
     put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
     put_u32(&mut attr, 4, ifindex);
     put_u32(&mut attr, 8, BPF_XDP);
     put_u32(&mut attr, 12, XDP_FLAGS_DRV_MODE);
     let link = bpf(BPF_LINK_CREATE, &mut attr, "attaching it in driver mode")?;
-    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(link as i32) })
+}
+
+fn attach_and_pin(prog: &OwnedFd, ifindex: u32, pin: &Path) -> Result<()> {
+    let link = link_create(prog, ifindex)?;
     let path = CString::new(pin.as_os_str().as_encoded_bytes())?;
     let mut attr = [0u8; 32];
     put_u64(&mut attr, 0, path.as_ptr() as u64);

@@ -66,12 +66,19 @@ pub struct PinnedSgMaps {
 impl PinnedSgMaps {
     pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
         let mut out = BTreeMap::new();
-        for name in maps::ALL.into_iter().chain(conntrack::maps::ALL) {
+        // The LB active counts: the connection-table sweep recounts them.
+        let lb_active = sluice_common::lb::maps::ACTIVE;
+        for name in maps::ALL
+            .into_iter()
+            .chain(conntrack::maps::ALL)
+            .chain([lb_active])
+        {
             let data = open_pinned_map(pin_dir, name)?;
             let map = match name {
                 maps::NICS | maps::CONFIG | conntrack::maps::CONFIG | conntrack::maps::COUNT => {
                     Map::Array(data)
                 }
+                n if n == lb_active => Map::Array(data),
                 maps::BLOCK_STATS | conntrack::maps::STATS | conntrack::maps::SCRATCH => {
                     Map::PerCpuArray(data)
                 }

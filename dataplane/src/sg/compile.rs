@@ -103,7 +103,9 @@ impl<'a> Index<'a> {
             .security_groups
             .iter()
             .filter_map(|g| self.intent.security_group(None, g))
-            .flat_map(|g| g.rules_in(d))
+            .flat_map(|g| g.rules_in(d).cloned())
+            // Load balancer health checks (intent/sg.rs): rules users see but do not edit.
+            .chain(self.intent.system_rules(nic, d))
             .map(|r| SlotRule {
                 priority: r.priority,
                 action: r.action,
@@ -111,7 +113,7 @@ impl<'a> Index<'a> {
                 ports: r.ports,
                 icmp_type: r.icmp_type,
                 icmp_code: r.icmp_code,
-                remote: r.remote.clone(),
+                remote: r.remote,
             })
             .collect();
         let mut rules: Vec<SlotRule> = set.into_iter().collect();

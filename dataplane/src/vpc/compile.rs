@@ -12,7 +12,11 @@
 //!   peer's VNI (the `Peering` next hop looks the destination up there);
 //! - for every accepted peering whose other side routes into it: that side's NICs under the
 //!   present VPC's VNI with `ENDPOINT_PEER_SOURCE` (so decapsulation can check the source);
-//! - the VTEPs of the remote hosts it may send to.
+//! - the VTEPs of the remote hosts it may send to;
+//! - for load balancers of a present VPC (`lb/mod.rs`): each VIP as an `ENDPOINT_VIP`
+//!   endpoint, `ENDPOINT_LB_BACKEND` / `PORT_LB_BACKEND` on backend NICs, and, when the
+//!   VPC has listeners, a health-check port here and the health-check endpoint of every
+//!   host with the VPC, each with a `Local` /32 route.
 //!
 //! Appliance NICs (source check off, or some route's next hop) carry `ENDPOINT_APPLIANCE`
 //! wherever they appear (own VPC and as peer sources): decapsulation accepts any inner
@@ -28,14 +32,17 @@ use std::{
 };
 
 use sluice_common::vpc::{
-    Ipv4, NextHopKind, Port, ENDPOINT_APPLIANCE, ENDPOINT_LOCAL, ENDPOINT_PEER_SOURCE,
-    PORT_NO_SOURCE_CHECK,
+    Ipv4, NextHopKind, Port, ENDPOINT_APPLIANCE, ENDPOINT_LB_BACKEND, ENDPOINT_LOCAL,
+    ENDPOINT_PEER_SOURCE, ENDPOINT_VIP, PORT_LB_BACKEND, PORT_NO_SOURCE_CHECK,
 };
 
 use super::tables::{
     EndpointEntry, HostTables, HostUnderlay, LocalPort, NextHopEntry, RouteEntry, RoutePrefix,
 };
-use crate::intent::{mask, model::RouteTable, Intent, NextHop, Nic, Vpc};
+use crate::{
+    intent::{mask, model::RouteTable, Intent, NextHop, Nic, Vpc},
+    lb,
+};
 
 /// Tables of every registered host, by host name.
 pub fn compile_all(intent: &Intent) -> BTreeMap<String, HostTables> {
@@ -150,6 +157,7 @@ pub fn compile_host_cached(
                 && p.subnets == intent.subnets
                 && p.nics == intent.nics
                 && p.peerings == intent.peerings
+                && p.load_balancers == intent.load_balancers
                 && p.names == intent.names)
     });
     let index = Index {
@@ -359,6 +367,7 @@ impl<'a> Index<'a> {
             }
             f.endpoints.extend(self.endpoint(host, nic, vpc.vni, false));
         }
+        let checked = self.load_balancers(host, vpc, &mut f);
         // A vector sorted once at the end: at 100,000 routes a tree insert per route was
         // most of the compile time. Later entries win (a custom route over a system one).
         let routes = &mut f.routes;
@@ -402,6 +411,19 @@ impl<'a> Index<'a> {
                 next_hop: next,
             });
         }
+        // Health-check addresses are outside the VPC's subnets: a /32 `Local` route each,
+        // so the route fast path (ENDPOINT_DIRECT) and decapsulation deliver to them.
+        for e in &checked {
+            routes.push(RouteEntry {
+                prefix: RoutePrefix {
+                    vni: vpc.vni,
+                    ip: e.ip,
+                    len: 32,
+                },
+                next_hop: hop(NextHopKind::Local, vpc.vni, [0; 4]),
+            });
+        }
+        f.endpoints.extend(checked);
         routes.reverse();
         routes.sort_by_key(|r| r.prefix); // stable: the last pushed of a prefix comes first
         routes.dedup_by_key(|r| r.prefix);
@@ -428,7 +450,7 @@ impl<'a> Index<'a> {
         };
         let fragments: Vec<&Fragment> = fragments.collect();
         let mut endpoints: BTreeMap<(u32, Ipv4), EndpointEntry> = BTreeMap::new();
-        let mut insert = |e: EndpointEntry| {
+        let insert = |endpoints: &mut BTreeMap<(u32, Ipv4), EndpointEntry>, e: EndpointEntry| {
             let prev = endpoints.insert((e.vni, e.ip), e.clone());
             debug_assert!(
                 prev.is_none_or(|p| p == e),
@@ -440,7 +462,7 @@ impl<'a> Index<'a> {
         let mut peers_reached: BTreeSet<&str> = BTreeSet::new();
         for f in &fragments {
             for e in &f.endpoints {
-                insert(e.clone());
+                insert(&mut endpoints, e.clone());
             }
             peers_reached.extend(f.peers_reached.iter().map(String::as_str));
         }
@@ -449,8 +471,13 @@ impl<'a> Index<'a> {
                 continue;
             };
             for nic in self.nics_of(peer_id) {
+                // A peer present here too has them already, as its own fragment made them
+                // (with its load balancers' flags).
+                if endpoints.contains_key(&(peer.vni, nic.ip.octets())) {
+                    continue;
+                }
                 if let Some(e) = self.endpoint(host, nic, peer.vni, false) {
-                    insert(e);
+                    insert(&mut endpoints, e);
                 }
             }
         }
@@ -458,7 +485,7 @@ impl<'a> Index<'a> {
         let own_vtep = h.underlay_ip.octets();
         let remote_vteps = endpoints
             .values()
-            .filter(|e| e.flags & (ENDPOINT_LOCAL | ENDPOINT_PEER_SOURCE) == 0)
+            .filter(|e| e.flags & (ENDPOINT_LOCAL | ENDPOINT_PEER_SOURCE | ENDPOINT_VIP) == 0)
             .map(|e| e.vtep)
             .filter(|v| *v != own_vtep)
             .collect::<BTreeSet<_>>()
@@ -485,6 +512,82 @@ impl<'a> Index<'a> {
             remote_vteps,
             ..Default::default()
         }
+    }
+
+    /// Load balancers of `vpc` in its fragment (see `lb/mod.rs`): its VIPs as endpoints
+    /// (`ENDPOINT_VIP`: no NIC, never local), its backends' NICs marked (endpoint and
+    /// local port), and, when it has listeners, this host's health-check port. Returns
+    /// the health-check endpoints of every host with the VPC (this one's local).
+    fn load_balancers(&self, host: &str, vpc: &Vpc, f: &mut Fragment) -> Vec<EndpointEntry> {
+        let intent = self.intent;
+        let mut backends: BTreeSet<Ipv4> = BTreeSet::new();
+        let mut listeners = false;
+        for lb in intent.load_balancers().filter(|lb| lb.vpc == vpc.id) {
+            f.endpoints.push(EndpointEntry {
+                vni: vpc.vni,
+                ip: lb.vip.octets(),
+                mac: [0; 6],
+                vtep: [0; 4],
+                flags: ENDPOINT_VIP,
+                ifname: None,
+            });
+            for l in &lb.listeners {
+                listeners = true;
+                backends.extend(l.backends.iter().map(|b| b.ip.octets()));
+            }
+        }
+        if !backends.is_empty() {
+            for e in f.endpoints.iter_mut().filter(|e| backends.contains(&e.ip)) {
+                e.flags |= ENDPOINT_LB_BACKEND;
+            }
+            for p in f.ports.iter_mut().filter(|p| backends.contains(&p.port.ip)) {
+                p.port.flags |= PORT_LB_BACKEND;
+            }
+        }
+        if !listeners {
+            return Vec::new();
+        }
+        let hosts: BTreeSet<&str> = self
+            .nics_of(&vpc.id)
+            .iter()
+            .map(|n| n.host.as_str())
+            .collect();
+        let mut checked = Vec::new();
+        for h in hosts {
+            let (Some(ip), Some(vtep)) = (lb::compile::health_check_ip(intent, h), self.vtep_of(h))
+            else {
+                continue;
+            };
+            let local = h == host;
+            let ifname = lb::health_check_ifname(vpc.vni);
+            let mac = lb::health_check_mac(vpc.vni, ip);
+            if local {
+                f.ports.push(LocalPort {
+                    ifname: ifname.clone(),
+                    port: Port {
+                        vni: vpc.vni,
+                        ip,
+                        mac,
+                        flags: 0,
+                        // Its own /32: every VPC address is off-subnet, routed, and ARP
+                        // for any of them is answered.
+                        subnet: ip,
+                        subnet_mask: [255; 4],
+                        vpc: vpc.cidr.addr().octets(),
+                        vpc_mask: vpc.cidr.netmask().octets(),
+                    },
+                });
+            }
+            checked.push(EndpointEntry {
+                vni: vpc.vni,
+                ip,
+                mac,
+                vtep,
+                flags: if local { ENDPOINT_LOCAL } else { 0 },
+                ifname: local.then_some(ifname),
+            });
+        }
+        checked
     }
 
     /// Forwards others' packets: its source check is off, or a route names it.
@@ -1423,6 +1526,147 @@ mod tests {
                     i = next;
                 }
                 check(&i, &mut caches)?;
+            }
+        }
+    }
+
+    mod load_balancers {
+        use super::*;
+        use crate::lb::{compile::tests::cloud, health_check_ifname};
+        use sluice_common::vpc::{ENDPOINT_LB_BACKEND, ENDPOINT_VIP, PORT_LB_BACKEND};
+
+        #[test]
+        fn vips_are_endpoints_of_every_host_with_the_vpc_and_never_local() {
+            let i = cloud();
+            let t = vni(&i, "t");
+            for h in ["h1", "h2"] {
+                let tables = compile_host(&i, h);
+                let vip = endpoint(&tables, t, "10.0.1.100").unwrap();
+                assert_eq!(vip.flags, ENDPOINT_VIP, "{h}");
+                assert_eq!((vip.vtep, vip.ifname.as_ref()), ([0; 4], None));
+                assert!(!tables.remote_vteps.contains(&[0; 4]), "{h}");
+                // Its Local route makes it direct, like any address of the subnet.
+                let r = resolved(&tables);
+                let key = crate::vpc::tables::endpoint_key(t, ip("10.0.1.100"));
+                assert_eq!(r.endpoints[&key].flags, ENDPOINT_VIP | ENDPOINT_DIRECT);
+            }
+            assert!(compile_host(&i, "h3")
+                .endpoints
+                .iter()
+                .all(|e| e.flags & ENDPOINT_VIP == 0));
+        }
+
+        #[test]
+        fn backend_nics_are_marked_where_they_appear() {
+            let i = cloud();
+            let t = vni(&i, "t");
+            let t1 = compile_host(&i, "h1");
+            assert_eq!(
+                endpoint(&t1, t, "10.0.1.11").unwrap().flags,
+                ENDPOINT_LOCAL | ENDPOINT_LB_BACKEND
+            );
+            assert_eq!(
+                endpoint(&t1, t, "10.0.1.12").unwrap().flags,
+                ENDPOINT_LB_BACKEND
+            );
+            assert_eq!(endpoint(&t1, t, "10.0.1.10").unwrap().flags, ENDPOINT_LOCAL);
+            let flags = |ifname: &str| {
+                t1.ports
+                    .iter()
+                    .find(|p| p.ifname == ifname)
+                    .unwrap()
+                    .port
+                    .flags
+            };
+            assert_eq!(flags("vm-b1"), PORT_LB_BACKEND);
+            assert_eq!(flags("vm-c1"), 0);
+            // The same address in another VPC is not a backend.
+            let u = vni(&i, "u");
+            let t3 = compile_host(&i, "h3");
+            assert_eq!(endpoint(&t3, u, "10.0.1.10").unwrap().flags, ENDPOINT_LOCAL);
+        }
+
+        #[test]
+        fn every_host_with_the_vpc_has_a_check_port_the_others_reach_directly() {
+            let i = cloud();
+            let t = vni(&i, "t");
+            let t1 = compile_host(&i, "h1");
+            let ifname = health_check_ifname(t);
+            let port = t1.ports.iter().find(|p| p.ifname == ifname).unwrap().port;
+            assert_eq!((port.vni, port.ip), (t, ip("100.64.0.1")));
+            assert_eq!(
+                (port.subnet, port.subnet_mask),
+                (ip("100.64.0.1"), [255; 4])
+            );
+            assert_eq!(
+                (port.vpc, port.vpc_mask),
+                (ip("10.0.0.0"), ip("255.255.0.0"))
+            );
+            assert_eq!(port.flags, 0);
+            let own = endpoint(&t1, t, "100.64.0.1").unwrap();
+            assert_eq!(
+                (own.flags, own.ifname.as_deref()),
+                (ENDPOINT_LOCAL, Some(&*ifname))
+            );
+            assert_eq!(own.mac, port.mac);
+            let other = endpoint(&t1, t, "100.64.0.2").unwrap();
+            assert_eq!((other.flags, other.vtep), (0, ip("172.31.0.2")));
+            // Both direct: the fast path sends to them and decapsulation delivers.
+            let r = resolved(&t1);
+            for a in ["100.64.0.1", "100.64.0.2"] {
+                let key = crate::vpc::tables::endpoint_key(t, ip(a));
+                assert_ne!(r.endpoints[&key].flags & ENDPOINT_DIRECT, 0, "{a}");
+                assert_eq!(
+                    lookup(&t1.routes, t, ip(a)).unwrap().next_hop.kind,
+                    NextHopKind::Local as u32
+                );
+            }
+            // h3 has no VPC with listeners: nothing of it.
+            let t3 = compile_host(&i, "h3");
+            assert!(t3.ports.iter().all(|p| !p.ifname.starts_with("slhc")));
+        }
+
+        /// h2 has `shared` (s-vm1) and `tenant-a`, which routes into their peering: the
+        /// peer's NICs are reached under its VNI, and s-vm1, a backend, keeps its flag.
+        #[test]
+        fn a_backend_of_a_present_peer_keeps_its_flag() {
+            let mut i = lab();
+            let mut lb = cloud().load_balancers.remove("lb-1").unwrap();
+            let shared = i.vpc("shared").unwrap().clone();
+            lb.vpc = shared.id.clone();
+            lb.subnet = i.subnets_of(&shared.id).next().unwrap().id.clone();
+            lb.vip = "10.200.1.100".parse().unwrap();
+            lb.listeners.truncate(1);
+            lb.listeners[0].backends = vec![crate::lb::compile::tests::backend(
+                "lbb-1",
+                0,
+                "10.200.1.10",
+                None,
+            )];
+            i.load_balancers.insert(lb.id.clone(), lb);
+            let t2 = compile_host(&i, "h2");
+            assert_eq!(
+                endpoint(&t2, shared.vni, "10.200.1.10").unwrap().flags,
+                ENDPOINT_LOCAL | ENDPOINT_LB_BACKEND
+            );
+            assert_eq!(
+                endpoint(&t2, shared.vni, "10.200.1.100").unwrap().flags,
+                ENDPOINT_VIP
+            );
+        }
+
+        #[test]
+        fn a_load_balancer_change_recompiles_cached_vpcs() {
+            let with = cloud();
+            let mut without = with.clone();
+            without.load_balancers.clear();
+            let mut cache = CompileCache::default();
+            let (with, without) = (Arc::new(with), Arc::new(without));
+            for i in [&without, &with, &without] {
+                assert_eq!(
+                    compile_host_cached(i, "h1", &mut cache),
+                    compile_host(i, "h1")
+                );
             }
         }
     }

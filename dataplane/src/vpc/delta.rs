@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::tables::{EndpointEntry, HostTables, HostUnderlay, LocalPort, RouteEntry, RoutePrefix};
 use crate::{
+    lb::LbTables,
     nat::NatTables,
     sg::{apply::BlockPrefix, NicPolicies, Policy, SgTables},
 };
@@ -143,6 +144,10 @@ pub struct TablesDelta {
     /// The NAT tables, whole, when they changed (they are small: EIPs, not flows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatTables>,
+    /// The load balancer tables, whole, when they changed (listeners and backends, not
+    /// Maglev tables: those the agent builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb: Option<LbTables>,
 }
 
 fn port_key(p: &LocalPort) -> String {
@@ -181,6 +186,7 @@ impl TablesDelta {
             security_groups: SgTables { nics, policies },
             blocklist,
             nat,
+            lb,
         } = new;
         Self {
             underlay: (old.underlay != *underlay).then(|| underlay.clone()),
@@ -193,6 +199,7 @@ impl TablesDelta {
             sg_policies: VecDelta::between(&old.security_groups.policies, policies, policy_key),
             blocklist: VecDelta::between(&old.blocklist, blocklist, block_key),
             nat: (old.nat != *nat).then(|| nat.clone()),
+            lb: (old.lb != *lb).then(|| lb.clone()),
         }
     }
 
@@ -212,6 +219,9 @@ impl TablesDelta {
         if let Some(n) = &self.nat {
             t.nat = n.clone();
         }
+        if let Some(l) = &self.lb {
+            t.lb = l.clone();
+        }
     }
 
     /// Entries it adds, replaces or removes.
@@ -226,6 +236,7 @@ impl TablesDelta {
             + self.sg_policies.len()
             + self.blocklist.len()
             + usize::from(self.nat.is_some())
+            + usize::from(self.lb.is_some())
     }
 
     pub fn is_empty(&self) -> bool {

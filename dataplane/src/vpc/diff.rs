@@ -270,6 +270,7 @@ pub fn route_change(
 ) -> Option<RouteChange> {
     let simple = d.underlay.is_none()
         && d.nat.is_none()
+        && d.lb.is_none()
         && d.ports.removed.is_empty()
         && d.vnis.is_empty()
         && d.remote_vteps.is_empty()

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sluice_common::vpc::{Endpoint, EndpointKey, HostConfig, Ipv4, Mac, NextHop, Port, RouteKey};
 
 use crate::{
+    lb::LbTables,
     nat::NatTables,
     sg::{apply::BlockPrefix, SgTables},
 };
@@ -105,6 +106,10 @@ pub struct HostTables {
     /// NAT gateways and elastic IPs (`nat::compile`).
     #[serde(default)]
     pub nat: NatTables,
+    /// Load balancers' listeners and backends, and this host's health-check ports
+    /// (`lb::compile`).
+    #[serde(default)]
+    pub lb: LbTables,
 }
 
 impl EndpointEntry {

@@ -1,0 +1,388 @@
+//! Tier 3: the load balancer with real HTTP servers on backend VMs on both hosts of the
+//! default lab (`lab/default.yaml`) and real clients, everything set through the
+//! controller's REST API on the running lab. Backends: a2 (h1, the client a1's host, so
+//! balanced packets are delivered locally) and a3, a4 (h2: encapsulated, and their replies
+//! translated back after decapsulation).
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use sluice_dataplane::{
+    client::Method,
+    lab::{
+        process::LabProcess,
+        topology::{default_lab_path, load_topology},
+        Lab, TopologyLab,
+    },
+};
+
+const SLUICED: &str = env!("CARGO_BIN_EXE_sluiced");
+const VIP: &str = "10.0.1.100";
+const HTTP_PORT: u16 = 8080;
+
+/// A keep-alive HTTP/1.1 server answering every GET with `<name> <client ip> <client
+/// port>`: what it saw. argv: port name.
+const SERVER: &str = r#"
+import http.server, socketserver, sys
+port, name = int(sys.argv[1]), sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("%s %s %d" % (name, self.client_address[0], self.client_address[1])).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+s = S(("0.0.0.0", port), H)
+print("listening", flush=True)
+s.serve_forever()
+"#;
+
+/// `count` GETs, each on a new connection. argv: host port count. One line per request:
+/// the server's answer, or `ERR <why>`.
+const MANY: &str = r#"
+import http.client, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(count):
+    c = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        c.request("GET", "/")
+        print(c.getresponse().read().decode(), flush=True)
+    except Exception as e:
+        print("ERR", repr(e), flush=True)
+    finally:
+        c.close()
+"#;
+
+/// GETs on ONE connection every `interval` s for `seconds`. argv: host port interval
+/// seconds. One line per request, like [`MANY`]; stops at the first error.
+const HOLD: &str = r#"
+import http.client, sys, time
+host, port, interval, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+c = http.client.HTTPConnection(host, port, timeout=2)
+end = time.time() + seconds
+while time.time() < end:
+    try:
+        c.request("GET", "/")
+        print(c.getresponse().read().decode(), flush=True)
+    except Exception as e:
+        print("ERR", repr(e), flush=True)
+        break
+    time.sleep(interval)
+"#;
+
+fn lab_of(lab: &Lab) -> TopologyLab<'_> {
+    let topology = load_topology(&default_lab_path()).expect("lab/default.yaml");
+    TopologyLab::build(lab, topology, Path::new(SLUICED)).expect("building the lab")
+}
+
+fn server<'l>(lab: &'l Lab, vm: &str) -> LabProcess<'l> {
+    let mut p = lab
+        .spawn(vm, &["python3", "-c", SERVER, &HTTP_PORT.to_string(), vm])
+        .expect("HTTP server");
+    p.wait_for_stdout(Duration::from_secs(20), |s| s.contains("listening"))
+        .expect("HTTP server listening");
+    p
+}
+
+/// The server (first word) of each answer line; errors as `ERR`.
+fn servers(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// `count` new connections from `vm` to `VIP:port`; the server of each.
+fn many(lab: &Lab, vm: &str, port: u16, count: usize) -> Vec<String> {
+    let done = lab
+        .spawn(
+            vm,
+            &[
+                "python3",
+                "-c",
+                MANY,
+                VIP,
+                &port.to_string(),
+                &count.to_string(),
+            ],
+        )
+        .expect("client")
+        .wait(Duration::from_secs(10 + count as u64))
+        .expect("client ran");
+    let s = servers(&done.stdout);
+    assert_eq!(s.len(), count, "{vm}: {}", done.stderr);
+    s
+}
+
+fn tally(servers: &[String]) -> BTreeMap<String, usize> {
+    let mut t = BTreeMap::new();
+    for s in servers {
+        *t.entry(s.clone()).or_default() += 1;
+    }
+    t
+}
+
+/// A keep-alive client from `vm` to `VIP:port` for `seconds`, one GET every 0.2 s.
+fn hold<'l>(lab: &'l Lab, vm: &str, port: u16, seconds: u64) -> LabProcess<'l> {
+    let mut p = lab
+        .spawn(
+            vm,
+            &[
+                "python3",
+                "-c",
+                HOLD,
+                VIP,
+                &port.to_string(),
+                "0.2",
+                &seconds.to_string(),
+            ],
+        )
+        .expect("keep-alive client");
+    p.wait_for_stdout(Duration::from_secs(10), |s| !s.is_empty())
+        .expect("first answer on the held connection");
+    p
+}
+
+/// The held connection's answers: one server throughout, no error.
+fn held_by(p: LabProcess<'_>, seconds: u64) -> (String, usize) {
+    let done = p
+        .wait(Duration::from_secs(seconds + 10))
+        .expect("keep-alive client ended");
+    let s = servers(&done.stdout);
+    assert!(!s.is_empty(), "no answers: {}", done.stderr);
+    assert!(
+        s.iter().all(|x| x == &s[0]),
+        "the held connection moved or broke: {:?}",
+        tally(&s)
+    );
+    (s[0].clone(), s.len())
+}
+
+fn health_check(interval_ms: u64) -> Value {
+    json!({"type": "http", "path": "/health", "expected_status": [200],
+           "interval_ms": interval_ms, "timeout_ms": interval_ms / 2,
+           "healthy_threshold": 2, "unhealthy_threshold": 2})
+}
+
+fn backends(weights: &[(&str, u64)]) -> Value {
+    weights
+        .iter()
+        .map(|(nic, w)| json!({"nic": nic, "port": HTTP_PORT, "weight": w}))
+        .collect()
+}
+
+/// Every backend of `lb` reported `health` by every host's checks, waited for.
+fn wait_health(t: &TopologyLab, lb: &str, want: &[(&str, &str)], within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let status: Value = t
+            .get(&format!("/v1/load-balancers/{lb}/status"))
+            .expect("status")
+            .json()
+            .expect("status JSON");
+        let ok = want.iter().all(|(ip, health)| {
+            status["listeners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|l| {
+                    l["backends"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|b| b["ip"] == *ip)
+                        .all(|b| b["health"] == *health)
+                })
+        });
+        if ok {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backends of {lb} never became {want:?}: {status:#}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn weights_affinity_isolation_and_drain_through_a_vip() {
+    if !support::privileged("lb::weights") {
+        return;
+    }
+    let _serial = support::one_lab_at_a_time();
+    let lab = Lab::new().expect("lab");
+    let mut t = lab_of(&lab);
+    let _servers: Vec<_> = ["a2", "a3", "a4", "b1"]
+        .into_iter()
+        .map(|vm| server(&lab, vm))
+        .collect();
+
+    let weights = [("a2", 100), ("a3", 100), ("a4", 50)];
+    support::change(
+        &mut t,
+        Method::POST,
+        "/v1/load-balancers",
+        json!({"name": "web", "vpc": "tenant-a", "subnet": "web", "vip": VIP,
+               "listeners": [
+                   {"protocol": "tcp", "port": 80, "scheduler": "maglev",
+                    "health_check": health_check(1000), "backends": backends(&weights)},
+                   {"protocol": "tcp", "port": 81, "scheduler": "source_ip",
+                    "health_check": health_check(1000), "backends": backends(&weights)}]}),
+    );
+    // Tenant b: the same VIP address, its own pool.
+    support::change(
+        &mut t,
+        Method::POST,
+        "/v1/load-balancers",
+        json!({"name": "web-b", "vpc": "tenant-b", "subnet": "web", "vip": VIP,
+               "listeners": [{"protocol": "tcp", "port": 80,
+                              "backends": [{"nic": "b1", "port": HTTP_PORT, "weight": 10}]}]}),
+    );
+
+    // Distribution follows the weights (40/40/20 %) within 10 points over 200 connections.
+    let seen = tally(&many(&lab, "a1", 80, 200));
+    for (vm, w) in weights {
+        let share = *seen.get(vm).unwrap_or(&0) as f64 / 200.0;
+        let want = w as f64 / 250.0;
+        assert!(
+            (share - want).abs() <= 0.10,
+            "{vm}: share {share:.2}, weight share {want:.2}: {seen:?}"
+        );
+    }
+    assert_eq!(seen.values().sum::<usize>(), 200, "errors: {seen:?}");
+
+    // Isolation: tenant b's client at the same VIP reaches only tenant b's pool.
+    let seen_b = tally(&many(&lab, "b2", 80, 20));
+    assert_eq!(seen_b.get("b1"), Some(&20), "{seen_b:?}");
+
+    // Source affinity: every connection of one client reaches one backend.
+    for client in ["a1", "a4"] {
+        let seen = tally(&many(&lab, client, 81, 30));
+        assert_eq!(seen.len(), 1, "{client} spread over {seen:?}");
+        assert!(!seen.contains_key("ERR"), "{client}: {seen:?}");
+    }
+
+    // Drain: an open connection to the drained backend keeps working, new ones go elsewhere.
+    let held = hold(&lab, "a1", 80, 6);
+    let first = held.stdout();
+    let victim = servers(&first)[0].clone();
+    let lb: Value = t.get("/v1/load-balancers/web").unwrap().json().unwrap();
+    let listener = &lb["listeners"][0];
+    let nic = nic_id(&t, &victim);
+    let backend = listener["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["nic"] == nic.as_str())
+        .expect("the held connection's backend")
+        .clone();
+    support::change(
+        &mut t,
+        Method::PATCH,
+        &format!(
+            "/v1/load-balancers/web/listeners/{}/backends/{}",
+            listener["id"].as_str().unwrap(),
+            backend["id"].as_str().unwrap()
+        ),
+        json!({"weight": 0}),
+    );
+    let after = tally(&many(&lab, "a1", 80, 60));
+    assert!(
+        !after.contains_key(&victim) && !after.contains_key("ERR"),
+        "new connections still reach drained {victim}: {after:?}"
+    );
+    let (server, answers) = held_by(held, 6);
+    assert_eq!(server, victim);
+    assert!(answers >= 10, "{answers} answers in 6 s");
+}
+
+/// The NIC ID of the lab VM `vm` (NICs are named like their VMs).
+fn nic_id(t: &TopologyLab, vm: &str) -> String {
+    let n: Value = t.get(&format!("/v1/nics/{vm}")).unwrap().json().unwrap();
+    n["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn health_checks_isolate_a_killed_backend_and_bring_it_back() {
+    if !support::privileged("lb::health") {
+        return;
+    }
+    let _serial = support::one_lab_at_a_time();
+    let lab = Lab::new().expect("lab");
+    let mut t = lab_of(&lab);
+    let mut servers_by_vm: BTreeMap<&str, LabProcess> = ["a2", "a3", "a4"]
+        .into_iter()
+        .map(|vm| (vm, server(&lab, vm)))
+        .collect();
+    support::change(
+        &mut t,
+        Method::POST,
+        "/v1/load-balancers",
+        json!({"name": "web", "vpc": "tenant-a", "subnet": "web", "vip": VIP,
+               "listeners": [{"protocol": "tcp", "port": 80, "scheduler": "maglev",
+                              "health_check": health_check(1000),
+                              "backends": backends(&[("a2", 100), ("a3", 100), ("a4", 100)])}]}),
+    );
+    // The checks come through tenant a's own path from 100.64.0.0/10: its default group
+    // admits only members, so this also proves the system rule.
+    let all_healthy = [
+        ("10.0.1.11", "healthy"),
+        ("10.0.2.10", "healthy"),
+        ("10.0.1.12", "healthy"),
+    ];
+    wait_health(&t, "web", &all_healthy, Duration::from_secs(15));
+
+    // A connection held to some backend while another one dies.
+    let held = hold(&lab, "a1", 80, 12);
+    let first = held.stdout();
+    let keep = servers(&first)[0].clone();
+    let victim = ["a2", "a3", "a4"].into_iter().find(|v| *v != keep).unwrap();
+    let victim_ip = match victim {
+        "a2" => "10.0.1.11",
+        "a3" => "10.0.2.10",
+        _ => "10.0.1.12",
+    };
+    drop(servers_by_vm.remove(victim));
+    let killed = Instant::now();
+    // interval x unhealthy threshold + one interval.
+    wait_health(
+        &t,
+        "web",
+        &[(victim_ip, "unhealthy")],
+        Duration::from_secs(3) + Duration::from_millis(500),
+    );
+    eprintln!(
+        "{victim} marked unhealthy {:?} after its server died",
+        killed.elapsed()
+    );
+    let seen = tally(&many(&lab, "a1", 80, 40));
+    assert!(
+        !seen.contains_key(victim) && !seen.contains_key("ERR"),
+        "new connections still reach dead {victim}: {seen:?}"
+    );
+    // The open connection to a live backend never broke.
+    let (server_held, _) = held_by(held, 12);
+    assert_eq!(server_held, keep);
+
+    // Recovery: the backend comes back after the healthy threshold.
+    servers_by_vm.insert(victim, server(&lab, victim));
+    wait_health(&t, "web", &[(victim_ip, "healthy")], Duration::from_secs(5));
+    let seen = tally(&many(&lab, "a1", 80, 60));
+    assert!(
+        seen.contains_key(victim),
+        "{victim} never came back: {seen:?}"
+    );
+}
