@@ -127,7 +127,10 @@ pub struct DnatKey {
     pub _pad: u8,
 }
 
-/// Value of [`maps::DNAT`]: the private target and its host.
+/// Value of [`maps::DNAT`]: the private target and its host. A load balancer's VIP as
+/// the target (`ip`, the listener's `port`) has `vtep` 0.0.0.0: no one host has it, and
+/// the receiving host picks the backend (`crate::lb`), translating when it is local and
+/// else handing the packet unchanged to the backend's host, which translates.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnatTarget {

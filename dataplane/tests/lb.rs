@@ -13,9 +13,11 @@ use std::{
 };
 
 use serde_json::{json, Value};
+use sluice_common::stats::Reason;
 use sluice_dataplane::{
     client::Method,
     lab::{
+        internet::{INTERNET, PUBLIC_SERVER},
         process::LabProcess,
         topology::{default_lab_path, load_topology},
         Lab, TopologyLab,
@@ -106,24 +108,19 @@ fn servers(stdout: &str) -> Vec<String> {
 
 /// `count` new connections from `vm` to `VIP:port`; the server of each.
 fn many(lab: &Lab, vm: &str, port: u16, count: usize) -> Vec<String> {
+    servers(&many_to(lab, vm, VIP, port, count))
+}
+
+/// `count` new connections from `vm` to `host:port`; each answer line.
+fn many_to(lab: &Lab, vm: &str, host: &str, port: u16, count: usize) -> String {
+    let (port, n) = (port.to_string(), count.to_string());
     let done = lab
-        .spawn(
-            vm,
-            &[
-                "python3",
-                "-c",
-                MANY,
-                VIP,
-                &port.to_string(),
-                &count.to_string(),
-            ],
-        )
+        .spawn(vm, &["python3", "-c", MANY, host, &port, &n])
         .expect("client")
         .wait(Duration::from_secs(10 + count as u64))
         .expect("client ran");
-    let s = servers(&done.stdout);
-    assert_eq!(s.len(), count, "{vm}: {}", done.stderr);
-    s
+    assert_eq!(done.stdout.lines().count(), count, "{vm}: {}", done.stderr);
+    done.stdout
 }
 
 fn tally(servers: &[String]) -> BTreeMap<String, usize> {
@@ -136,19 +133,14 @@ fn tally(servers: &[String]) -> BTreeMap<String, usize> {
 
 /// A keep-alive client from `vm` to `VIP:port` for `seconds`, one GET every 0.2 s.
 fn hold<'l>(lab: &'l Lab, vm: &str, port: u16, seconds: u64) -> LabProcess<'l> {
+    hold_to(lab, vm, VIP, port, seconds)
+}
+
+/// [`hold`] to `host:port`.
+fn hold_to<'l>(lab: &'l Lab, vm: &str, host: &str, port: u16, seconds: u64) -> LabProcess<'l> {
+    let (port, secs) = (port.to_string(), seconds.to_string());
     let mut p = lab
-        .spawn(
-            vm,
-            &[
-                "python3",
-                "-c",
-                HOLD,
-                VIP,
-                &port.to_string(),
-                "0.2",
-                &seconds.to_string(),
-            ],
-        )
+        .spawn(vm, &["python3", "-c", HOLD, host, &port, "0.2", &secs])
         .expect("keep-alive client");
     p.wait_for_stdout(Duration::from_secs(10), |s| !s.is_empty())
         .expect("first answer on the held connection");
@@ -385,4 +377,135 @@ fn health_checks_isolate_a_killed_backend_and_bring_it_back() {
         seen.contains_key(victim),
         "{victim} never came back: {seen:?}"
     );
+}
+
+#[test]
+fn internet_clients_reach_the_pool_through_an_eip_and_dnat() {
+    if !support::privileged("lb::internet") {
+        return;
+    }
+    let _serial = support::one_lab_at_a_time();
+    let lab = Lab::new().expect("lab");
+    let mut t = lab_of(&lab);
+    let _servers: Vec<_> = ["a2", "a3", "a4"]
+        .into_iter()
+        .map(|vm| server(&lab, vm))
+        .collect();
+    support::change(
+        &mut t,
+        Method::POST,
+        "/v1/load-balancers",
+        json!({"name": "web", "vpc": "tenant-a", "subnet": "web", "vip": VIP,
+               "listeners": [{"protocol": "tcp", "port": 80, "scheduler": "maglev",
+                              "health_check": health_check(1000),
+                              "backends": backends(&[("a2", 100), ("a3", 100), ("a4", 100)])}]}),
+    );
+    // A NAT gateway: SNAT for the VPC (its default route carries the replies out), and
+    // DNAT of EIP `web` tcp 80 to the VIP's listener.
+    support::change(
+        &mut t,
+        Method::POST,
+        "/v1/eip-pools",
+        json!({"name": "public", "cidrs": ["203.0.113.0/24"]}),
+    );
+    let mut address = BTreeMap::new();
+    for name in ["snat-a", "web"] {
+        let e = support::change(
+            &mut t,
+            Method::POST,
+            "/v1/eips",
+            json!({"name": name, "pool": "public"}),
+        );
+        address.insert(name, e["address"].as_str().unwrap().to_string());
+    }
+    support::change(
+        &mut t,
+        Method::POST,
+        "/v1/nat-gateways",
+        json!({"name": "gw-a", "vpc": "tenant-a", "subnet": "web", "eips": ["snat-a", "web"],
+               "snat": [{"cidr": "10.0.0.0/16", "eips": ["snat-a"]}],
+               "dnat": [{"eip": "web", "protocol": "tcp", "public_port": 80,
+                         "private_ip": VIP, "private_port": 80}]}),
+    );
+    support::change(
+        &mut t,
+        Method::POST,
+        "/v1/routes",
+        json!({"vpc": "tenant-a", "destination": "0.0.0.0/0",
+               "next_hop": {"type": "nat_gateway", "nat_gateway": "gw-a"}}),
+    );
+    support::change(
+        &mut t,
+        Method::POST,
+        "/v1/security-groups/default/rules?vpc=tenant-a",
+        json!({"direction": "ingress", "protocol": "tcp", "ports": HTTP_PORT.to_string(),
+               "cidr": "0.0.0.0/0", "action": "allow", "priority": 10}),
+    );
+
+    // The fabric spreads the Internet's flows over both hosts; each reaches the pool (a
+    // host without the chosen backend hands the packet to the backend's host), and every
+    // backend sees the real client.
+    let before = t.stats().expect("stats");
+    let answers = many_to(&lab, INTERNET, &address["web"], 80, 60);
+    let mut seen = BTreeMap::new();
+    for line in answers.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(words.len() == 3 && words[0] != "ERR", "{line}: {answers}");
+        assert_eq!(words[1], PUBLIC_SERVER, "the backend saw {line}");
+        *seen.entry(words[0].to_string()).or_insert(0) += 1;
+    }
+    assert!(
+        seen.len() >= 2,
+        "one backend took every connection: {seen:?}"
+    );
+    eprintln!("Internet -> EIP -> VIP: {seen:?}");
+    let after = t.stats().expect("stats");
+    let moved = |r: Reason| -> u64 {
+        after
+            .iter()
+            .map(|(h, s)| s.get(r).packets - before.get(h).map_or(0, |b| b.get(r).packets))
+            .sum()
+    };
+    assert!(
+        moved(Reason::FwdNatIn) >= 60,
+        "translated: {}",
+        moved(Reason::FwdNatIn)
+    );
+    assert!(
+        moved(Reason::FwdNatOwner) >= 1,
+        "no flow was handed to its backend's host"
+    );
+
+    // Drain the backend of a held Internet connection: the connection stays (pinned at
+    // the host that received it and at the backend's host), new ones go elsewhere.
+    let held = hold_to(&lab, INTERNET, &address["web"], 80, 6);
+    let victim = servers(&held.stdout())[0].clone();
+    let lb: Value = t.get("/v1/load-balancers/web").unwrap().json().unwrap();
+    let listener = &lb["listeners"][0];
+    let nic = nic_id(&t, &victim);
+    let backend = listener["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["nic"] == nic.as_str())
+        .expect("the held connection's backend")
+        .clone();
+    support::change(
+        &mut t,
+        Method::PATCH,
+        &format!(
+            "/v1/load-balancers/web/listeners/{}/backends/{}",
+            listener["id"].as_str().unwrap(),
+            backend["id"].as_str().unwrap()
+        ),
+        json!({"weight": 0}),
+    );
+    let after = tally(&servers(&many_to(&lab, INTERNET, &address["web"], 80, 30)));
+    assert!(
+        !after.contains_key(&victim) && !after.contains_key("ERR"),
+        "new Internet connections still reach drained {victim}: {after:?}"
+    );
+    let (server, answers) = held_by(held, 6);
+    assert_eq!(server, victim);
+    assert!(answers >= 10, "{answers} answers in 6 s");
 }

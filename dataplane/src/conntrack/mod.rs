@@ -403,7 +403,11 @@ enum Dependent {
 }
 
 fn dependent(k: &CtKey) -> Option<Dependent> {
-    if k.vni == NAT_VNI {
+    // An Internet flow's pin at a host that forwards it to its backend's host (under
+    // `NAT_VNI | LB_VNI`) has no partner here: it keeps its own clock.
+    if k.vni == NAT_VNI | LB_VNI {
+        None
+    } else if k.vni == NAT_VNI {
         Some(Dependent::NatPublic)
     } else if k.vni & LB_VNI != 0 {
         Some(Dependent::LbForward)
@@ -773,6 +777,31 @@ mod tests {
         let mut bare = forward;
         bare.1.lb = Default::default();
         assert_eq!(counted_backend(kind, &bare.1, &translated.1), None);
+    }
+
+    #[test]
+    fn an_internet_flows_pin_keeps_its_own_clock_and_the_others_follow_a_partner() {
+        let key = |vni| {
+            CtKey::new(
+                vni,
+                6,
+                [198, 51, 100, 10],
+                [0, 80],
+                [203, 0, 113, 1],
+                [0, 80],
+            )
+            .0
+        };
+        assert!(dependent(&key(NAT_VNI | LB_VNI)).is_none());
+        assert!(matches!(
+            dependent(&key(NAT_VNI)),
+            Some(Dependent::NatPublic)
+        ));
+        assert!(matches!(
+            dependent(&key(7 | LB_VNI)),
+            Some(Dependent::LbForward)
+        ));
+        assert!(dependent(&key(7)).is_none());
     }
 
     #[test]

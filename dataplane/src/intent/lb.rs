@@ -467,6 +467,17 @@ impl Intent {
     }
 
     /// The load balancer of VPC `vpc` whose VIP is `ip`.
+    /// The IDs of the VPCs with a DNAT entry whose target is one of their VIPs.
+    pub fn dnat_vip_vpcs(&self) -> impl Iterator<Item = &str> {
+        self.nat_gateways()
+            .filter(|g| {
+                g.dnat
+                    .iter()
+                    .any(|d| self.load_balancer_at(&g.vpc, d.private_ip).is_some())
+            })
+            .map(|g| g.vpc.as_str())
+    }
+
     pub fn load_balancer_at(&self, vpc: &str, ip: Ipv4Addr) -> Option<&LoadBalancer> {
         self.load_balancers
             .values()

@@ -843,6 +843,22 @@ impl Intent {
         self.hosts.get(name)
     }
 
+    /// The IDs of the VPCs present on `host` (what its tables hold): those with a NIC on
+    /// it, and, on a host with a public gateway, those whose load balancers the Internet
+    /// reaches through DNAT (any such host may be handed the flow: it picks the backend,
+    /// which takes the VPC's endpoints, listeners and health checks).
+    pub fn present_vpcs(&self, host: &str) -> std::collections::BTreeSet<&str> {
+        let mut present: std::collections::BTreeSet<&str> = self
+            .nics()
+            .filter(|n| n.host == host)
+            .map(|n| n.vpc.as_str())
+            .collect();
+        if self.host(host).is_some_and(|h| h.public_gateway.is_some()) {
+            present.extend(self.dnat_vip_vpcs());
+        }
+        present
+    }
+
     pub fn vpcs(&self) -> impl Iterator<Item = &Vpc> {
         self.vpcs.values()
     }

@@ -1,8 +1,9 @@
 //! Intent in, one host's [`LbTables`] out (pure).
 //!
-//! - A host balances the flows of its own VMs: it gets every listener of every load
-//!   balancer whose VPC is present on it (has a NIC there), with all its backends (the
-//!   datapath's choice and the checks need them all, healthy or not, drained or not).
+//! - A host balances the flows of its own VMs, and Internet flows to a DNAT entry whose
+//!   target is a VIP: it gets every listener of every load balancer whose VPC is present
+//!   on it ([`Intent::present_vpcs`]), with all its backends (the datapath's choice and
+//!   the checks need them all, healthy or not, drained or not).
 //! - Each such VPC with at least one listener gets this host's health-check port
 //!   ([`health_check_ip`]); the VPC compile (`vpc/compile.rs`) adds its port, endpoint
 //!   and route to the VPC tables.
@@ -49,11 +50,7 @@ pub fn compile_host(intent: &Intent, host: &str) -> LbTables {
     if intent.host(host).is_none() {
         return t;
     }
-    let present: BTreeSet<&str> = intent
-        .nics()
-        .filter(|n| n.host == host)
-        .map(|n| n.vpc.as_str())
-        .collect();
+    let present = intent.present_vpcs(host);
     for lb in intent.load_balancers() {
         if !present.contains(lb.vpc.as_str()) {
             continue;

@@ -94,13 +94,19 @@ pub fn compile_host(intent: &Intent, host: &str) -> NatTables {
             continue;
         };
         for d in &g.dnat {
-            // The target: the NIC with that address in the VPC, wherever it is.
+            // The target: the NIC with that address in the VPC, wherever it is; or a VIP,
+            // which no one host has (VTEP 0.0.0.0: the receiving host balances).
             let target = intent
                 .nics
                 .values()
                 .find(|n| n.vpc == g.vpc && n.ip == d.private_ip);
-            let (Some(eip), Some(vtep)) = (address(&d.eip), target.and_then(|n| vtep_of(&n.host)))
-            else {
+            let vtep = match target {
+                Some(n) => vtep_of(&n.host),
+                None => intent
+                    .load_balancer_at(&g.vpc, d.private_ip)
+                    .map(|_| [0; 4]),
+            };
+            let (Some(eip), Some(vtep)) = (address(&d.eip), vtep) else {
                 continue;
             };
             t.dnat.push(DnatRow {
@@ -291,6 +297,62 @@ mod tests {
         let bound = t.eips.iter().find(|e| e.eip == E3).unwrap();
         assert_eq!((bound.ip, bound.vtep), ([10, 0, 1, 10], H1));
         assert_eq!(t.border, Some([172, 31, 0, 254]));
+    }
+
+    #[test]
+    fn dnat_to_a_vip_is_balanced_wherever_it_arrives() {
+        use crate::intent::lb::{BackendSpec, LbProtocol, ListenerSpec, LoadBalancerSpec};
+        // A third host with a border but no NIC of the VPC.
+        let i = host(cloud(), "h3", "172.31.0.3");
+        assert!(!i
+            .present_vpcs("h3")
+            .contains(i.vpc("t").unwrap().id.as_str()));
+        let (i, _) = i
+            .create_load_balancer(LoadBalancerSpec {
+                name: Some("web".into()),
+                vpc: "t".into(),
+                subnet: "web".into(),
+                vip: Some("10.0.1.100".into()),
+                listeners: vec![ListenerSpec {
+                    protocol: LbProtocol::Tcp,
+                    port: 80,
+                    scheduler: None,
+                    health_check: None,
+                    all_down: None,
+                    backends: vec![BackendSpec {
+                        nic: Some("n2".into()),
+                        port: 8080,
+                        ..Default::default()
+                    }],
+                }],
+            })
+            .unwrap();
+        let (i, _) = i
+            .add_dnat(
+                "gw",
+                DnatSpec {
+                    eip: "e2".into(),
+                    protocol: NatProtocol::Tcp,
+                    public_port: 81,
+                    private_ip: "10.0.1.100".into(),
+                    private_port: Some(80),
+                },
+            )
+            .unwrap();
+        let t3 = compile_host(&i, "h3");
+        let d = t3
+            .dnat
+            .iter()
+            .find(|d| d.port == 81)
+            .expect("the VIP's DNAT row");
+        assert_eq!((d.ip, d.target_port, d.vtep), ([10, 0, 1, 100], 80, [0; 4]));
+        assert!(!t3.vteps([172, 31, 0, 3]).contains(&[0; 4]));
+        // h3 now holds the VPC: it may pick the backend of any flow the fabric hands it.
+        let vpc = i.vpc("t").unwrap().id.clone();
+        assert!(i.present_vpcs("h3").contains(vpc.as_str()));
+        let lb = crate::lb::compile::compile_host(&i, "h3");
+        assert_eq!(lb.listeners.len(), 1);
+        assert_eq!(lb.check_ports.len(), 1, "h3 checks the backends too");
     }
 
     #[test]

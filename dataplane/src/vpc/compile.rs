@@ -1,6 +1,8 @@
 //! The intent compiler: pure code from [`Intent`] to the [`HostTables`] of each host.
 //!
-//! For a host, the VPCs *present* are those with a NIC on it. It gets:
+//! For a host, the VPCs *present* are those with a NIC on it (and, on a host with a public
+//! gateway, those whose VIPs the Internet reaches through DNAT: [`Intent::present_vpcs`]).
+//! It gets:
 //! - a port per local NIC (`PORT_NO_SOURCE_CHECK` when the NIC's source check is off or the
 //!   NIC is some route's next hop, i.e. an appliance that forwards others' packets);
 //! - for every present VPC: its VNI, every NIC of it as an endpoint (local ones with their
@@ -231,13 +233,9 @@ pub fn lookup(routes: &[RouteEntry], vni: u32, ip: Ipv4) -> Option<&RouteEntry> 
     })
 }
 
-/// The IDs of the VPCs with a NIC on `host`: the VPCs present there.
+/// The VPCs present on `host` ([`Intent::present_vpcs`]).
 fn present_vpcs<'a>(intent: &'a Intent, host: &str) -> BTreeSet<&'a str> {
-    intent
-        .nics()
-        .filter(|n| n.host == host)
-        .map(|n| n.vpc.as_str())
-        .collect()
+    intent.present_vpcs(host)
 }
 
 fn nics_by_vpc(intent: &Intent) -> BTreeMap<&str, Vec<&Nic>> {
