@@ -1182,6 +1182,7 @@ fn demo_default_lab() {
     watch_vms.finish();
 
     demo_nat(&mut t, &ctl, &api);
+    demo_lb(&mut t, &ctl, &api);
     for h in t.hosts() {
         step(&format!(
             "sluicectl --api {} stats  ({})",
@@ -1392,6 +1393,72 @@ fn demo_nat(t: &mut TopologyLab, ctl: &Path, api: &str) {
             d.get(Reason::FwdNatOwner).packets
         );
     }
+}
+
+/// A load balancer in tenant a: VIP 10.0.1.100, tcp 80 over a2 (h1), a3 and a4 (h2, half
+/// the weight) with HTTP health checks through the VPC; reached from a1 and, through a DNAT
+/// entry of the NAT gateway (EIP web-a port 81), from the Internet.
+fn demo_lb(t: &mut TopologyLab, ctl: &Path, api: &str) {
+    use sluice_dataplane::lab::internet::INTERNET;
+    let lab = t.lab();
+    let _servers: Vec<_> = ["a2", "a3", "a4"]
+        .into_iter()
+        .map(|vm| lab.http_server(vm, 8080, vm).expect("backend HTTP server"))
+        .collect();
+    step("load balancer: a VIP in tenant a's web subnet, tcp 80 over a2, a3 and a4 (weight 50)");
+    for c in [
+        "lb create --name web --vpc tenant-a --subnet web --vip 10.0.1.100",
+        "lb listener add web --protocol tcp --port 80 --backend a2:8080 --backend a3:8080 --backend a4:8080:50 --check http --check-path /health --interval-ms 1000 --timeout-ms 500",
+        "create dnat --nat-gateway gw-a --eip web-a --protocol tcp --public-port 81 --private-ip 10.0.1.100 --private-port 80",
+    ] {
+        let args: Vec<&str> = c.split(' ').collect();
+        assert!(show(ctl, api, &args), "sluicectl {c}");
+    }
+    t.wait_current().expect("agents apply the load balancer");
+    // The agents' checks report every backend healthy within a few intervals.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status: serde_json::Value =
+            client::blocking_get(t.controller_api(), "/v1/load-balancers/web/status")
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json())
+                .expect("status");
+        let healthy = status["listeners"][0]["backends"]
+            .as_array()
+            .is_some_and(|b| b.iter().all(|b| b["health"] == "healthy"));
+        if healthy {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backends never healthy: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut tally = std::collections::BTreeMap::new();
+    for _ in 0..25 {
+        let r = lab
+            .http_get("a1", "http://10.0.1.100/", Duration::from_secs(5))
+            .expect("GET");
+        let (name, ip, _) = r.seen().unwrap_or_else(|| panic!("a1 -> VIP: {r:?}"));
+        assert_eq!(ip, t.vm("a1").ip(), "the backend sees the client");
+        *tally.entry(name).or_insert(0) += 1;
+    }
+    println!("a1 GET http://10.0.1.100/ x25: {tally:?}");
+    assert!(tally.len() >= 2, "one backend took everything: {tally:?}");
+    let web: serde_json::Value = client::blocking_get(t.controller_api(), "/v1/eips/web-a")
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .expect("EIP web-a");
+    let url = format!("http://{}:81/", web["address"].as_str().expect("address"));
+    let r = lab
+        .http_get(INTERNET, &url, Duration::from_secs(5))
+        .expect("GET");
+    let (name, ip, _) = r
+        .seen()
+        .unwrap_or_else(|| panic!("Internet -> {url}: {r:?}"));
+    println!("the Internet GET {url} (DNAT to the VIP): {name} saw {ip}");
+    show(ctl, api, &["lb", "status", "web"]);
 }
 
 fn step(what: &str) {
