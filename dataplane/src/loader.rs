@@ -127,6 +127,14 @@ impl Dataplane {
         let link_path = self.pin_dir.as_ref().map(|d| link_pin_path(d, iface));
         let prog = self.program_mut(role.program())?;
         if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
+            if !pinned_link_is_on(path, iface)? {
+                // Its device is gone (re-created while no daemon ran): the link went
+                // with it, and its pin is only a name now.
+                log::info!("{iface}: its pinned link is on a device that is gone; attaching anew");
+                fs::remove_file(path)
+                    .with_context(|| format!("removing stale link pin {}", path.display()))?;
+                return self.attach(iface, role, mode);
+            }
             let pinned = PinnedLink::from_pin(path)
                 .with_context(|| format!("opening pinned link {}", path.display()))?;
             let link = FdLink::from(pinned).try_into()?;
@@ -147,6 +155,40 @@ impl Dataplane {
         }
         Ok(Attached::New)
     }
+}
+
+/// Whether the XDP link pinned at `path` is attached to the interface now named `iface`
+/// (a link outlives the device it was attached to only as a pin: the kernel reports
+/// ifindex 0 for it then).
+fn pinned_link_is_on(path: &Path, iface: &str) -> Result<bool> {
+    use crate::lab::xdp::{bpf, put_u32, put_u64};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let name = std::ffi::CString::new(iface)?;
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let pin = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u8; 16];
+    put_u64(&mut attr, 0, pin.as_ptr() as u64);
+    let fd = bpf(
+        BPF_OBJ_GET,
+        &mut attr,
+        &format!("opening {}", path.display()),
+    )?;
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // `struct bpf_link_info`: type, id, prog_id, then (8-aligned) the XDP ifindex.
+    let mut info = [0u8; 64];
+    let mut attr = [0u8; 16];
+    put_u32(&mut attr, 0, fd.as_raw_fd() as u32);
+    put_u32(&mut attr, 4, info.len() as u32);
+    put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
+    bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        &mut attr,
+        "reading the pinned link's info",
+    )?;
+    let linked = u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes"));
+    Ok(ifindex != 0 && linked == ifindex)
 }
 
 /// Where the link for `iface` is pinned.

@@ -111,6 +111,8 @@ struct Applied {
     routes_only_ok: bool,
     /// The interfaces that round looked up.
     ifs: SystemInterfaces,
+    /// The health checks were seeded from the maps (first apply).
+    lb_seeded: bool,
 }
 
 impl Agent {
@@ -266,12 +268,17 @@ impl Agent {
         let nat_done = nat_apply::apply(&mut dp, &nat_want).context("writing the NAT maps")?;
         // After the VPC maps too: a VIP's listener goes live once its backends' endpoints
         // exist (and when a VIP goes, its endpoint is gone before its listener).
-        let lb_done = self
-            .lb
-            .lock()
-            .expect("lb state")
+        let mut lb = self.lb.lock().expect("lb state");
+        if !applied.lb_seeded {
+            // A restarted agent keeps what its predecessor found down (`lb::health`).
+            let pinned = |slot| lb_apply::pinned_backend(&dp, slot);
+            lb.seed_health(self.checks.seed(pinned));
+            applied.lb_seeded = true;
+        }
+        let lb_done = lb
             .set_tables(&mut dp, &tables.lb)
             .context("writing the LB maps")?;
+        drop(lb);
         let sg_after = sg_apply::execute(&mut *dp, &after, &sg)
             .context("removing unused security-group entries")?;
 

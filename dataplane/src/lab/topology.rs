@@ -450,6 +450,14 @@ impl<'lab> TopologyLab<'lab> {
         &self.hosts
     }
 
+    /// [`TopologyLab::host`], to stop or restart its daemon.
+    pub fn host_mut(&mut self, name: &str) -> Result<&mut LabHost<'lab>> {
+        self.hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .with_context(|| format!("no host {name:?} in this lab"))
+    }
+
     pub fn host(&self, name: &str) -> Result<&LabHost<'lab>> {
         self.hosts
             .iter()

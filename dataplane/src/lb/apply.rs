@@ -329,6 +329,12 @@ impl LbState {
         &self.health
     }
 
+    /// Verdicts to start from, written with the next tables (an agent's first apply: see
+    /// `health::Checks::seed`).
+    pub fn seed_health(&mut self, health: BTreeMap<u32, bool>) {
+        self.health = health;
+    }
+
     /// New tables from the controller (the agent, after the VPC maps).
     pub fn set_tables(&mut self, dp: &mut Dataplane, t: &LbTables) -> Result<LbApplied> {
         if self.tables != *t {
@@ -534,6 +540,12 @@ fn used_table_slots(map: &Map) -> Result<Vec<u32>> {
     Ok((0..outer.len())
         .filter(|s| outer.get(s, 0).is_ok())
         .collect())
+}
+
+/// Backend slot `slot` as the maps hold it (`None` if unreadable).
+pub fn pinned_backend(dp: &Dataplane, slot: u32) -> Option<Backend> {
+    let a: Array<&MapData, Backend> = Array::try_from(dp.map(maps::BACKENDS).ok()?).ok()?;
+    a.get(&slot, 0).ok()
 }
 
 /// Active connections on this host per backend slot (`SLUICE_LB_ACTIVE`, kept by the

@@ -323,6 +323,12 @@ fn configure_far_end(port: &CheckPortRow) -> Result<OwnedFd> {
         .collect::<Vec<_>>()
         .join(":");
     cmd::ip(&["link", "set", "lo", "up"])?;
+    // IPv4 only, as the overlay: no IPv6 chatter for `xdp_vm` to drop. /proc/sys/net is
+    // the namespace of the thread that opens it: this one.
+    let ipv6 = format!("/proc/sys/net/ipv6/conf/{peer}/disable_ipv6");
+    if let Err(e) = std::fs::write(&ipv6, "1") {
+        log::debug!("health-check port {peer}: {ipv6}: {e}");
+    }
     cmd::ip(&["link", "set", &peer, "address", &mac])?;
     let ip = Ipv4Addr::from(port.ip);
     cmd::ip(&["addr", "add", &format!("{ip}/32"), "dev", &peer])?;
@@ -525,6 +531,39 @@ impl HealthChecker {
         Ok(())
     }
 
+    /// Seeds the health of targets not checked yet from what the maps hold (`pinned`: a
+    /// backend slot's entry as the previous agent left it): a backend whose slot still
+    /// holds its address and port but is not usable was unhealthy then, and stays so
+    /// until `healthy_threshold` checks pass, so an agent restart never puts a dead
+    /// backend back into the tables. The verdicts to start from.
+    pub fn seed(
+        &self,
+        pinned: impl Fn(u32) -> Option<sluice_common::lb::Backend>,
+    ) -> BTreeMap<u32, bool> {
+        let mut s = self.shared.lock().expect("health");
+        let targets: Vec<Target> = s.targets.values().cloned().collect();
+        for t in targets {
+            if s.view.contains_key(&t.backend) {
+                continue;
+            }
+            let Some(b) = pinned(t.backend) else {
+                continue;
+            };
+            let same = b.ip == t.addr.ip().octets() && u16::from_be_bytes(b.port) == t.port;
+            if same && b.flags & sluice_common::lb::BACKEND_USABLE == 0 {
+                s.view.insert(
+                    t.backend,
+                    BackendHealth {
+                        health: Health::Unhealthy,
+                        failures: t.unhealthy_threshold,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        verdicts(&s.view)
+    }
+
     /// Records a result: the backend's new health when a threshold was crossed.
     pub fn record(shared: &Mutex<Shared>, target: &Target, r: CheckResult) -> Option<Health> {
         let mut s = shared.lock().expect("health");
@@ -563,6 +602,14 @@ impl Default for Checks {
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Checks {
+    /// [`HealthChecker::seed`].
+    pub fn seed(
+        &self,
+        pinned: impl Fn(u32) -> Option<sluice_common::lb::Backend>,
+    ) -> BTreeMap<u32, bool> {
+        self.checker.lock().expect("checker").seed(pinned)
+    }
+
     /// Makes the probers and targets match `t` (before the interfaces are resolved, so
     /// new health-check ports exist by then). A prober that cannot start is logged and
     /// retried at the next apply; it never fails the apply.
@@ -796,6 +843,61 @@ mod tests {
         assert_eq!(h.record(result(true), 2, 3), None);
         assert_eq!(h.record(result(true), 2, 3), Some(Health::Healthy));
         assert_eq!(h.transitions, 2);
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_a_backend_the_maps_hold_unusable_down() {
+        use sluice_common::lb::{Backend, BACKEND_USABLE};
+        let (checker, _rx) = HealthChecker::new();
+        let target = |slot: u32, ip: [u8; 4]| Target {
+            vni: 1,
+            backend: slot,
+            listener: "lbl-1".into(),
+            port: 8080,
+            addr: SocketAddrV4::new(Ipv4Addr::from(ip), 8080),
+            kind: CheckKind::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        };
+        {
+            let mut s = checker.shared.lock().unwrap();
+            for t in [
+                target(1, [10, 0, 0, 1]),
+                target(2, [10, 0, 0, 2]),
+                target(3, [10, 0, 0, 3]),
+            ] {
+                s.targets.insert(t.backend, t);
+            }
+        }
+        let backend = |ip: [u8; 4], flags| Backend {
+            ip,
+            port: 8080u16.to_be_bytes(),
+            weight: 1,
+            flags,
+        };
+        let pinned = |slot: u32| match slot {
+            1 => Some(backend([10, 0, 0, 1], 0)),
+            2 => Some(backend([10, 0, 0, 2], BACKEND_USABLE)),
+            // The slot now holds another backend: nothing to learn from it.
+            3 => Some(backend([10, 9, 9, 9], 0)),
+            _ => None,
+        };
+        assert_eq!(checker.seed(pinned), BTreeMap::from([(1, false)]));
+        let view = checker.shared.lock().unwrap().view.clone();
+        let h = &view[&1];
+        assert_eq!(h.health, Health::Unhealthy);
+        // Two passing checks bring it back, as for any unhealthy backend.
+        let mut h = h.clone();
+        let ok = CheckResult {
+            ok: true,
+            latency_ms: 1.0,
+            detail: String::new(),
+            at: 0,
+        };
+        assert_eq!(h.record(ok.clone(), 2, 3), None);
+        assert_eq!(h.record(ok, 2, 3), Some(Health::Healthy));
     }
 
     #[test]
