@@ -26,9 +26,14 @@ enum Mode {
     /// Short TCP connections from a VM to the lab's Internet, through Sluice's NAT gateway
     /// against the kernel's nftables masquerade (needs root, nft).
     Nat(E2eArgs),
+    /// Short TCP connections from a VM to a load balancer's VIP over three backend VMs,
+    /// through Sluice's load balancer against the kernel's nftables numgen DNAT (needs
+    /// root, nft).
+    Lb(E2eArgs),
     /// Control-plane latency and scale with a real sluiced in a lab namespace (needs root).
     Control(ControlArgs),
-    /// Every mode: micro with these options, then e2e, nat and control (with --quick if given).
+    /// Every mode: micro with these options, then e2e, nat, lb and control (with --quick if
+    /// given).
     All(MicroArgs),
 }
 
@@ -55,7 +60,7 @@ struct MicroArgs {
     out: PathBuf,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct E2eArgs {
     /// One round of short tests (0.3 s, 300 pings, 1 s of iperf3): proves it works.
     #[arg(long)]
@@ -115,42 +120,35 @@ fn main() -> ExitCode {
         Mode::Micro(args) => run_micro(&args),
         Mode::E2e(args) => run_e2e(&args),
         Mode::Nat(args) => run_nat(&args),
+        Mode::Lb(args) => run_lb(&args),
         Mode::Control(args) => run_control(&args),
-        Mode::All(args) => run_micro(&args)
-            .and_then(|()| {
-                run_e2e(&E2eArgs {
-                    quick: args.quick,
-                    runs: None,
-                    secs: None,
-                    sender_cpu: e2e::Params::DEFAULT_SENDER_CPU,
-                    receiver_cpu: e2e::Params::DEFAULT_RECEIVER_CPU,
-                    sluiced: None,
-                    out: args.out.clone(),
+        Mode::All(args) => {
+            let end_to_end = E2eArgs {
+                quick: args.quick,
+                runs: None,
+                secs: None,
+                sender_cpu: e2e::Params::DEFAULT_SENDER_CPU,
+                receiver_cpu: e2e::Params::DEFAULT_RECEIVER_CPU,
+                sluiced: None,
+                out: args.out.clone(),
+            };
+            run_micro(&args)
+                .and_then(|()| run_e2e(&end_to_end))
+                .and_then(|()| run_nat(&end_to_end))
+                .and_then(|()| run_lb(&end_to_end))
+                .and_then(|()| {
+                    run_control(&ControlArgs {
+                        quick: args.quick,
+                        changes: None,
+                        vpcs: None,
+                        routes: None,
+                        runs: None,
+                        scale_changes: None,
+                        sluiced: None,
+                        out: args.out.clone(),
+                    })
                 })
-            })
-            .and_then(|()| {
-                run_nat(&E2eArgs {
-                    quick: args.quick,
-                    runs: None,
-                    secs: None,
-                    sender_cpu: e2e::Params::DEFAULT_SENDER_CPU,
-                    receiver_cpu: e2e::Params::DEFAULT_RECEIVER_CPU,
-                    sluiced: None,
-                    out: args.out.clone(),
-                })
-            })
-            .and_then(|()| {
-                run_control(&ControlArgs {
-                    quick: args.quick,
-                    changes: None,
-                    vpcs: None,
-                    routes: None,
-                    runs: None,
-                    scale_changes: None,
-                    sluiced: None,
-                    out: args.out.clone(),
-                })
-            }),
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -178,7 +176,7 @@ fn run_micro(args: &MicroArgs) -> Result<()> {
     Ok(())
 }
 
-/// The parameters of `e2e` and `nat` (they share their options).
+/// The parameters of `e2e`, `nat` and `lb` (they share their options).
 fn e2e_params(args: &E2eArgs) -> Result<e2e::Params> {
     e2e::Params::new(
         args.quick,
@@ -228,6 +226,26 @@ fn run_nat(args: &E2eArgs) -> Result<()> {
     print!("{}", report::nat_markdown(&result));
     eprintln!(
         "sluice-bench nat: wrote nat.json, nat.svg and summary.md's nat section to {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn run_lb(args: &E2eArgs) -> Result<()> {
+    let params = e2e_params(args)?;
+    eprintln!(
+        "sluice-bench lb: {} rounds, connections {} s; client on CPU {}, servers on CPU {}; sluiced {}",
+        params.runs,
+        params.crr_secs,
+        params.sender_cpu,
+        params.receiver_cpu,
+        params.sluiced.display()
+    );
+    let result = e2e::lb::run(&params, |step| eprintln!("lb: {step}"))?;
+    report::write_lb(&result, &args.out)?;
+    print!("{}", report::lb_markdown(&result));
+    eprintln!(
+        "sluice-bench lb: wrote lb.json, lb.svg and summary.md's lb section to {}",
         args.out.display()
     );
     Ok(())

@@ -15,7 +15,7 @@ use plotters::{
 
 use crate::{
     control::{self, ControlReport, Dist, StepResult},
-    e2e::{labs::Dataplane, nat::NatReport, Compared, E2eReport},
+    e2e::{labs::Dataplane, lb::LbReport, nat::NatReport, Compared, E2eReport, RunInfo},
     machine::Machine,
     micro::{MicroReport, PathResult},
     stats::Summary,
@@ -551,6 +551,22 @@ fn run_header(h: &RunHeader) -> String {
     s
 }
 
+/// [`run_header`] of an end-to-end mode's run, and its load average at the end.
+fn e2e_run_header(r: &RunInfo, bench_debug_note: &str) -> String {
+    let mut s = run_header(&RunHeader {
+        mode: &r.mode,
+        date_utc: &r.date_utc,
+        git_commit: r.git_commit.as_deref(),
+        machine: &r.machine,
+        sluiced: &r.params.sluiced,
+        sluiced_debug_build: r.sluiced_debug_build,
+        bench_debug_build: r.bench_debug_build,
+        bench_debug_note,
+    });
+    let _ = writeln!(s, "- load average at the end: {}", r.loadavg_at_end);
+    s
+}
+
 /// The control section of summary.md (also printed by the mode).
 pub fn control_markdown(r: &ControlReport) -> String {
     let p = &r.params;
@@ -906,18 +922,11 @@ pub fn write_nat(report: &NatReport, out_dir: &Path) -> Result<()> {
 
 /// The nat section of summary.md (also printed by the mode).
 pub fn nat_markdown(r: &NatReport) -> String {
-    let p = &r.params;
-    let mut s = run_header(&RunHeader {
-        mode: "nat",
-        date_utc: &r.date_utc,
-        git_commit: r.git_commit.as_deref(),
-        machine: &r.machine,
-        sluiced: &p.sluiced,
-        sluiced_debug_build: r.sluiced_debug_build,
-        bench_debug_build: r.bench_debug_build,
-        bench_debug_note: "its client and server threads are slower: not for publishing",
-    });
-    let _ = writeln!(s, "- load average at the end: {}", r.loadavg_at_end);
+    let p = &r.run.params;
+    let mut s = e2e_run_header(
+        &r.run,
+        "its client and server threads are slower: not for publishing",
+    );
     let _ = writeln!(
         s,
         "- {} round(s){}: short connections {} s per test, VM to the lab's Internet through Sluice's NAT gateway (SNAT EIP {}) and through nftables masquerade; client pinned to CPU {}, server to CPU {}; labs {}",
@@ -927,33 +936,16 @@ pub fn nat_markdown(r: &NatReport) -> String {
         r.eip,
         p.sender_cpu,
         p.receiver_cpu,
-        r.labs.join(", ")
+        r.run.labs.join(", ")
     );
     let _ = writeln!(
         s,
         "\n## Through NAT: Sluice against nftables masquerade (median, min–max over rounds)\n"
     );
-    s.push_str("| test | unit | Sluice | kernel | Sluice ÷ kernel |\n|---|---|--:|--:|--:|\n");
-    for c in &r.comparisons {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} |",
-            c.metric,
-            c.unit,
-            spread(&c.sluice),
-            spread(&c.kernel),
-            c.ratio.as_ref().map_or("n/a".into(), spread),
-        );
-    }
+    s.push_str(&comparison_table(&r.comparisons));
     let _ = writeln!(s, "\n## Per round\n");
     s.push_str("| round | dataplane | server ports | connections/s | connections | failed | translated out | translated in | client retransmits | server PAWS rejects | drops |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
     for c in &r.crr {
-        let drops: Vec<String> = c
-            .counters
-            .drop_reasons
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
@@ -967,11 +959,7 @@ pub fn nat_markdown(r: &NatReport) -> String {
             c.counters.translated_in,
             c.counters.client_retransmits,
             c.counters.server_paws_rejected,
-            if drops.is_empty() {
-                "none".into()
-            } else {
-                drops.join(", ")
-            }
+            drops_cell(&c.counters.drop_reasons)
         );
     }
     let _ = writeln!(
@@ -981,31 +969,83 @@ pub fn nat_markdown(r: &NatReport) -> String {
     s
 }
 
+/// Drop counts by reason for a table cell (`none` when there are none).
+fn drops_cell(drops: &std::collections::BTreeMap<String, u64>) -> String {
+    if drops.is_empty() {
+        return "none".into();
+    }
+    let v: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    v.join(", ")
+}
+
+/// The comparisons as a Markdown table: median (min–max) for each side and the ratio.
+fn comparison_table(comparisons: &[Compared]) -> String {
+    let mut s = String::from(
+        "| test | unit | Sluice | kernel | Sluice ÷ kernel |\n|---|---|--:|--:|--:|\n",
+    );
+    for c in comparisons {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            c.metric,
+            c.unit,
+            spread(&c.sluice),
+            spread(&c.kernel),
+            c.ratio.as_ref().map_or("n/a".into(), spread),
+        );
+    }
+    s
+}
+
+/// `Sluice ÷ kernel <median>` for a chart title.
+fn ratio_title(c: &Compared) -> String {
+    match &c.ratio {
+        Some(v) => format!("Sluice ÷ kernel {:.2}", v.median),
+        None => "no ratio".into(),
+    }
+}
+
+/// A chart of `size` with a two-line header (what, then the machine and date); returns the
+/// area below the header.
+fn chart_with_header<'a>(
+    out: &'a Path,
+    size: (u32, u32),
+    what: &str,
+    machine: &Machine,
+    date_utc: &str,
+    font_size: u32,
+) -> Result<DrawingArea<SVGBackend<'a>, plotters::coord::Shift>> {
+    let root = SVGBackend::new(out, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(56);
+    let second = format!(
+        "{} ({} CPUs), kernel {}; {date_utc}",
+        machine.cpu_model, machine.nproc, machine.kernel_release
+    );
+    for (i, line) in [what, &second].iter().enumerate() {
+        top.draw(&Text::new(
+            line.to_string(),
+            (14, 10 + 22 * i as i32),
+            ("sans-serif", font_size).into_font(),
+        ))?;
+    }
+    Ok(body)
+}
+
 /// One panel: connections per second through each NAT.
 fn nat_chart_svg(r: &NatReport, out: &Path) -> Result<()> {
     ensure!(r.comparisons.len() == 2, "expected two NAT comparisons");
-    let root = SVGBackend::new(out, (1000, 460)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (top, body) = root.split_vertically(56);
-    for (i, line) in [
-        format!(
+    let body = chart_with_header(
+        out,
+        (1000, 460),
+        &format!(
             "sluice-bench nat: median of {} round(s), whiskers min–max",
-            r.params.runs
+            r.run.params.runs
         ),
-        format!(
-            "{} ({} CPUs), kernel {}; {}",
-            r.machine.cpu_model, r.machine.nproc, r.machine.kernel_release, r.date_utc
-        ),
-    ]
-    .iter()
-    .enumerate()
-    {
-        top.draw(&Text::new(
-            line.clone(),
-            (14, 10 + 22 * i as i32),
-            ("sans-serif", 14).into_font(),
-        ))?;
-    }
+        &r.run.machine,
+        &r.run.date_utc,
+        14,
+    )?;
     let panels = body.split_evenly((1, 2));
     for ((c, title), panel) in r
         .comparisons
@@ -1013,19 +1053,109 @@ fn nat_chart_svg(r: &NatReport, out: &Path) -> Result<()> {
         .zip(["one server port", "64 server ports"])
         .zip(panels.iter())
     {
-        let ratio = match &c.ratio {
-            Some(v) => format!("Sluice ÷ kernel {:.2}", v.median),
-            None => "no ratio".into(),
-        };
         e2e_panel(
             panel,
-            &format!("connections/s through NAT, {title} ({ratio})"),
+            &format!("connections/s through NAT, {title} ({})", ratio_title(c)),
             "connections/s",
             &[("SNAT vs masquerade", c)],
             false,
         )?;
     }
-    root.present()?;
+    body.present()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// lb (end to end)
+// ---------------------------------------------------------------------------------------
+
+/// Writes `lb.json`, `lb.svg` and the lb section of `summary.md`.
+pub fn write_lb(report: &LbReport, out_dir: &Path) -> Result<()> {
+    write_mode(out_dir, "lb", report, &lb_markdown(report), |svg| {
+        lb_chart_svg(report, svg)
+    })
+}
+
+/// The lb section of summary.md (also printed by the mode).
+pub fn lb_markdown(r: &LbReport) -> String {
+    let p = &r.run.params;
+    let mut s = e2e_run_header(
+        &r.run,
+        "its client and server threads are slower: not for publishing",
+    );
+    let _ = writeln!(
+        s,
+        "- {} round(s){}: short connections {} s per test, a VM to VIP {} in front of {} backend VMs on the same host ({}), through Sluice's load balancer ({}) and through nftables DNAT with `numgen inc`; client pinned to CPU {}, servers to CPU {}; labs {}",
+        p.runs,
+        if p.quick { " (--quick)" } else { "" },
+        p.crr_secs,
+        r.vip,
+        r.backends.len(),
+        r.backends.join(", "),
+        r.scheduler,
+        p.sender_cpu,
+        p.receiver_cpu,
+        r.run.labs.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "\n## Through a VIP: Sluice against nftables numgen DNAT (median, min–max over rounds)\n"
+    );
+    s.push_str(&comparison_table(&r.comparisons));
+    let _ = writeln!(s, "\n## Per round\n");
+    s.push_str("| round | dataplane | connections/s | connections | failed | answered per backend | DNAT rule matched | client retransmits | drops |\n|--:|---|--:|--:|--:|---|--:|--:|---|\n");
+    for c in &r.crr {
+        let served: Vec<String> = c.served.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            c.run,
+            c.dataplane.name(),
+            c.per_second,
+            c.connections,
+            c.failures,
+            served.join(" / "),
+            c.counters
+                .dnat_matched
+                .map_or("n/a".into(), |n| n.to_string()),
+            c.counters.client_retransmits,
+            drops_cell(&c.counters.drop_reasons)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nAnswered per backend: connections each backend's server answered, all from the client's own address (checked). DNAT rule matched: the kernel's rule counter (first packet of each connection; replies are translated by conntrack without a rule)."
+    );
+    s
+}
+
+/// One panel: connections per second through the VIP.
+fn lb_chart_svg(r: &LbReport, out: &Path) -> Result<()> {
+    ensure!(r.comparisons.len() == 1, "expected one LB comparison");
+    let c = &r.comparisons[0];
+    let body = chart_with_header(
+        out,
+        (700, 460),
+        &format!(
+            "sluice-bench lb: median of {} round(s), whiskers min–max",
+            r.run.params.runs
+        ),
+        &r.run.machine,
+        &r.run.date_utc,
+        14,
+    )?;
+    e2e_panel(
+        &body,
+        &format!(
+            "connections/s through a VIP, {} backends ({})",
+            r.backends.len(),
+            ratio_title(c)
+        ),
+        "connections/s",
+        &[(&format!("{} vs numgen DNAT", r.scheduler), c)],
+        false,
+    )?;
+    body.present()?;
     Ok(())
 }
 
@@ -1049,19 +1179,11 @@ fn spread(s: &Summary) -> String {
 
 /// The e2e section of summary.md (also printed by the mode).
 pub fn e2e_markdown(r: &E2eReport) -> String {
-    let p = &r.params;
-    let mut s = run_header(&RunHeader {
-        mode: "e2e",
-        date_utc: &r.date_utc,
-        git_commit: r.git_commit.as_deref(),
-        machine: &r.machine,
-        sluiced: &p.sluiced,
-        sluiced_debug_build: r.sluiced_debug_build,
-        bench_debug_build: r.bench_debug_build,
-        bench_debug_note:
-            "its own threads, generator and receivers, are slower: not for publishing",
-    });
-    let _ = writeln!(s, "- load average at the end: {}", r.loadavg_at_end);
+    let p = &r.run.params;
+    let mut s = e2e_run_header(
+        &r.run,
+        "its own threads, generator and receivers, are slower: not for publishing",
+    );
     let _ = writeln!(
         s,
         "- {} round(s){}: UDP {} s, {} pings, iperf3 {} s, short connections {} s per test; senders pinned to CPU {}, receivers to CPU {}; VNI {}; labs {}",
@@ -1074,7 +1196,7 @@ pub fn e2e_markdown(r: &E2eReport) -> String {
         p.sender_cpu,
         p.receiver_cpu,
         r.vni,
-        r.labs.join(", ")
+        r.run.labs.join(", ")
     );
     let _ = writeln!(
         s,
@@ -1346,16 +1468,16 @@ fn e2e_chart_svg(r: &E2eReport, out: &Path) -> Result<()> {
     for (i, line) in [
         format!(
             "sluice-bench e2e: Sluice against the kernel's bridge + VXLAN, VM to VM across two hosts; median of {} round(s), whiskers min–max",
-            r.params.runs
+            r.run.params.runs
         ),
         format!(
             "{} ({} CPUs), kernel {}; senders pinned to CPU {}, receivers to CPU {}; {}",
-            r.machine.cpu_model,
-            r.machine.nproc,
-            r.machine.kernel_release,
-            r.params.sender_cpu,
-            r.params.receiver_cpu,
-            r.date_utc
+            r.run.machine.cpu_model,
+            r.run.machine.nproc,
+            r.run.machine.kernel_release,
+            r.run.params.sender_cpu,
+            r.run.params.receiver_cpu,
+            r.run.date_utc
         ),
     ]
     .iter()
@@ -1368,10 +1490,7 @@ fn e2e_chart_svg(r: &E2eReport, out: &Path) -> Result<()> {
         ))?;
     }
     let panels = body.split_evenly((2, 2));
-    let ratio = |c: &Compared| match &c.ratio {
-        Some(r) => format!("Sluice ÷ kernel {:.2}", r.median),
-        None => "no ratio".into(),
-    };
+    let ratio = ratio_title;
     let (sent, arrived, recv) = (
         find("UDP sent")?,
         find("UDP arrived at rx NIC")?,
@@ -1479,11 +1598,9 @@ mod e2e_tests {
         }
     }
 
-    pub fn sample() -> E2eReport {
-        let dp = [Dataplane::Sluice, Dataplane::Kernel];
-        let text = String::from("text");
-        E2eReport {
-            mode: "e2e".into(),
+    pub fn run_info(mode: &str) -> RunInfo {
+        RunInfo {
+            mode: mode.into(),
             date_utc: "2026-12-03T00:00:00Z".into(),
             git_commit: Some("abc".into()),
             machine: crate::machine::Machine::collect(),
@@ -1502,6 +1619,16 @@ mod e2e_tests {
             },
             bench_debug_build: false,
             sluiced_debug_build: false,
+            labs: vec!["sl0001".into(), "sl0002".into()],
+            leftover_namespaces: vec![],
+        }
+    }
+
+    pub fn sample() -> E2eReport {
+        let dp = [Dataplane::Sluice, Dataplane::Kernel];
+        let text = String::from("text");
+        E2eReport {
+            run: run_info("e2e"),
             method: Method {
                 topology: text.clone(),
                 generator: text.clone(),
@@ -1512,8 +1639,6 @@ mod e2e_tests {
                 cpus: text.clone(),
                 rounds: text,
             },
-            labs: vec!["sl0001".into(), "sl0002".into()],
-            leftover_namespaces: vec![],
             vni: 1,
             comparisons: vec![
                 compared("UDP sent", "Mpps", 1.2, 0.4),
@@ -1617,6 +1742,78 @@ mod e2e_tests {
         write_e2e(&r, &dir).unwrap();
         let md = fs::read_to_string(dir.join("summary.md")).unwrap();
         assert_eq!(md.matches("e2e: begin").count(), 1);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn lb_files_are_written_with_the_per_backend_counts() {
+        use crate::e2e::{
+            lb::{LbCounters, LbCrrRun},
+            CrrMethod,
+        };
+        let dir = std::env::temp_dir().join(format!("sluice-lb-report-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let text = String::from("text");
+        let crr = |dataplane, served: Vec<u64>, dnat_matched| LbCrrRun {
+            run: 0,
+            dataplane,
+            connections: served.iter().sum(),
+            failures: 0,
+            secs: 1.0,
+            per_second: served.iter().sum::<u64>() as f64,
+            served,
+            foreign_peers: 0,
+            counters: LbCounters {
+                dnat_matched,
+                ..LbCounters::default()
+            },
+        };
+        let r = LbReport {
+            run: run_info("lb"),
+            method: CrrMethod {
+                topology: text.clone(),
+                crr: text.clone(),
+                cpus: text.clone(),
+                rounds: text,
+            },
+            vip: "10.0.1.100:80".into(),
+            scheduler: "maglev".into(),
+            backends: vec!["10.0.1.21:9002".into(), "10.0.1.22:9002".into()],
+            comparisons: vec![compared(
+                "TCP connections through a VIP",
+                "per s",
+                6000.0,
+                5000.0,
+            )],
+            crr: vec![
+                crr(Dataplane::Sluice, vec![3100, 2900], None),
+                crr(Dataplane::Kernel, vec![2500, 2500], Some(5000)),
+            ],
+        };
+        write_lb(&r, &dir).unwrap();
+        let back: LbReport =
+            serde_json::from_str(&fs::read_to_string(dir.join("lb.json")).unwrap()).unwrap();
+        assert_eq!(back.crr, r.crr);
+        assert_eq!(back.run.labs, r.run.labs);
+        let md = fs::read_to_string(dir.join("summary.md")).unwrap();
+        assert!(md.contains("<!-- sluice-bench lb: begin -->"), "{md}");
+        assert!(
+            md.contains("| TCP connections through a VIP | per s | 6000 (5400–6600) | 5000 (4500–5500) | 1.20 (1.08–1.32) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 0 | sluice | 6000 | 6000 | 0 | 3100 / 2900 | n/a | 0 | none |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 0 | kernel | 5000 | 5000 | 0 | 2500 / 2500 | 5000 | 0 | none |"),
+            "{md}"
+        );
+        let svg = fs::read_to_string(dir.join("lb.svg")).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("Sluice ÷ kernel 1.20"),
+            "not the chart"
+        );
         fs::remove_dir_all(&dir).ok();
     }
 }

@@ -56,6 +56,12 @@ const EXPECTED_NAT: [(&str, &str, &str); 8] = [
     ("snat_exhausted_drop", "drop_nat_ports_exhausted", "fresh"),
 ];
 
+/// The load balancer paths with their reason and method kind.
+const EXPECTED_LB: [(&str, &str, &str); 2] = [
+    ("lb_new_flow", "fwd_local", "new_flows"),
+    ("lb_established", "fwd_local", "fresh"),
+];
+
 /// The VPC paths, each measured at both scales (`@10`, `@100k`), with their reason and
 /// method kind.
 const EXPECTED_VPC: [(&str, &str, &str); 9] = [
@@ -120,7 +126,7 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         assert_eq!(find(name)["method"]["kind"], method, "{name}");
         expected.push((name.to_string(), Some("fwd_local".into())));
     }
-    for (name, reason, method) in EXPECTED_NAT {
+    for &(name, reason, method) in EXPECTED_NAT.iter().chain(&EXPECTED_LB) {
         assert_eq!(find(name)["method"]["kind"], method, "{name}");
         expected.push((name.to_string(), Some(reason.to_string())));
     }
@@ -242,6 +248,40 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// Both labs of an end-to-end report were torn down: none of their namespaces is left.
+fn assert_labs_gone(r: &Value) {
+    let labs: Vec<&str> = r["labs"]
+        .as_array()
+        .expect("labs")
+        .iter()
+        .map(|l| l.as_str().expect("lab name"))
+        .collect();
+    assert_eq!(labs.len(), 2);
+    assert_eq!(r["leftover_namespaces"].as_array().map(Vec::len), Some(0));
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    for lab in labs {
+        assert!(
+            !netns.contains(&format!("{lab}-")),
+            "namespaces of lab {lab} left:\n{netns}"
+        );
+    }
+}
+
+/// `mode` wrote its section of summary.md, keeping the other mode's, and its chart; then
+/// the output directory goes.
+fn assert_section_and_chart(out: &std::path::Path, mode: &str) {
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.starts_with(support::FOREIGN_SUMMARY), "{summary}");
+    assert!(
+        summary.contains(&format!("<!-- sluice-bench {mode}: begin -->")),
+        "{summary}"
+    );
+    let svg = std::fs::read_to_string(out.join(format!("{mode}.svg"))).unwrap();
+    assert!(svg.starts_with("<svg"), "not an SVG");
+    std::fs::remove_dir_all(out).ok();
+}
+
 /// A Summary over rounds: min ≤ median ≤ max.
 fn check_summary(s: &Value, what: &str) {
     let (min, med, max) = (
@@ -280,23 +320,7 @@ fn e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace() {
     assert_ne!(p["sender_cpu"], p["receiver_cpu"]);
     assert!(r["machine"]["kernel_release"].as_str().is_some());
 
-    // Both labs were torn down: none of their namespaces is left.
-    let labs: Vec<String> = r["labs"]
-        .as_array()
-        .expect("labs")
-        .iter()
-        .map(|l| l.as_str().expect("lab name").to_string())
-        .collect();
-    assert_eq!(labs.len(), 2);
-    assert_eq!(r["leftover_namespaces"].as_array().map(Vec::len), Some(0));
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let netns = String::from_utf8_lossy(&netns.stdout);
-    for lab in &labs {
-        assert!(
-            !netns.contains(&format!("{lab}-")),
-            "namespaces of lab {lab} left:\n{netns}"
-        );
-    }
+    assert_labs_gone(&r);
 
     let comparisons = r["comparisons"].as_array().expect("comparisons");
     for metric in E2E_METRICS {
@@ -423,16 +447,7 @@ fn nat_quick_compares_connections_through_both_nats_and_leaves_no_namespace() {
     assert_eq!(r["mode"], "nat");
     assert_eq!(r["params"]["quick"], true);
     let rounds = r["params"]["runs"].as_u64().expect("runs");
-    assert_eq!(r["leftover_namespaces"].as_array().map(Vec::len), Some(0));
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let netns = String::from_utf8_lossy(&netns.stdout);
-    for lab in r["labs"].as_array().expect("labs") {
-        let lab = lab.as_str().unwrap();
-        assert!(
-            !netns.contains(&format!("{lab}-")),
-            "lab {lab} left:\n{netns}"
-        );
-    }
+    assert_labs_gone(&r);
     // Sluice's VM left from an EIP of the lab's pool.
     assert!(
         r["eip"]
@@ -480,13 +495,59 @@ fn nat_quick_compares_connections_through_both_nats_and_leaves_no_namespace() {
             }
         }
     }
-    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(summary.starts_with(support::FOREIGN_SUMMARY), "{summary}");
-    assert!(
-        summary.contains("<!-- sluice-bench nat: begin -->"),
-        "{summary}"
-    );
-    let svg = std::fs::read_to_string(out.join("nat.svg")).unwrap();
-    assert!(svg.starts_with("<svg"), "not an SVG");
-    std::fs::remove_dir_all(&out).ok();
+    assert_section_and_chart(&out, "nat");
+}
+
+#[test]
+fn lb_quick_compares_connections_through_both_balancers_and_leaves_no_namespace() {
+    if !support::privileged(
+        "lb_quick_compares_connections_through_both_balancers_and_leaves_no_namespace",
+    ) {
+        return;
+    }
+    let (out, r, _) = support::run_quick(BIN, "lb");
+    assert_eq!(r["mode"], "lb");
+    assert_eq!(r["params"]["quick"], true);
+    let rounds = r["params"]["runs"].as_u64().expect("runs");
+    assert_labs_gone(&r);
+    assert_eq!(r["vip"], "10.0.1.100:80");
+    let backends = r["backends"].as_array().expect("backends").len();
+    assert_eq!(backends, 3);
+
+    let comparisons = r["comparisons"].as_array().expect("comparisons");
+    assert_eq!(comparisons.len(), 1);
+    let c = &comparisons[0];
+    assert_eq!(c["metric"], "TCP connections through a VIP");
+    check_summary(&c["sluice"], "sluice");
+    check_summary(&c["kernel"], "kernel");
+    for dataplane in ["sluice", "kernel"] {
+        let runs: Vec<&Value> = r["crr"]
+            .as_array()
+            .expect("crr")
+            .iter()
+            .filter(|x| x["dataplane"] == dataplane)
+            .collect();
+        assert_eq!(runs.len() as u64, rounds, "{dataplane}: one test per round");
+        for run in runs {
+            // Connections completed, and the backends (bound to their own addresses, so
+            // only translated connections reach them) answered every one, from the
+            // client's own address.
+            let n = support::number(&run["connections"], "connections");
+            assert!(n > 0.0, "{dataplane}: {run}");
+            let served: Vec<f64> = run["served"]
+                .as_array()
+                .expect("served")
+                .iter()
+                .map(|v| support::number(v, "served"))
+                .collect();
+            assert_eq!(served.len(), backends, "{run}");
+            assert!(served.iter().sum::<f64>() >= n, "{dataplane}: {run}");
+            assert_eq!(run["foreign_peers"], 0, "{dataplane}: {run}");
+            if dataplane == "kernel" {
+                let matched = support::number(&run["counters"]["dnat_matched"], "dnat_matched");
+                assert!(matched >= n, "{run}");
+            }
+        }
+    }
+    assert_section_and_chart(&out, "lb");
 }

@@ -66,7 +66,8 @@ impl Dataplane {
 
 pub const HOSTS: [(&str, &str); 2] = [("h1", "172.31.0.1"), ("h2", "172.31.0.2")];
 const UNDERLAY_IF: &str = "ul0";
-const VPC_NAME: &str = "bench";
+/// The VPC of every lab (see [`vpc_yaml`]).
+pub const VPC_NAME: &str = "bench";
 const SUBNET: &str = "10.0.1.0/24";
 const SUBNET_LEN: u8 = 24;
 const GATEWAY: &str = "10.0.1.1";
@@ -511,6 +512,14 @@ pub fn check_vm_offloads(side: &Side) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_masquerade_counter_is_read_from_nft_json() {
+        let text = r#"{"nftables": [{"metainfo": {"version": "1.0.9"}}, {"chain": {"family": "ip", "table": "nat", "name": "postrouting"}}, {"rule": {"family": "ip", "table": "nat", "chain": "postrouting", "handle": 2, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ul0"}}, {"counter": {"packets": 42, "bytes": 2520}}, {"masquerade": null}]}}]}"#;
+        assert_eq!(nft_counter_packets(text).unwrap(), 42);
+        assert!(nft_counter_packets(r#"{"nftables": []}"#).is_err());
+        assert!(nft_counter_packets("not json").is_err());
+    }
 
     #[test]
     fn snmp_fields_are_found_by_name() {

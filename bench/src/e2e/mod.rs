@@ -13,6 +13,7 @@
 
 pub mod generator;
 pub mod labs;
+pub mod lb;
 pub mod nat;
 pub mod netns;
 pub mod traffic;
@@ -204,8 +205,9 @@ pub struct Compared {
     pub ratio: Option<Summary>,
 }
 
+/// What every end-to-end mode's report says about its run (flattened into its JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct E2eReport {
+pub struct RunInfo {
     pub mode: String,
     pub date_utc: String,
     pub git_commit: Option<String>,
@@ -216,18 +218,33 @@ pub struct E2eReport {
     pub params: Params,
     pub bench_debug_build: bool,
     pub sluiced_debug_build: bool,
-    pub method: Method,
     /// The two labs' names: every namespace they made starts with one of them.
     pub labs: Vec<String>,
     /// Namespaces of these labs still present after teardown (always empty: the run fails
     /// otherwise).
     pub leftover_namespaces: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct E2eReport {
+    #[serde(flatten)]
+    pub run: RunInfo,
+    pub method: Method,
     pub vni: u32,
     pub comparisons: Vec<Compared>,
     pub udp: Vec<UdpRun>,
     pub latency: Vec<LatencyRun>,
     pub tcp: Vec<TcpRun>,
     pub crr: Vec<CrrRun>,
+}
+
+/// How a short-connection mode (`nat`, `lb`) measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CrrMethod {
+    pub topology: String,
+    pub crr: String,
+    pub cpus: String,
+    pub rounds: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -423,7 +440,14 @@ macro_rules! round {
         }
     )*};
 }
-round!(UdpRun, LatencyRun, TcpRun, CrrRun);
+round!(
+    UdpRun,
+    LatencyRun,
+    TcpRun,
+    CrrRun,
+    nat::NatCrrRun,
+    lb::LbCrrRun
+);
 
 fn compared<T: Round>(
     metric: &str,
@@ -459,8 +483,9 @@ fn compared<T: Round>(
     })
 }
 
-fn require_tools() -> Result<()> {
-    for tool in ["iperf3", "taskset", "ethtool", "ping"] {
+/// Fails naming the first of `tools` not on the PATH.
+fn require_tools(tools: &[&str]) -> Result<()> {
+    for tool in tools {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
             .unwrap_or(false);
@@ -471,8 +496,15 @@ fn require_tools() -> Result<()> {
     Ok(())
 }
 
-pub fn run(params: &Params, log: impl Fn(&str)) -> Result<E2eReport> {
-    require_tools()?;
+/// Runs `measure` on two fresh labs (Sluice's, the kernel's), then tears both down
+/// whatever happened and checks none of their namespaces is left; returns what it
+/// measured and mode `mode`'s description of the run.
+fn run_in_two_labs<T>(
+    mode: &str,
+    params: &Params,
+    log: &dyn Fn(&str),
+    measure: impl FnOnce(&Lab, &Lab) -> Result<T>,
+) -> Result<(RunInfo, T)> {
     let machine = Machine::collect();
     let date_utc = crate::machine::utc_now();
     let started = Instant::now();
@@ -483,11 +515,10 @@ pub fn run(params: &Params, log: impl Fn(&str)) -> Result<E2eReport> {
         "labs {} (Sluice) and {} (kernel)",
         labs[0], labs[1]
     ));
-    let result = measure(params, &sluice_lab, &kernel_lab, &log);
-    // Tear down whatever happened, then check nothing is left.
+    let result = measure(&sluice_lab, &kernel_lab);
     let closed = [sluice_lab.close(), kernel_lab.close()];
     let leftover = labs::leftover_namespaces(&labs)?;
-    let m = result?;
+    let measured = result?;
     for c in closed {
         c?;
     }
@@ -499,8 +530,8 @@ pub fn run(params: &Params, log: impl Fn(&str)) -> Result<E2eReport> {
         "done in {:.0} s, labs removed",
         started.elapsed().as_secs_f64()
     ));
-    Ok(E2eReport {
-        mode: "e2e".into(),
+    let run = RunInfo {
+        mode: mode.into(),
         date_utc,
         git_commit: crate::machine::git_commit(),
         machine,
@@ -510,9 +541,18 @@ pub fn run(params: &Params, log: impl Fn(&str)) -> Result<E2eReport> {
         params: params.clone(),
         bench_debug_build: cfg!(debug_assertions),
         sluiced_debug_build: crate::control::is_debug_binary(&params.sluiced),
-        method: method(params),
         labs,
         leftover_namespaces: leftover,
+    };
+    Ok((run, measured))
+}
+
+pub fn run(params: &Params, log: impl Fn(&str)) -> Result<E2eReport> {
+    require_tools(&["iperf3", "taskset", "ethtool", "ping"])?;
+    let (run, m) = run_in_two_labs("e2e", params, &log, |s, k| measure(params, s, k, &log))?;
+    Ok(E2eReport {
+        run,
+        method: method(params),
         vni: m.vni,
         comparisons: m.comparisons,
         udp: m.udp,

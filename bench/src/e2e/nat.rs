@@ -25,9 +25,9 @@
 //! Internet has no route to 10.0.1.0/24 in either lab: a connection only completes
 //! translated.
 
-use std::{collections::BTreeMap, net::SocketAddrV4, path::Path, time::Instant};
+use std::{collections::BTreeMap, net::SocketAddrV4, path::Path};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_common::stats::Reason;
@@ -36,24 +36,24 @@ use sluice_dataplane::{
     lab::{
         cmd,
         internet::{INTERNET, PUBLIC_SERVER},
-        overlay::{format_mac, VM_MTU},
-        topology::{topology_from_yaml, VM_IFNAME},
+        topology::topology_from_yaml,
         Lab, TopologyLab,
     },
 };
 
 use super::{
     compared,
-    labs::{snmp_field, Dataplane, TX},
-    traffic, Compared, Params, CRR_PORT,
+    labs::{
+        api_change, drop_reasons, kernel_vm_end, load_nft, nft_rule_counter, snmp_field,
+        tcp_retransmits, tune_for_short_connections, vm, vpc_yaml, Dataplane, TX, VPC_NAME,
+    },
+    require_tools, run_in_two_labs, traffic, Compared, CrrMethod, Params, RunInfo, CRR_PORT,
 };
-use crate::machine::Machine;
 
 const HOST: &str = "h1";
 const HOST_IP: &str = "172.31.0.1";
 const BORDER: &str = "172.31.0.254";
 const UNDERLAY_IF: &str = "ul0";
-const VPC_NAME: &str = "bench";
 const GATEWAY: &str = "10.0.1.1";
 const EIP_POOL: &str = "203.0.113.0/24";
 /// The spread test's server ports: `SPREAD_PORT..SPREAD_PORT + SPREAD_PORTS`.
@@ -113,44 +113,19 @@ pub struct NatCrrRun {
     pub counters: NatCounters,
 }
 
-impl super::Round for NatCrrRun {
-    fn dataplane(&self) -> Dataplane {
-        self.dataplane
-    }
-    fn round(&self) -> u32 {
-        self.run
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NatMethod {
-    pub topology: String,
-    pub crr: String,
-    pub cpus: String,
-    pub rounds: String,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NatReport {
-    pub mode: String,
-    pub date_utc: String,
-    pub git_commit: Option<String>,
-    pub machine: Machine,
-    pub loadavg_at_end: String,
-    pub params: Params,
-    pub bench_debug_build: bool,
-    pub sluiced_debug_build: bool,
-    pub method: NatMethod,
-    pub labs: Vec<String>,
-    pub leftover_namespaces: Vec<String>,
+    #[serde(flatten)]
+    pub run: RunInfo,
+    pub method: CrrMethod,
     /// The SNAT EIP Sluice's VM left from.
     pub eip: String,
     pub comparisons: Vec<Compared>,
     pub crr: Vec<NatCrrRun>,
 }
 
-fn method(p: &Params) -> NatMethod {
-    NatMethod {
+fn method(p: &Params) -> CrrMethod {
+    CrrMethod {
         topology: format!("One host namespace h1 on the lab's fabric bridge (ul0 {HOST_IP}/24, MTU 1500) and the lab's Internet namespace on the same bridge (border router {BORDER}, public server {PUBLIC_SERVER} on its lo, no route to the VPC's 10.0.1.0/24); one VM namespace tx (eth0 10.0.1.10/24, MTU 1450, TX checksum offload off, default route via {GATEWAY}) wired to h1 by a veth pair. Sluice: sluiced on h1 (controller and agent), the topology with public_gateway {BORDER} posted to its API, then an EIP pool {EIP_POOL}, one EIP, a NAT gateway whose SNAT entry covers the VPC with that EIP, and the route 0.0.0.0/0 to it; xdp_vm on the VM's host end, xdp_underlay on ul0, native mode. Kernel: the same namespaces, addresses, MACs and MTUs built by the harness; h1 has 10.0.1.1/24 on the VM's host end (GRO on), net.ipv4.ip_forward=1, default route via {BORDER}, and nftables `table ip nat {{ chain postrouting {{ type nat hook postrouting priority srcnat; oifname \"ul0\" counter masquerade }} }}` (conntrack)."),
         crr: format!("Short TCP connections one after another for {} s: a client thread in tx (CPU {}) connects to {PUBLIC_SERVER}:{CRR_PORT} (test 1) or to {PUBLIC_SERVER}:{SPREAD_PORT}..{} in turn (test 2, one server thread per port), sends 1 byte, reads 1 byte, closes (a connect not answered within 2 s counts as failed); the server threads in the Internet namespace (CPU {}) accept, read, answer, close. tx has net.ipv4.tcp_tw_reuse=1 and ports 1024-65000. Each run checks the servers answered every connection the client counted and the translation counters (Sluice: fwd_nat_out, fwd_nat_in; kernel: the masquerade rule's counter) saw at least one packet per connection.", p.crr_secs, p.sender_cpu, SPREAD_PORT + SPREAD_PORTS - 1, p.receiver_cpu),
         cpus: format!("client on CPU {}, server on CPU {}; sluiced and the kernel's own threads are not pinned", p.sender_cpu, p.receiver_cpu),
@@ -168,26 +143,14 @@ struct NatSide<'lab> {
 
 impl<'lab> NatSide<'lab> {
     fn sluice(lab: &'lab Lab, sluiced: &Path) -> Result<NatSide<'lab>> {
-        let (label, _, host_if, ip, mac) = TX;
         let yaml = format!(
-            "hosts:\n  - {{ name: {HOST}, underlay_ip: {HOST_IP}, underlay_ifname: {UNDERLAY_IF}, public_gateway: {BORDER} }}\nvpcs:\n  - name: {VPC_NAME}\n    cidr: 10.0.0.0/16\n    subnets:\n      - {{ name: web, cidr: 10.0.1.0/24 }}\nnics:\n  - {{ name: {label}, vpc: {VPC_NAME}, subnet: web, host: {HOST}, ifname: {host_if}, ip: {}, mac: \"{}\" }}\n",
-            std::net::Ipv4Addr::from(ip),
-            format_mac(&mac)
+            "hosts:\n  - {{ name: {HOST}, underlay_ip: {HOST_IP}, underlay_ifname: {UNDERLAY_IF}, public_gateway: {BORDER} }}\n{}",
+            vpc_yaml(&[&vm(lab, TX)])
         );
         let topology = topology_from_yaml(&yaml).context("the NAT lab's topology")?;
         let mut tl = TopologyLab::build(lab, topology, sluiced)?;
-        let mut change = |method: HttpMethod,
-                          path: &str,
-                          body: serde_json::Value|
-         -> Result<serde_json::Value> {
-            let r = tl
-                .change(method.clone(), path, Some(&body))
-                .with_context(|| format!("{method} {path}"))?;
-            if r.body.trim().is_empty() {
-                Ok(serde_json::Value::Null)
-            } else {
-                r.json()
-            }
+        let mut change = |method: HttpMethod, path: &str, body: serde_json::Value| {
+            api_change(&mut tl, method, path, body)
         };
         change(
             HttpMethod::POST,
@@ -227,27 +190,11 @@ impl<'lab> NatSide<'lab> {
         let port = lab.underlay_host_named(HOST, UNDERLAY_IF, &format!("{HOST_IP}/24"), 1500)?;
         lab.internet(&format!("{BORDER}/24"), &[port.ip])
             .context("the lab's Internet")?;
-        let (label, _, host_if, ip, mac) = TX;
-        lab.add_host(label)?;
-        lab.disable_ipv6(label)?;
-        lab.veth(HOST, host_if, label, VM_IFNAME)?;
-        lab.mtu(label, VM_IFNAME, VM_MTU)?;
-        lab.mtu(HOST, host_if, VM_MTU)?;
-        lab.set_mac(label, VM_IFNAME, &format_mac(&mac))?;
-        lab.addr(
-            label,
-            VM_IFNAME,
-            &format!("{}/24", std::net::Ipv4Addr::from(ip)),
-        )?;
-        lab.up(label, VM_IFNAME)?;
-        lab.exec(label, &["ethtool", "-K", VM_IFNAME, "tx", "off"])?;
-        lab.addr(HOST, host_if, &format!("{GATEWAY}/24"))?;
-        lab.up(HOST, host_if)?;
-        lab.enable_gro(HOST, host_if)?;
-        cmd::ip_in(
-            &lab.netns(label),
-            &["route", "add", "default", "via", GATEWAY, "dev", VM_IFNAME],
-        )?;
+        let tx = vm(lab, TX);
+        kernel_vm_end(lab, &tx)?;
+        lab.addr(HOST, tx.host_if, &format!("{GATEWAY}/24"))?;
+        lab.up(HOST, tx.host_if)?;
+        lab.enable_gro(HOST, tx.host_if)?;
         lab.exec(HOST, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         cmd::ip_in(
             &lab.netns(HOST),
@@ -256,10 +203,7 @@ impl<'lab> NatSide<'lab> {
         let rules = format!(
             "table ip nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{UNDERLAY_IF}\" counter masquerade\n  }}\n}}\n"
         );
-        let file = lab.run_dir().join("nat.nft");
-        std::fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
-        lab.exec(HOST, &["nft", "-f", &file.to_string_lossy()])
-            .context("loading the masquerade rule (nft)")?;
+        load_nft(lab, HOST, "nat", &rules).context("the masquerade rule")?;
         Ok(NatSide {
             dataplane: Dataplane::Kernel,
             lab,
@@ -274,8 +218,7 @@ impl<'lab> NatSide<'lab> {
 
     fn counters(&self) -> Result<NatCounters> {
         let mut c = self.translation_counters()?;
-        let snmp = self.lab.exec(TX.0, &["cat", "/proc/net/snmp"])?.stdout;
-        c.client_retransmits = snmp_field(&snmp, "Tcp", "RetransSegs")?;
+        c.client_retransmits = tcp_retransmits(self.lab, TX.0)?;
         let netstat = self
             .lab
             .exec(INTERNET, &["cat", "/proc/net/netstat"])?
@@ -288,31 +231,17 @@ impl<'lab> NatSide<'lab> {
         match &self.topology {
             Some(tl) => {
                 let s = tl.host(HOST)?.daemon.pinned_stats()?;
-                let drop_reasons = Reason::ALL
-                    .iter()
-                    .filter(|r| r.is_drop() && s.get(**r).packets > 0)
-                    .map(|r| (format!("{HOST}:{}", r.name()), s.get(*r).packets))
-                    .collect();
                 Ok(NatCounters {
                     translated_out: s.get(Reason::FwdNatOut).packets,
                     translated_in: s.get(Reason::FwdNatIn).packets,
-                    drop_reasons,
+                    drop_reasons: drop_reasons(HOST, &s),
                     ..NatCounters::default()
                 })
             }
-            None => {
-                let out = self
-                    .lab
-                    .exec(
-                        HOST,
-                        &["nft", "-j", "list", "chain", "ip", "nat", "postrouting"],
-                    )?
-                    .stdout;
-                Ok(NatCounters {
-                    translated_out: nft_counter_packets(&out)?,
-                    ..NatCounters::default()
-                })
-            }
+            None => Ok(NatCounters {
+                translated_out: nft_rule_counter(self.lab, HOST, "nat", "postrouting")?,
+                ..NatCounters::default()
+            }),
         }
     }
 
@@ -339,30 +268,6 @@ impl<'lab> NatSide<'lab> {
         );
         Ok(())
     }
-
-    fn tune(&self) -> Result<()> {
-        for kv in [
-            "net.ipv4.ip_local_port_range=1024 65000",
-            "net.ipv4.tcp_tw_reuse=1",
-        ] {
-            self.lab.exec(TX.0, &["sysctl", "-q", "-w", kv])?;
-        }
-        Ok(())
-    }
-}
-
-/// The packets of the first rule counter in `nft -j list chain` output.
-fn nft_counter_packets(json_text: &str) -> Result<u64> {
-    let v: serde_json::Value =
-        serde_json::from_str(json_text).with_context(|| format!("nft -j: {json_text}"))?;
-    v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o["rule"]["expr"].as_array())
-        .flatten()
-        .find_map(|e| e["counter"]["packets"].as_u64())
-        .with_context(|| format!("no rule counter in {json_text}"))
 }
 
 /// The servers of a test over `ports` server ports.
@@ -420,51 +325,11 @@ fn crr_test(s: &NatSide, p: &Params, run: u32, ports: u16) -> Result<NatCrrRun> 
 }
 
 pub fn run(p: &Params, log: impl Fn(&str)) -> Result<NatReport> {
-    if !std::env::var_os("PATH")
-        .map(|d| std::env::split_paths(&d).any(|d| d.join("nft").exists()))
-        .unwrap_or(false)
-    {
-        bail!("nft is not installed (scripts/setup.sh installs it)");
-    }
-    let machine = Machine::collect();
-    let date_utc = crate::machine::utc_now();
-    let started = Instant::now();
-    let sluice_lab = Lab::new()?;
-    let kernel_lab = Lab::new()?;
-    let labs = vec![sluice_lab.name().to_string(), kernel_lab.name().to_string()];
-    log(&format!(
-        "labs {} (Sluice) and {} (kernel)",
-        labs[0], labs[1]
-    ));
-    let result = measure(p, &sluice_lab, &kernel_lab, &log);
-    let closed = [sluice_lab.close(), kernel_lab.close()];
-    let leftover = super::labs::leftover_namespaces(&labs)?;
-    let (eip, crr) = result?;
-    for c in closed {
-        c?;
-    }
-    ensure!(
-        leftover.is_empty(),
-        "namespaces left after teardown: {leftover:?}"
-    );
-    log(&format!(
-        "done in {:.0} s, labs removed",
-        started.elapsed().as_secs_f64()
-    ));
+    require_tools(&["nft", "ethtool"])?;
+    let (run, (eip, crr)) = run_in_two_labs("nat", p, &log, |s, k| measure(p, s, k, &log))?;
     Ok(NatReport {
-        mode: "nat".into(),
-        date_utc,
-        git_commit: crate::machine::git_commit(),
-        machine,
-        loadavg_at_end: std::fs::read_to_string("/proc/loadavg")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
-        params: p.clone(),
-        bench_debug_build: cfg!(debug_assertions),
-        sluiced_debug_build: crate::control::is_debug_binary(&p.sluiced),
+        run,
         method: method(p),
-        labs,
-        leftover_namespaces: leftover,
         eip,
         comparisons: comparisons(&crr)?,
         crr,
@@ -507,7 +372,7 @@ fn measure(
     let kernel = NatSide::kernel(kernel_lab)?;
     let sides = [&sluice, &kernel];
     for s in sides {
-        s.tune()?;
+        tune_for_short_connections(s.lab, TX.0)?;
         s.warm_up(p)?;
     }
     // Warm-up spread over the servers (one port alone would spend its SNAT ports).
@@ -549,14 +414,6 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_masquerade_counter_is_read_from_nft_json() {
-        let text = r#"{"nftables": [{"metainfo": {"version": "1.0.9"}}, {"chain": {"family": "ip", "table": "nat", "name": "postrouting"}}, {"rule": {"family": "ip", "table": "nat", "chain": "postrouting", "handle": 2, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ul0"}}, {"counter": {"packets": 42, "bytes": 2520}}, {"masquerade": null}]}}]}"#;
-        assert_eq!(nft_counter_packets(text).unwrap(), 42);
-        assert!(nft_counter_packets(r#"{"nftables": []}"#).is_err());
-        assert!(nft_counter_packets("not json").is_err());
-    }
 
     #[test]
     fn counters_subtract_and_keep_only_new_drops() {
