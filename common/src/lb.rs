@@ -52,6 +52,10 @@ pub const MAX_LISTENER_BACKENDS: u32 = 1_000;
 pub const MAGLEV_MAX_SIZE: u32 = 100_003;
 /// `least_conn` candidates at most (each new flow scans them).
 pub const LEAST_CONN_MAX: u32 = 64;
+/// A client that is itself a backend is never balanced to itself: entries of the table
+/// this far apart (mod its size) are tried instead, this many at most.
+pub const SELF_STRIDE: u32 = 40_503;
+pub const SELF_TRIES: u32 = 16;
 /// Listeners per host (slots of [`maps::TABLES`]).
 pub const MAX_LISTENERS: u32 = 4_096;
 /// Backend slots (of [`maps::BACKENDS`] and [`maps::ACTIVE`]).

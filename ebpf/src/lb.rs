@@ -353,23 +353,26 @@ fn entry(table: u32, index: u32) -> Result<u32, u32> {
     }
 }
 
-/// Entries of a table tried past one naming the client itself.
-const SELF_TRIES: u32 = 4;
-
-/// The backend slot at `index` of the table, or at the next entries when it is the client
-/// itself: a VM's packet to its own address never leaves the VM, so its reply could not
-/// be translated back to the VIP. Maglev's neighbouring entries are other backends, so a
-/// client that is also a backend is balanced over the others (unless it is the only one).
+/// The backend slot at `index` of the table, or, when that is the client itself, at
+/// entries [`SELF_STRIDE`] apart (up to [`SELF_TRIES`] more): a VM's packet to its own
+/// address never leaves the VM, so its reply could not be translated back to the VIP. A
+/// stride, not the next entry: Maglev's fill leaves runs of one backend, and entries far
+/// apart are independent picks, so a client that is one of two backends misses the other
+/// with odds of 2^-16 (unless it is the only one).
 #[inline(always)]
 fn not_self(table: u32, index: u32, size: u32, client: Ipv4) -> Result<u32, u32> {
     let mut i = index;
     let mut slot = entry(table, i)?;
+    let stride = SELF_STRIDE % size;
     for _ in 0..SELF_TRIES {
         match BACKENDS.get(slot) {
             Some(b) if b.ip == client => {}
             _ => break,
         }
-        i = if i + 1 >= size { 0 } else { i + 1 };
+        i += stride;
+        if i >= size {
+            i -= size;
+        }
         slot = entry(table, i)?;
     }
     Ok(slot)
