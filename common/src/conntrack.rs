@@ -306,6 +306,11 @@ impl CtEntry {
                 Some(CtState::SynSent | CtState::SynRecv) => cfg.tcp_syn_ns,
                 Some(CtState::Established) => cfg.tcp_established_ns,
                 Some(CtState::FinWait) => cfg.tcp_fin_ns,
+                // An SNAT flow's public (EIP, port) is not handed to another flow while
+                // the far end may still hold this connection in TIME_WAIT.
+                Some(CtState::TimeWait) if self.nat.kind == crate::nat::LINK_SNAT => {
+                    cfg.tcp_close_ns.max(cfg.nat_time_wait_ns)
+                }
                 _ => cfg.tcp_close_ns,
             },
             crate::proto::IPPROTO_UDP => cfg.udp_ns,
@@ -353,6 +358,10 @@ pub struct CtConfig {
     pub udp_ns: u64,
     pub icmp_ns: u64,
     pub other_ns: u64,
+    /// Time-wait of a TCP flow translated by SNAT (both its entries; at least
+    /// `tcp_close_ns`): 2 x MSL, as long as the far end may keep the connection in
+    /// TIME_WAIT and answer a new SYN on the same public tuple for the old connection.
+    pub nat_time_wait_ns: u64,
 }
 
 const S: u64 = 1_000_000_000;
@@ -378,6 +387,7 @@ impl CtConfig {
         udp_ns: 60 * S,
         icmp_ns: 30 * S,
         other_ns: 60 * S,
+        nat_time_wait_ns: 60 * S,
     };
 }
 
@@ -462,7 +472,8 @@ pub mod maps {
     /// LRU hash of [`super::CtEntry`] by [`super::CtKey`], [`super::ct_map_size`] entries.
     pub const CONNTRACK: &str = "SLUICE_CT";
     /// One-slot array of [`super::CtConfig`].
-    pub const CONFIG: &str = "SLUICE_CT_CONFIG";
+    /// Versioned like [`SCRATCH`]: the value grew with the NAT time-wait (V2).
+    pub const CONFIG: &str = "SLUICE_CT_CONFIG_V2";
     /// Array of [`super::CtCount`], [`super::CT_COUNT_SLOTS`] slots.
     pub const COUNT: &str = "SLUICE_CT_COUNT";
     /// Per-CPU array of `u64` by [`super::CtEvent`], [`super::CT_STATS_SLOTS`] slots.
@@ -481,7 +492,7 @@ const _: () = assert!(core::mem::offset_of!(CtKey, proto) == 16);
 const _: () = assert!(core::mem::align_of::<CtKey>() == 4);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 const _: () = assert!(core::mem::align_of::<CtEntry>() == 8);
-const _: () = assert!(core::mem::size_of::<CtConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<CtConfig>() == 72);
 const _: () = assert!(core::mem::size_of::<CtCount>() == 16);
 const _: () = assert!(CtEvent::COUNT <= CT_STATS_SLOTS);
 
@@ -590,6 +601,36 @@ mod tests {
         let i = CtEntry::new(0, IPPROTO_ICMP, true, 0);
         assert_eq!(i.timeout_ns(IPPROTO_ICMP, &cfg), cfg.icmp_ns);
         assert_eq!(i.timeout_ns(47, &cfg), cfg.other_ns);
+    }
+
+    #[test]
+    fn an_snat_flows_time_wait_lasts_the_nat_time_wait() {
+        let cfg = CtConfig::DEFAULT;
+        let closed = |kind| {
+            let (mut e, _) = syn_from_b();
+            e.nat.kind = kind;
+            e.track_tcp(false, TCP_SYN | TCP_ACK);
+            e.track_tcp(true, TCP_ACK);
+            e.track_tcp(false, TCP_FIN | TCP_ACK);
+            e.track_tcp(true, TCP_FIN | TCP_ACK);
+            assert_eq!(state(&e), CtState::TimeWait);
+            e
+        };
+        let plain = closed(crate::nat::LINK_NONE);
+        assert_eq!(plain.timeout_ns(IPPROTO_TCP, &cfg), cfg.tcp_close_ns);
+        let snat = closed(crate::nat::LINK_SNAT);
+        assert_eq!(snat.timeout_ns(IPPROTO_TCP, &cfg), 60 * S);
+        assert!(!snat.is_expired(60 * S, IPPROTO_TCP, &cfg));
+        assert!(snat.is_expired(60 * S + 1, IPPROTO_TCP, &cfg));
+        // Never shorter than a plain flow's.
+        let short = CtConfig {
+            nat_time_wait_ns: S,
+            ..cfg
+        };
+        assert_eq!(snat.timeout_ns(IPPROTO_TCP, &short), cfg.tcp_close_ns);
+        // A DNAT flow's public tuple is the published one: nothing to hold.
+        let dnat = closed(crate::nat::LINK_DNAT);
+        assert_eq!(dnat.timeout_ns(IPPROTO_TCP, &cfg), cfg.tcp_close_ns);
     }
 
     #[test]

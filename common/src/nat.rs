@@ -10,7 +10,8 @@
 //!   may receive any EIP's packet).
 //! - SNAT port space per EIP: ports [`PORT_MIN`]..=65535 in blocks of [`BLOCK_SIZE`]. The
 //!   controller assigns blocks to hosts (stable: a host keeps its blocks while it needs
-//!   them) and every host knows every block's owner ([`maps::OWNERS`]). A host allocates
+//!   them; sized by demand: an equal split among the hosts needing the EIP, at most
+//!   [`MAX_HOST_BLOCKS`]) and every host knows every block's owner ([`maps::OWNERS`]). A host allocates
 //!   ports only from its own blocks ([`maps::BLOCKS`]), so two hosts never hand out the
 //!   same (EIP, port) and no coordination happens per flow. Within a host the connection
 //!   table's `BPF_NOEXIST` insert of the public-side entry makes the 5-tuple unique.
@@ -24,7 +25,12 @@
 //!   keyed by the public 5-tuple) whose `nat` holds the private (VNI, address, port). The
 //!   public entry lives as long as the private one: the datapath never expires it by its
 //!   own clock and the agent's sweeper removes it once the private entry no longer links
-//!   to it. Bound EIPs are stateless (every port, both ways) and use no public entry.
+//!   to it. An ended SNAT TCP flow's private entry lives through the NAT time-wait
+//!   (`CtConfig::nat_time_wait_ns`, 2 x MSL): the server may hold the connection in
+//!   TIME_WAIT that long and would answer another flow's SYN on the same public tuple for
+//!   the old connection (the client resets and retries a second later), while the same
+//!   private flow reopening finds its entry and keeps its public tuple. Bound EIPs are
+//!   stateless (every port, both ways) and use no public entry.
 //!
 //! [`CtEntry::nat`]: crate::conntrack::CtEntry::nat
 

@@ -163,7 +163,8 @@ fn default_resync_secs() -> u64 {
 
 /// `conntrack:`: the connection table's admission limit and timeouts (seconds). Anything
 /// left out keeps its default ([`CtConfig::DEFAULT`]: 1,048,576 entries; TCP SYN 60 s,
-/// established 6 h, FIN 30 s, closed 10 s; UDP 60 s; ICMP 30 s; other 60 s).
+/// established 6 h, FIN 30 s, closed 10 s; UDP 60 s; ICMP 30 s; other 60 s; an SNAT
+/// flow's time-wait 60 s).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConntrackConfig {
@@ -175,6 +176,7 @@ pub struct ConntrackConfig {
     pub udp_secs: Option<u64>,
     pub icmp_secs: Option<u64>,
     pub other_secs: Option<u64>,
+    pub nat_time_wait_secs: Option<u64>,
 }
 
 impl ConntrackConfig {
@@ -192,6 +194,7 @@ impl ConntrackConfig {
             udp_ns: ns(self.udp_secs, d.udp_ns),
             icmp_ns: ns(self.icmp_secs, d.icmp_ns),
             other_ns: ns(self.other_secs, d.other_ns),
+            nat_time_wait_ns: ns(self.nat_time_wait_secs, d.nat_time_wait_ns),
         }
     }
 
@@ -214,6 +217,7 @@ impl ConntrackConfig {
             ("udp_secs", self.udp_secs),
             ("icmp_secs", self.icmp_secs),
             ("other_secs", self.other_secs),
+            ("nat_time_wait_secs", self.nat_time_wait_secs),
         ];
         for (name, secs) in timeouts {
             // At least a second: the datapath refreshes an entry's timestamp once a second.
@@ -416,11 +420,12 @@ mod tests {
         let c = Config::from_yaml(MINIMAL).unwrap();
         assert_eq!(c.conntrack.ct_config(), CtConfig::DEFAULT);
         let c = Config::from_yaml(&format!(
-            "{MINIMAL}conntrack: {{ max_entries: 1000, udp_secs: 5, tcp_established_secs: 3600 }}\n"
+            "{MINIMAL}conntrack: {{ max_entries: 1000, udp_secs: 5, tcp_established_secs: 3600, nat_time_wait_secs: 120 }}\n"
         ))
         .unwrap();
         let ct = c.conntrack.ct_config();
         assert_eq!(ct.max_entries, 1000);
+        assert_eq!(ct.nat_time_wait_ns, 120_000_000_000);
         assert_eq!(ct.udp_ns, 5_000_000_000);
         assert_eq!(ct.tcp_established_ns, 3_600_000_000_000);
         assert_eq!(ct.tcp_syn_ns, CtConfig::DEFAULT.tcp_syn_ns);
@@ -432,6 +437,7 @@ mod tests {
             ("max_entries: 0", "conntrack.max_entries"),
             ("max_entries: 2000000", "conntrack.max_entries"),
             ("udp_secs: 0", "conntrack.udp_secs"),
+            ("nat_time_wait_secs: 0", "conntrack.nat_time_wait_secs"),
         ] {
             let e = err(&format!("{MINIMAL}conntrack: {{ {yaml} }}\n"));
             assert!(e.contains(field), "{yaml}: {e}");

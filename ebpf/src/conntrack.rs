@@ -31,7 +31,7 @@ use crate::parse::Packet;
 #[map(name = "SLUICE_CT")]
 static CT: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(ct_map_size(DEFAULT_MAX_ENTRIES, DECLARED_CPUS), 0);
-#[map(name = "SLUICE_CT_CONFIG")]
+#[map(name = "SLUICE_CT_CONFIG_V2")]
 static CONFIG: Array<CtConfig> = Array::with_max_entries(1, 0);
 #[map(name = "SLUICE_CT_COUNT")]
 static COUNT: Array<CtCount> = Array::with_max_entries(CT_COUNT_SLOTS, 0);

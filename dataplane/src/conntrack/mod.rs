@@ -81,6 +81,7 @@ pub fn config_error(cfg: &CtConfig) -> Option<String> {
         ("udp_ns", cfg.udp_ns),
         ("icmp_ns", cfg.icmp_ns),
         ("other_ns", cfg.other_ns),
+        ("nat_time_wait_ns", cfg.nat_time_wait_ns),
     ];
     timeouts
         .iter()

@@ -39,6 +39,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use sluice_common::nat::{BLOCKS_PER_EIP, MAX_HOST_BLOCKS};
 
 use super::{
     model::*,
@@ -1429,9 +1430,13 @@ pub(super) fn index_nat(i: &mut Intent, pools: Vec<EipPool>, eips: Vec<Eip>, gws
 // SNAT port blocks
 // ---------------------------------------------------------------------------------------
 
-/// Blocks a host is given of an EIP when it first needs it (2,048 ports): fewer if the
-/// EIP has fewer free.
-pub const HOST_BLOCK_SHARE: usize = 8;
+/// Blocks every host needing an EIP is given first (2,048 ports), before any host grows
+/// past it: fewer if the EIP has fewer free or its equal split is smaller.
+pub const HOST_BLOCK_BASE: usize = 8;
+/// Free blocks of an EIP that growth past [`HOST_BLOCK_BASE`] leaves alone (half the
+/// EIP), so that hosts needing it later still get their base share: blocks are never taken
+/// back from a host that still needs them (its flows hold ports in them).
+pub const GROWTH_RESERVE: usize = BLOCKS_PER_EIP as usize / 2;
 
 impl SnatSource {
     /// Whether NIC `n` of the gateway's VPC `vpc` is a source this entry translates.
@@ -1469,12 +1474,8 @@ impl Intent {
         needs
     }
 
-    /// Brings every EIP's SNAT block assignment up to date, stably: a host keeps the
-    /// blocks it holds while it still needs the EIP (its flows' ports stay its own), a host
-    /// that no longer needs it gives them back, and a host that newly needs it gets
-    /// [`HOST_BLOCK_SHARE`] of the lowest free blocks (fewer when fewer are free; none when
-    /// the EIP is used up, so its new flows count as port exhaustion). Pure and
-    /// deterministic, so it runs after every mutation.
+    /// Brings every EIP's SNAT block assignment up to date, stably ([`assign_eip_blocks`]).
+    /// Pure and deterministic, so it runs after every mutation.
     pub(super) fn assign_snat_blocks(&mut self) {
         if self.nat_gateways.is_empty() && self.eips.values().all(|e| e.snat_blocks.is_empty()) {
             return;
@@ -1482,24 +1483,43 @@ impl Intent {
         let needs = self.snat_block_needs();
         let none = BTreeSet::new();
         for (id, eip) in self.eips.iter_mut() {
-            let wanted = needs.get(id).unwrap_or(&none);
-            eip.snat_blocks.retain(|host, _| wanted.contains(host));
-            let mut used: BTreeSet<u16> = eip.snat_blocks.values().flatten().copied().collect();
-            for host in wanted {
-                if eip.snat_blocks.contains_key(host) {
-                    continue;
-                }
-                let free: Vec<u16> = (0..sluice_common::nat::BLOCKS_PER_EIP)
-                    .filter(|b| !used.contains(b))
-                    .take(HOST_BLOCK_SHARE)
-                    .collect();
-                if free.is_empty() {
-                    continue;
-                }
-                used.extend(&free);
-                eip.snat_blocks.insert(host.clone(), free);
-            }
+            assign_eip_blocks(&mut eip.snat_blocks, needs.get(id).unwrap_or(&none));
         }
+    }
+}
+
+/// One EIP's blocks for the hosts in `wanted`, stably: a host keeps the blocks it holds
+/// while it still needs the EIP (its flows' ports stay its own) and a host that no longer
+/// needs it gives them back. Hosts below their share then take the lowest free blocks one
+/// at a time, the one holding fewest first: up to [`HOST_BLOCK_BASE`], then up to an equal
+/// split of the EIP among the hosts needing it (at most [`MAX_HOST_BLOCKS`]) while more
+/// than [`GROWTH_RESERVE`] blocks are free. A host never takes another's blocks, so one
+/// that finds none free gets none and its new flows count as port exhaustion.
+fn assign_eip_blocks(blocks: &mut BTreeMap<String, Vec<u16>>, wanted: &BTreeSet<String>) {
+    blocks.retain(|host, _| wanted.contains(host));
+    if wanted.is_empty() {
+        return;
+    }
+    let used: BTreeSet<u16> = blocks.values().flatten().copied().collect();
+    let mut free = (0..BLOCKS_PER_EIP).filter(|b| !used.contains(b));
+    let mut left = BLOCKS_PER_EIP as usize - used.len();
+    let share = (BLOCKS_PER_EIP as usize / wanted.len()).min(MAX_HOST_BLOCKS);
+    for (target, reserve) in [(HOST_BLOCK_BASE.min(share), 0), (share, GROWTH_RESERVE)] {
+        while left > reserve {
+            let neediest = wanted
+                .iter()
+                .map(|h| (blocks.get(h).map_or(0, Vec::len), h))
+                .filter(|(held, _)| *held < target)
+                .min();
+            // The host first: a free block is consumed only when someone takes it.
+            let Some((_, host)) = neediest else { break };
+            let Some(b) = free.next() else { break };
+            blocks.entry(host.clone()).or_default().push(b);
+            left -= 1;
+        }
+    }
+    for v in blocks.values_mut() {
+        v.sort_unstable();
     }
 }
 
@@ -2124,6 +2144,71 @@ vpcs:
         refused(i.apply(bad), ErrorKind::Invalid, "eips[2].name");
     }
 
+    fn hosts(names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+        names.into_iter().collect()
+    }
+
+    fn range(r: std::ops::Range<u16>) -> Vec<u16> {
+        r.collect()
+    }
+
+    #[test]
+    fn hosts_get_an_equal_split_of_an_eip_up_to_the_cap() {
+        // Alone, a host gets the cap (8,192 ports), the lowest blocks.
+        let mut b = BTreeMap::new();
+        assign_eip_blocks(&mut b, &hosts(["h1".to_string()]));
+        assert_eq!(b["h1"], range(0..MAX_HOST_BLOCKS as u16));
+        // A second gets the cap from the free blocks; the first keeps its own.
+        assign_eip_blocks(&mut b, &hosts(["h1".into(), "h2".into()]));
+        assert_eq!(b["h1"], range(0..32));
+        assert_eq!(b["h2"], range(32..64));
+        // Its need gone, h1 gives them back and a newcomer takes the lowest free.
+        assign_eip_blocks(&mut b, &hosts(["h2".into(), "h3".into()]));
+        assert_eq!(b.keys().collect::<Vec<_>>(), ["h2", "h3"]);
+        assert_eq!(
+            (b["h2"].clone(), b["h3"].clone()),
+            (range(32..64), range(0..32))
+        );
+
+        // Ten hosts at once: the base share each, then equal growth while more than the
+        // reserve is free.
+        let mut b = BTreeMap::new();
+        assign_eip_blocks(&mut b, &hosts((0..10).map(|k| format!("x{k}"))));
+        let sizes: BTreeSet<usize> = b.values().map(Vec::len).collect();
+        assert_eq!(sizes, BTreeSet::from([12, 13]), "{b:?}");
+        let held: usize = b.values().map(Vec::len).sum();
+        assert_eq!(held, BLOCKS_PER_EIP as usize - GROWTH_RESERVE);
+    }
+
+    #[test]
+    fn hosts_needing_an_eip_one_by_one_keep_their_blocks_and_later_ones_still_get_ports() {
+        let mut b: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        let mut wanted = BTreeSet::new();
+        // The reserve leaves room for the base share of (252 - 126) / 8 = 15 hosts after the
+        // first four grew.
+        for k in 0..19 {
+            let host = format!("h{k:02}");
+            wanted.insert(host.clone());
+            let before = b.clone();
+            assign_eip_blocks(&mut b, &wanted);
+            for (h, blocks) in &before {
+                assert_eq!(&b[h], blocks, "{h} kept its blocks when {host} came");
+            }
+            let want = if k < 3 {
+                MAX_HOST_BLOCKS
+            } else {
+                HOST_BLOCK_BASE
+            };
+            assert!(b[&host].len() >= want, "{host}: {:?}", b[&host]);
+        }
+        // The others grow into what a leaver frees, up to the cap.
+        wanted.remove("h00");
+        assign_eip_blocks(&mut b, &wanted);
+        assert!(!b.contains_key("h00"));
+        let free = BLOCKS_PER_EIP as usize - b.values().map(Vec::len).sum::<usize>();
+        assert!(free > 0 && free <= GROWTH_RESERVE, "{free} free");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -2162,6 +2247,38 @@ vpcs:
                     prop_assert!(seen.insert(e.address), "{} twice", e.address);
                     let p = i.eip_pool(&e.pool).unwrap();
                     prop_assert!(p.cidrs.iter().any(|c| c.contains(e.address)), "{} outside {}", e.address, p.id);
+                }
+            }
+        }
+
+        /// Whatever hosts come and go, an EIP's blocks are never held twice, a host that
+        /// stays keeps every block it had, none holds more than the cap, and a host below
+        /// its base share means no block was free.
+        #[test]
+        fn block_assignment_is_disjoint_stable_and_serves_everyone_it_can(
+            steps in prop::collection::vec(prop::collection::btree_set(0u8..40, 0..40), 1..30),
+        ) {
+            let mut b: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+            for step in steps {
+                let wanted = hosts(step.iter().map(|k| format!("h{k}")));
+                let before = b.clone();
+                assign_eip_blocks(&mut b, &wanted);
+                let mut seen = HashSet::new();
+                for (h, blocks) in &b {
+                    prop_assert!(wanted.contains(h), "{h} holds blocks it does not need");
+                    prop_assert!(blocks.len() <= MAX_HOST_BLOCKS);
+                    for x in blocks {
+                        prop_assert!(*x < BLOCKS_PER_EIP && seen.insert(*x), "block {x} twice or out of range");
+                    }
+                    if let Some(old) = before.get(h) {
+                        prop_assert!(old.iter().all(|x| blocks.contains(x)), "{h} lost blocks");
+                    }
+                }
+                let free = BLOCKS_PER_EIP as usize - seen.len();
+                let base = HOST_BLOCK_BASE.min(BLOCKS_PER_EIP as usize / wanted.len().max(1));
+                for h in &wanted {
+                    let held = b.get(h).map_or(0, Vec::len);
+                    prop_assert!(held >= base || free == 0, "{h} holds {held} with {free} free");
                 }
             }
         }
