@@ -1,6 +1,7 @@
 //! Connection tracking ABI: the per-host connection table that makes security groups
-//! stateful, and that NAT and the load balancer will extend (their room is reserved in
-//! [`CtEntry`], so adding them does not resize the pinned map).
+//! stateful, and that NAT and the load balancer extend (their links live in [`CtEntry`]'s
+//! `nat` and `lb`, in room reserved from the start, so they did not resize the pinned map;
+//! their own entries use key spaces outside the 24-bit VNIs: `NAT_VNI`, `vni | LB_VNI`).
 //!
 //! - One entry per flow and VNI: the key is the 5-tuple *normalized* (lower (address,
 //!   port) endpoint first, [`CtKey::new`]), so both directions find it with one lookup;
