@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nat;
 pub mod sg;
 pub mod stats;
+pub mod sys_bpf;
 
 /// The compiled eBPF object, embedded at build time by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice"));

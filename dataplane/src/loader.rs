@@ -161,7 +161,7 @@ impl Dataplane {
 /// (a link outlives the device it was attached to only as a pin: the kernel reports
 /// ifindex 0 for it then).
 fn pinned_link_is_on(path: &Path, iface: &str) -> Result<bool> {
-    use crate::lab::xdp::{bpf, put_u32, put_u64};
+    use crate::sys_bpf::{call, put_u32, put_u64};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -170,11 +170,7 @@ fn pinned_link_is_on(path: &Path, iface: &str) -> Result<bool> {
     let pin = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     let mut attr = [0u8; 16];
     put_u64(&mut attr, 0, pin.as_ptr() as u64);
-    let fd = bpf(
-        BPF_OBJ_GET,
-        &mut attr,
-        &format!("opening {}", path.display()),
-    )?;
+    let fd = call(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening {}", path.display()))?;
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // `struct bpf_link_info`: type, id, prog_id, then (8-aligned) the XDP ifindex.
     let mut info = [0u8; 64];
@@ -182,11 +178,7 @@ fn pinned_link_is_on(path: &Path, iface: &str) -> Result<bool> {
     put_u32(&mut attr, 0, fd.as_raw_fd() as u32);
     put_u32(&mut attr, 4, info.len() as u32);
     put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
-    bpf(
-        BPF_OBJ_GET_INFO_BY_FD,
-        &mut attr,
-        "reading the pinned link's info",
-    )?;
+    call(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("reading the pinned link's info")?;
     let linked = u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes"));
     Ok(ifindex != 0 && linked == ifindex)
 }

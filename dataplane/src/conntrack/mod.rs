@@ -9,7 +9,6 @@
 //! the current one vanished.
 
 use std::{
-    mem::size_of,
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
@@ -278,15 +277,7 @@ fn lookup_batch(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(CtKey, CtEntry)>> {
             map_fd: fd.as_raw_fd() as u32,
             ..Default::default()
         };
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let err = crate::sys_bpf::call(BPF_MAP_LOOKUP_BATCH, &mut attr).err();
         let n = attr.count as usize;
         out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         match err {

@@ -40,23 +40,12 @@ fn pass_program() -> [u8; 16] {
     insns
 }
 
-/// Writes `v` at `off` of a `bpf_attr` buffer.
-pub fn put_u32(attr: &mut [u8], off: usize, v: u32) {
-    attr[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-}
+pub use crate::sys_bpf::{put_u32, put_u64};
 
-/// Writes `v` at `off` of a `bpf_attr` buffer.
-pub fn put_u64(attr: &mut [u8], off: usize, v: u64) {
-    attr[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-}
-
-/// `bpf(cmd, attr)`; a returned fd is owned.
+/// `bpf(cmd, attr)` ([`crate::sys_bpf::call`]) with `what` as the error's context; a
+/// returned fd is owned.
 pub fn bpf(cmd: libc::c_long, attr: &mut [u8], what: &str) -> Result<libc::c_long> {
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| what.to_string());
-    }
-    Ok(r)
+    crate::sys_bpf::call(cmd, attr).with_context(|| what.to_string())
 }
 
 fn load_pass_program() -> Result<OwnedFd> {

@@ -421,17 +421,7 @@ pub fn filled_table(table: &[u32]) -> Result<MapData> {
     attr[7] = u32::from_ne_bytes(*b"slui");
     attr[8] = u32::from_ne_bytes(*b"ce_l");
     attr[9] = u32::from_ne_bytes(*b"b_tb");
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("creating a table map");
-    }
+    let fd = crate::sys_bpf::call(BPF_MAP_CREATE, &mut attr).context("creating a table map")?;
     // SAFETY: a descriptor the kernel just gave us, owned by nobody else.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
     let keys: Vec<u32> = (0..table.len() as u32).collect();
@@ -465,18 +455,7 @@ fn elem_call(cmd: libc::c_long, fd: i32, key: &u32, value: Option<&u32>) -> std:
         value: value.map_or(0, |v| v as *const u32 as u64),
         flags: 0,
     };
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &mut attr as *mut ElemAttr,
-            std::mem::size_of::<ElemAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys_bpf::call(cmd, &mut attr).map(drop)
 }
 
 fn update_elem(fd: i32, key: &u32, value: &u32) -> std::io::Result<()> {
@@ -495,17 +474,7 @@ fn update_batch(fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
         map_fd: fd as u32,
         ..Default::default()
     };
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut crate::conntrack::BatchAttr,
-            std::mem::size_of::<crate::conntrack::BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    crate::sys_bpf::call(BPF_MAP_UPDATE_BATCH, &mut attr)?;
     if attr.count as usize != keys.len() {
         return Err(std::io::Error::other(format!(
             "batch update wrote {} of {} entries",

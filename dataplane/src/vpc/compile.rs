@@ -167,7 +167,7 @@ pub fn compile_host_cached(
         nics_by_vpc: nics_by_vpc(intent),
         appliances,
     };
-    let present = present_vpcs(intent, host);
+    let present = intent.present_vpcs(host);
     let mut dirty: HashSet<&str> = HashSet::new();
     match (&prev, same_context) {
         (Some(p), true) => {
@@ -231,11 +231,6 @@ pub fn lookup(routes: &[RouteEntry], vni: u32, ip: Ipv4) -> Option<&RouteEntry> 
             .ok()
             .map(|k| &routes[k])
     })
-}
-
-/// The VPCs present on `host` ([`Intent::present_vpcs`]).
-fn present_vpcs<'a>(intent: &'a Intent, host: &str) -> BTreeSet<&'a str> {
-    intent.present_vpcs(host)
 }
 
 fn nics_by_vpc(intent: &Intent) -> BTreeMap<&str, Vec<&Nic>> {
@@ -308,7 +303,7 @@ impl<'a> Index<'a> {
     }
 
     fn compile(&self, host: &str) -> HostTables {
-        let present = present_vpcs(self.intent, host);
+        let present = self.intent.present_vpcs(host);
         let fragments: Vec<Fragment> = present
             .iter()
             .filter_map(|v| self.fragment(host, v))
