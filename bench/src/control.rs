@@ -53,7 +53,7 @@ use sluice_dataplane::{
     fixture::{self, packets, XdpAction},
     intent::{
         HostSpec, Intent, NextHop, RouteSpec, Store, Topology, TopologyNic, TopologyRoute,
-        TopologySubnet, TopologyVpc,
+        TopologySecurityGroup, TopologySubnet, TopologyVpc,
     },
     lab::{Daemon, DaemonSpec, Lab},
     loader::{self, Dataplane, Role},
@@ -362,6 +362,9 @@ pub struct ApplySummaryStats {
 pub struct ScaleApply {
     pub vpcs: u32,
     pub routes_per_vpc: u32,
+    /// Rules of the security group in the intent ([`SCALE_SG_RULES`]; 0 with one VPC).
+    #[serde(default)]
+    pub sg_rules: usize,
     /// Custom routes plus one system route per VPC (its subnet).
     pub routes_total: usize,
     /// How the NICs' interfaces exist on the agent's host.
@@ -541,7 +544,8 @@ fn fmt_mac(m: [u8; 6]) -> String {
 
 /// One host; `vpcs` VPCs with identical CIDRs (10.0.0.0/16, subnet 10.0.1.0/24), each with
 /// one NIC on the host (10.0.1.4, interface `v<i>`) and `routes` custom routes alternating
-/// "to that NIC" and blackhole; the probed VPC also has the appliance NIC (10.0.1.5).
+/// "to that NIC" and blackhole; the probed VPC also has the appliance NIC (10.0.1.5). The
+/// second VPC's NIC has a security group of [`SCALE_SG_RULES`] rules.
 pub fn topology(vpcs: u32, routes: u32) -> Topology {
     let mut nics: Vec<TopologyNic> = (0..vpcs)
         .map(|i| TopologyNic {
@@ -554,7 +558,7 @@ pub fn topology(vpcs: u32, routes: u32) -> Topology {
             // The watcher's frames come from the probed NIC: they carry the fixtures' MAC.
             mac: (i == 0).then(|| fmt_mac(packets::SRC_MAC)),
             source_check: None,
-            security_groups: None,
+            security_groups: (i == SCALE_SG_VPC).then(|| vec![SCALE_SG.to_string()]),
         })
         .collect();
     nics.push(TopologyNic {
@@ -593,7 +597,22 @@ pub fn topology(vpcs: u32, routes: u32) -> Topology {
                         },
                     })
                     .collect(),
-                security_groups: vec![],
+                security_groups: if i == SCALE_SG_VPC {
+                    vec![TopologySecurityGroup {
+                        name: SCALE_SG.into(),
+                        description: None,
+                        rules: Some(
+                            crate::sg::rules(SCALE_SG_RULES / 2)
+                                .into_iter()
+                                .map(|r| {
+                                    serde_json::from_value(r).expect("sg.rs writes valid rules")
+                                })
+                                .collect(),
+                        ),
+                    }]
+                } else {
+                    vec![]
+                },
             })
             .collect(),
         nics,
@@ -602,6 +621,13 @@ pub fn topology(vpcs: u32, routes: u32) -> Topology {
         ..Default::default()
     }
 }
+
+/// Rules of the security group the scale intent holds (half in each direction; `sg.rs`'s
+/// rule sets), on the NIC of the second VPC: the probed VPC stays unfiltered, so the
+/// watcher's verdicts are the routes' alone.
+pub const SCALE_SG_RULES: usize = 1000;
+const SCALE_SG_VPC: u32 = 1;
+const SCALE_SG: &str = "scale";
 
 /// What the host's maps hold once `topology(vpcs, routes)` is applied.
 pub fn expected_counts(vpcs: u32, routes: u32) -> MapCounts {
@@ -1929,6 +1955,11 @@ pub fn run(params: &Params, log: impl Fn(&str)) -> Result<ControlReport> {
         note,
         vpcs: params.vpcs,
         routes_per_vpc: params.routes_per_vpc,
+        sg_rules: if params.vpcs > SCALE_SG_VPC {
+            SCALE_SG_RULES
+        } else {
+            0
+        },
         routes_total: expected_counts(params.vpcs, params.routes_per_vpc).routes,
         interfaces: "one veth pair per NIC created with ip -batch before the daemon starts (this kernel has no dummy driver), VM ends in a second namespace; the agent attaches xdp_vm to each host end".into(),
         meets_target: summary.total_s.median < TARGET_APPLY_S,
@@ -2026,7 +2057,10 @@ mod tests {
 
     #[test]
     fn chunks_hold_every_vpc_and_nic_once_and_stay_small() {
-        let t = topology(50, 20);
+        let mut t = topology(50, 20);
+        // Without the 1,000-rule group, no single VPC is over a quarter of the whole.
+        t.vpcs[SCALE_SG_VPC as usize].security_groups.clear();
+        t.nics[SCALE_SG_VPC as usize].security_groups = None;
         let whole = serde_json::to_vec(&t).unwrap().len();
         let chunks = topology_chunks(&t, whole / 4).unwrap();
         assert!(chunks.len() >= 4, "{} chunks", chunks.len());

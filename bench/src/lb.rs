@@ -13,8 +13,6 @@
 //! Both rewrite their frame, so they are measured on a fresh copy per call with one
 //! repetition, net of the floor measured the same way (as NAT's).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use anyhow::{ensure, Context, Result};
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, MapData},
@@ -24,7 +22,7 @@ use aya::{
 use sluice_common::{
     lb::{self, *},
     maps,
-    programs::XDP_VM,
+    programs::{XDP_BENCH_VM, XDP_VM},
     proto::IPPROTO_UDP,
     stats::Reason,
     vpc::{Endpoint, EndpointKey, Ipv4, ENDPOINT_LB_BACKEND, ENDPOINT_VIP},
@@ -32,7 +30,8 @@ use sluice_common::{
 use sluice_dataplane::loader::Dataplane;
 
 use crate::{
-    micro::{xdp_md, Method, PathSpec, XDP_REDIRECT},
+    micro::{xdp_md, Method, PathSpec, SOURCE_PORT_OFFSET, XDP_REDIRECT},
+    sg::FLOWS_PER_PORT,
     vpc::{self, Scale, LO, LOCAL_PEER, VNI},
 };
 
@@ -131,15 +130,11 @@ pub fn install(dp: &mut Dataplane) -> Result<()> {
     Ok(())
 }
 
-/// Flow numbers handed out to new-flow frames (never reused in one process).
-static NEXT_FLOW: AtomicU32 = AtomicU32::new(0);
-
-/// The VM's frame to the VIP as the next never-seen flow: its source port counts up,
-/// then its listener port.
-pub fn next_lb_flow(frame: &[u8]) -> Vec<u8> {
-    let k = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
-    let sport = 1024 + (k % 60_000) as u16;
-    let dport = LB_PORT + ((k / 60_000) % u32::from(LB_PORTS)) as u16;
+/// The VM's frame to the VIP as flow `k`: its source port counts up, then its listener
+/// port.
+pub fn next_lb_flow(frame: &[u8], k: u32) -> Vec<u8> {
+    let sport = 1024 + (k % FLOWS_PER_PORT) as u16;
+    let dport = LB_PORT + ((k / FLOWS_PER_PORT) % u32::from(LB_PORTS)) as u16;
     let mut f = frame.to_vec();
     f[34..36].copy_from_slice(&sport.to_be_bytes());
     f[36..38].copy_from_slice(&dport.to_be_bytes());
@@ -150,7 +145,7 @@ pub fn next_lb_flow(frame: &[u8]) -> Vec<u8> {
 pub fn paths() -> Vec<PathSpec> {
     let p = |name: &str, description: &str, method, vary| PathSpec {
         name: name.into(),
-        program: XDP_VM,
+        program: XDP_BENCH_VM,
         description: description.into(),
         frame: vpc::from_vm(VIP),
         ingress_ifindex: LO,
@@ -165,13 +160,15 @@ pub fn paths() -> Vec<PathSpec> {
         p(
             "lb_new_flow",
             "VM to a VIP (Maglev, 65,537-entry table), a new flow each packet: forward entry (miss), listener, table, backend, rewrite, translated and forward entries inserted, counted, to the backend's NIC here",
-            Method::NewFlows,
+            Method::NewFlows {
+                vary_offset: SOURCE_PORT_OFFSET,
+            },
             Some(next_lb_flow),
         ),
         p(
             "lb_established",
             "VM to a VIP, a live balanced flow: forward entry (hit), backend usable, rewrite, translated entry kept, to the backend's NIC here",
-            Method::Fresh { repeat: 1 },
+            Method::RepeatRestoredFrame,
             None,
         ),
     ]
@@ -191,7 +188,7 @@ mod tests {
     #[test]
     fn new_flows_never_repeat_a_tuple_and_stay_on_listeners() {
         let base = vpc::from_vm(VIP);
-        let (a, b) = (next_lb_flow(&base), next_lb_flow(&base));
+        let (a, b) = (next_lb_flow(&base, 0), next_lb_flow(&base, FLOWS_PER_PORT));
         assert_ne!(a[34..38], b[34..38]);
         let dport = u16::from_be_bytes([a[36], a[37]]);
         assert!((LB_PORT..LB_PORT + LB_PORTS).contains(&dport));

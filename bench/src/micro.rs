@@ -15,6 +15,7 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 use sluice_common::{
+    bench::BenchConfig,
     maps, programs,
     stats::{Counter, Reason},
 };
@@ -70,17 +71,33 @@ pub enum Method {
     /// (few enough that all take the same path). The run's figure is the mean over the
     /// calls; net of a floor measured the same way.
     Fresh { repeat: u32 },
-    /// Paths that must see a flow they never saw (a connection-table insert): many calls
-    /// per run, one repetition each, every call's frame another flow (`PathSpec::vary`).
-    /// Net of the floor measured with one repetition per call.
-    NewFlows,
+    /// As `RepeatRestored`, and the wrapper also writes the frame's first
+    /// [`sluice_common::bench::RESTORE_LEN`] bytes back after every repetition: for paths that rewrite
+    /// addresses, ports and checksums (NAT, the load balancer). The figure includes the
+    /// wrapper's save and restore (a map lookup and two 56-byte copies).
+    RepeatRestoredFrame,
+    /// Paths that must see a flow they never saw (a connection-table insert): through the
+    /// wrapper, which restores the frame and counts the big-endian 16-bit field at
+    /// `vary_offset` up by one after every repetition, so each of a call's
+    /// [`NEW_FLOW_REPEAT`] repetitions is another flow; `PathSpec::vary` makes every
+    /// call's first frame one never seen. Net of the floor measured with as many
+    /// repetitions per call.
+    NewFlows { vary_offset: u32 },
 }
+
+/// Offset of the source port in an untagged IPv4 frame without options.
+pub const SOURCE_PORT_OFFSET: u32 = 34;
+
+/// Repetitions per call of a [`Method::NewFlows`] path: every flow number block handed to
+/// `PathSpec::vary` is this long and aligned to it, so the wrapper's counting up never
+/// crosses into another call's flows.
+pub const NEW_FLOW_REPEAT: u32 = 4096;
 
 impl Method {
     /// Repetitions per call and calls per run under `params`.
     pub fn plan(self, params: &Params) -> Plan {
         match self {
-            Method::Repeat | Method::RepeatRestored => Plan {
+            Method::Repeat | Method::RepeatRestored | Method::RepeatRestoredFrame => Plan {
                 repeat: params.repeat,
                 calls: 1,
             },
@@ -88,9 +105,9 @@ impl Method {
                 repeat,
                 calls: params.fresh_packets.div_ceil(repeat).max(1),
             },
-            Method::NewFlows => Plan {
-                repeat: 1,
-                calls: params.fresh_packets.max(1),
+            Method::NewFlows { .. } => Plan {
+                repeat: NEW_FLOW_REPEAT,
+                calls: params.fresh_packets.div_ceil(NEW_FLOW_REPEAT).max(1),
             },
         }
     }
@@ -98,15 +115,15 @@ impl Method {
     /// The floor path measured the same way, whose median the path's net figures subtract.
     pub fn floor_name(self) -> String {
         match self {
-            Method::Repeat | Method::RepeatRestored => FLOOR.into(),
+            Method::Repeat | Method::RepeatRestored | Method::RepeatRestoredFrame => FLOOR.into(),
             Method::Fresh { repeat } => format!("{FLOOR}_repeat_{repeat}"),
-            Method::NewFlows => format!("{FLOOR}_repeat_1"),
+            Method::NewFlows { .. } => format!("{FLOOR}_repeat_{NEW_FLOW_REPEAT}"),
         }
     }
 
     /// Whether the frame left after a run must equal the frame fed in.
     fn frame_must_survive(self) -> bool {
-        !matches!(self, Method::Fresh { .. } | Method::NewFlows)
+        !matches!(self, Method::Fresh { .. } | Method::NewFlows { .. })
     }
 
     /// Short form for tables: `repeat 1000000`, `restored 1000000`, `fresh 200 × 20`.
@@ -115,8 +132,9 @@ impl Method {
         match self {
             Method::Repeat => format!("repeat {}", plan.repeat),
             Method::RepeatRestored => format!("restored {}", plan.repeat),
+            Method::RepeatRestoredFrame => format!("restored+frame {}", plan.repeat),
             Method::Fresh { .. } => format!("fresh {} × {}", plan.repeat, plan.calls),
-            Method::NewFlows => format!("new flows 1 × {}", plan.calls),
+            Method::NewFlows { .. } => format!("new flows {} × {}", plan.repeat, plan.calls),
         }
     }
 }
@@ -155,12 +173,17 @@ pub struct PathSpec {
     /// The security-group state the path runs against (an instance of its own, with the
     /// 10-route VPC tables); wins over `scale`.
     pub sg: Option<SgScale>,
-    /// For [`Method::NewFlows`]: the frame of the next call, from `frame`.
+    /// For [`Method::NewFlows`]: a call's frame, from `frame` and the call's first flow
+    /// number (a multiple of [`NEW_FLOW_REPEAT`]). Flow `k + i` must be that frame with
+    /// the `vary_offset` field counted up `i` times.
     pub vary: Option<NextFrame>,
 }
 
-/// Makes the next call's frame from a path's frame.
-pub type NextFrame = fn(&[u8]) -> Vec<u8>;
+/// Makes a call's frame from a path's frame and a flow number.
+pub type NextFrame = fn(&[u8], u32) -> Vec<u8>;
+
+/// Flow numbers handed out to new-flow calls (never reused in one process).
+static NEXT_FLOW: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Every path: the floors first, then the parse paths, then each VPC path at both scales.
 pub fn paths() -> Vec<PathSpec> {
@@ -204,6 +227,12 @@ pub fn paths() -> Vec<PathSpec> {
         floor(
             Method::Fresh { repeat: 1 },
             "empty XDP program, measured like the ARP reply (one repetition per call)",
+        ),
+        floor(
+            Method::Fresh {
+                repeat: NEW_FLOW_REPEAT,
+            },
+            "empty XDP program, measured like the new-flow paths",
         ),
         path(
             "vm_ipv4_udp_pass",
@@ -429,10 +458,14 @@ pub struct NatTarget {
     pub raw_over_floor: f64,
     pub net_within_target: bool,
     pub raw_within_target: bool,
-    /// `raw_median` minus the raw median of `nat_vpc_local_fresh` (plain local forwarding
+    /// `raw_median` minus the raw median of `nat_vpc_local` (plain local forwarding
     /// measured the same way): what NAT adds to a forwarded packet under this method.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub over_vpc_local_fresh: Option<f64>,
+    #[serde(
+        default,
+        alias = "over_vpc_local_fresh",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub over_vpc_local: Option<f64>,
 }
 
 /// Issue targets: a new SNAT flow at most 80 ns, established and DNAT paths at most 50.
@@ -448,7 +481,7 @@ pub const NAT_TARGETS: [(&str, f64); 5] = [
 pub fn nat_targets(results: &[PathResult]) -> Vec<NatTarget> {
     let local = results
         .iter()
-        .find(|r| r.name == "nat_vpc_local_fresh")
+        .find(|r| r.name == "nat_vpc_local")
         .map(|r| r.raw_ns.median);
     NAT_TARGETS
         .iter()
@@ -464,7 +497,7 @@ pub fn nat_targets(results: &[PathResult]) -> Vec<NatTarget> {
                 raw_over_floor: r.raw_ns.median / floor,
                 net_within_target: r.net_ns.median <= target_ns,
                 raw_within_target: r.raw_ns.median <= target_ns,
-                over_vpc_local_fresh: local.map(|l| r.raw_ns.median - l),
+                over_vpc_local: local.map(|l| r.raw_ns.median - l),
             })
         })
         .collect()
@@ -830,6 +863,10 @@ pub(crate) fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
     md
 }
 
+/// Bumped for every call through the frame-restoring wrapper, so its first repetition saves
+/// the frame it was given (`BenchConfig::generation`).
+static BENCH_GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
 /// One verified run of `path`: ns per packet. Fails when any repetition took another path,
 /// or when a path measured by repetition left a different frame behind.
 pub fn run_once(dp: &Dataplane, path: &PathSpec, params: &Params) -> Result<f64> {
@@ -846,8 +883,24 @@ pub fn run_plan(dp: &Dataplane, path: &PathSpec, plan: Plan) -> Result<f64> {
     let mut odd_action: Option<u32> = None;
     let mut total_ns = 0.0;
     let before = dp.stats()?;
+    let restore = match path.method {
+        Method::RepeatRestoredFrame => Some(0),
+        Method::NewFlows { vary_offset } => Some(vary_offset),
+        _ => None,
+    };
     for _ in 0..plan.calls {
-        let varied = path.vary.map(|next| next(&path.frame));
+        let varied = path.vary.map(|next| {
+            let k = NEXT_FLOW.fetch_add(plan.repeat, std::sync::atomic::Ordering::Relaxed);
+            next(&path.frame, k)
+        });
+        if let Some(vary_offset) = restore {
+            dp.set_bench_config(&BenchConfig {
+                restore: 1,
+                vary_offset,
+                generation: BENCH_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                _pad: 0,
+            })?;
+        }
         let opts = TestRunOptions {
             data_in: Some(varied.as_deref().unwrap_or(&path.frame)),
             data_out: Some(&mut data_out),
@@ -870,6 +923,9 @@ pub fn run_plan(dp: &Dataplane, path: &PathSpec, plan: Plan) -> Result<f64> {
         // ns per packet; dividing by `repeat` again would be wrong. Timing the syscall from
         // here instead would add a fixed ~16 ms per repeated call (XDP dispatcher swap).
         total_ns += result.duration.as_nanos() as f64;
+    }
+    if restore.is_some() {
+        dp.set_bench_config(&BenchConfig::default())?;
     }
     let delta = dp.stats()?.since(&before);
     verify(
@@ -1050,6 +1106,55 @@ mod tests {
     }
 
     #[test]
+    fn new_flow_paths_count_up_the_field_their_frames_vary_in() {
+        let wrappers = [programs::XDP_BENCH_VM, programs::XDP_BENCH_UNDERLAY];
+        let mut seen = 0;
+        for p in paths() {
+            let Method::NewFlows { vary_offset } = p.method else {
+                // Only the wrappers restore a translated frame.
+                if p.method == Method::RepeatRestoredFrame {
+                    assert!(wrappers.contains(&p.program), "{}", p.name);
+                }
+                continue;
+            };
+            seen += 1;
+            assert!(wrappers.contains(&p.program), "{}", p.name);
+            let off = vary_offset as usize;
+            assert!(
+                off != 0 && off + 2 <= sluice_common::bench::RESTORE_LEN,
+                "{}",
+                p.name
+            );
+            let next = p.vary.unwrap_or_else(|| panic!("{}: no vary", p.name));
+            let mut firsts = std::collections::HashSet::new();
+            for block in [0, 1, 14, 15, 16, 40, 111] {
+                let k = block * NEW_FLOW_REPEAT;
+                let first = next(&p.frame, k);
+                assert_eq!(first.len(), p.frame.len(), "{}", p.name);
+                assert!(
+                    firsts.insert(first.clone()),
+                    "{}: block {block} repeats",
+                    p.name
+                );
+                for i in [1, 2, 255, 256, NEW_FLOW_REPEAT - 1] {
+                    // What the wrapper makes of the call's frame after i repetitions.
+                    let mut counted = first.clone();
+                    let v = u16::from_be_bytes([counted[off], counted[off + 1]]);
+                    let v = v
+                        .checked_add(i as u16)
+                        .unwrap_or_else(|| panic!("{}: field overflows in block {block}", p.name));
+                    counted[off..off + 2].copy_from_slice(&v.to_be_bytes());
+                    let mut expected = next(&p.frame, k + i);
+                    // The IPv4 header checksum is the call's first frame's (unchecked).
+                    expected[24..26].copy_from_slice(&counted[24..26]);
+                    assert_eq!(counted, expected, "{}: flow {}", p.name, k + i);
+                }
+            }
+        }
+        assert!(seen >= 4, "new-flow paths: {seen}");
+    }
+
+    #[test]
     fn every_vpc_path_is_measured_at_both_scales() {
         let all = paths();
         let at = |scale| {
@@ -1172,6 +1277,7 @@ mod tests {
                 "floor",
                 "floor_repeat_200",
                 "floor_repeat_1",
+                "floor_repeat_4096",
                 "vpc_encap@10",
                 "vpc_encap@100k"
             ]

@@ -6,8 +6,8 @@
 //! VM's 8080, the border router resolved. `lo` is also the underlay, so translated
 //! packets are "sent" to `lo` (test runs transmit nothing).
 //!
-//! - `nat_vpc_local_fresh`: calibration, `vpc_local` measured as the translating paths
-//!   are (one repetition per call), so their figures can be read against a plain
+//! - `nat_vpc_local`: calibration, `vpc_local` measured as the translating paths are
+//!   (through the frame-restoring wrapper), so their figures can be read against a plain
 //!   forwarding path measured the same way.
 //! - `snat_new_flow`: a new flow each packet (its ports count up, toward its own
 //!   destination so no measured flow is disturbed): private entry inserted, SNAT port
@@ -22,15 +22,14 @@
 //! - `snat_exhausted_drop`: a new flow toward a destination for which every port of the
 //!   host's blocks is taken: all `PORT_PROBES` probes fail, dropped.
 //!
-//! Every path but the drops rewrites its frame (addresses, ports, TTL), so it is measured
-//! on a fresh copy per call with one repetition, net of the floor measured the same way.
+//! Every path but the drops rewrites its frame (addresses, ports, TTL), so it runs
+//! through the bench wrapper that writes the frame back after each repetition
+//! (`Method::RepeatRestoredFrame`; new flows: `Method::NewFlows`, which also counts a
+//! field up so every repetition is another flow); the wrapper's cost is included.
 //! The exhaustion drop costs microseconds and runs 200 repetitions per call, like the
 //! routed paths.
 
-use std::{
-    net::Ipv4Addr,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context, Result};
 use aya::{
@@ -46,7 +45,7 @@ use sluice_common::{
     nat::{
         block_first_port, EipKind, BLOCK_SIZE, LINK_SNAT, MAX_HOST_BLOCKS, NAT_VNI, PORT_PROBES,
     },
-    programs::{XDP_UNDERLAY, XDP_VM},
+    programs::{XDP_BENCH_UNDERLAY, XDP_BENCH_VM, XDP_UNDERLAY, XDP_VM},
     proto::IPPROTO_UDP,
     stats::Reason,
     vpc::{flow_hash, Ipv4, Mac, NextHop, NextHopKind, RouteKey},
@@ -59,6 +58,7 @@ use sluice_dataplane::{
 
 use crate::{
     micro::{xdp_md, Method, PathSpec, XDP_DROP, XDP_REDIRECT},
+    sg::FLOWS_PER_PORT,
     vpc::{self, Scale, LO, LOCAL_PEER, THIS_VTEP, UNDERLAY_MAC, VM, VNI},
 };
 
@@ -88,7 +88,7 @@ pub const BLOCKS: u16 = MAX_HOST_BLOCKS as u16;
 
 /// The base names of the NAT paths (they run on the NAT instance).
 pub const PATHS: [&str; 8] = [
-    "nat_vpc_local_fresh",
+    "nat_vpc_local",
     "snat_new_flow",
     "snat_established",
     "snat_reply",
@@ -298,25 +298,28 @@ fn dnat_established_frame() -> Vec<u8> {
     from_internet(PUBLIC, DNAT_SPORT, EIP_D, DNAT_PORT)
 }
 
-/// Flow numbers handed out to new-flow frames (never reused in one process).
-static NEXT_FLOW: AtomicU32 = AtomicU32::new(0);
+/// Offset of the destination port, the field SNAT flows count up.
+pub const DEST_PORT_OFFSET: u32 = 36;
 
-/// The VM's frame as the next never-seen SNAT flow: the destination port counts up (so
-/// its public tuple is new whatever port it gets), the source port every 65,000 flows.
-pub fn next_snat_flow(frame: &[u8]) -> Vec<u8> {
-    let k = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
-    let dport = 1 + (k % 65_000) as u16;
-    let sport = 1024 + (k / 65_000) as u16;
+/// The VM's frame as SNAT flow `k`: the destination port counts up (so its public tuple
+/// is new whatever port it gets, and the first port probed is free), then the source
+/// port.
+pub fn next_snat_flow(frame: &[u8], k: u32) -> Vec<u8> {
+    let dport = 1 + (k % FLOWS_PER_PORT) as u16;
+    let sport = 1024 + (k / FLOWS_PER_PORT) as u16;
     let mut f = frame.to_vec();
     f[34..36].copy_from_slice(&sport.to_be_bytes());
     f[36..38].copy_from_slice(&dport.to_be_bytes());
     f
 }
 
-/// The Internet's frame as the next never-seen DNAT flow: its source address counts up
-/// (in 198.18.0.0/15, the benchmarking range), its source port every 65,536 flows.
-pub fn next_dnat_flow(frame: &[u8]) -> Vec<u8> {
-    let k = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
+/// Offset of the low half of the source address, the field DNAT flows count up.
+pub const SOURCE_ADDRESS_LOW_OFFSET: u32 = 28;
+
+/// The Internet's frame as DNAT flow `k`: its source address counts up (in
+/// 198.18.0.0/15, the benchmarking range), its source port every 131,072 flows. The
+/// header checksum is the first flow's: nothing on the path checks it.
+pub fn next_dnat_flow(frame: &[u8], k: u32) -> Vec<u8> {
     let src = [198, 18 + ((k >> 16) & 1) as u8, (k >> 8) as u8, k as u8];
     let sport = 20000 + (k >> 17) as u16;
     let mut f = frame.to_vec();
@@ -352,7 +355,11 @@ pub fn paths() -> Vec<PathSpec> {
         program,
         description,
         frame,
-        ingress_ifindex: if program == XDP_VM { LO } else { 0 },
+        ingress_ifindex: if program == XDP_VM || program == XDP_BENCH_VM {
+            LO
+        } else {
+            0
+        },
         action,
         reason: Some(reason),
         method,
@@ -360,7 +367,7 @@ pub fn paths() -> Vec<PathSpec> {
         sg: None,
         vary: None,
     };
-    let fresh = Method::Fresh { repeat: 1 };
+    let restored = Method::RepeatRestoredFrame;
     let reply = from_internet(PUBLIC, VM_DPORT, EIP_S, established_port());
     // Any port of the SNAT EIP but the established flow's: no flow holds it.
     let unheld = if established_port() == u16::MAX {
@@ -370,64 +377,68 @@ pub fn paths() -> Vec<PathSpec> {
     };
     vec![
         p(
-            "nat_vpc_local_fresh",
-            XDP_VM,
-            "calibration: vpc_local (VM to a NIC on this host) in the NAT instance, measured like the translating paths (one repetition per call): what that method alone adds to a forwarding path".into(),
+            "nat_vpc_local",
+            XDP_BENCH_VM,
+            "calibration: vpc_local (VM to a NIC on this host) in the NAT instance, measured like the translating paths (through the frame-restoring wrapper): what that method alone adds to a forwarding path".into(),
             vpc::from_vm(LOCAL_PEER),
             XDP_REDIRECT,
             Reason::FwdLocal,
-            fresh,
+            restored,
         ),
         PathSpec {
             vary: Some(next_snat_flow),
             ..p(
                 "snat_new_flow",
-                XDP_VM,
+                XDP_BENCH_VM,
                 "VM to the Internet through the NAT gateway, a new flow each packet: route (NAT gateway), private entry inserted, SNAT rule, port allocated (public entry inserted), rewrite, to the border router".into(),
                 vpc::from_vm(NEW_FLOW_DST),
                 XDP_REDIRECT,
                 Reason::FwdNatOut,
-                Method::NewFlows,
+                Method::NewFlows {
+                    vary_offset: DEST_PORT_OFFSET,
+                },
             )
         },
         p(
             "snat_established",
-            XDP_VM,
+            XDP_BENCH_VM,
             "VM to the Internet, a live SNAT flow: route (NAT gateway), private entry hit, its link, rewrite, to the border router".into(),
             vpc::from_vm(PUBLIC),
             XDP_REDIRECT,
             Reason::FwdNatOut,
-            fresh,
+            restored,
         ),
         p(
             "snat_reply",
-            XDP_UNDERLAY,
+            XDP_BENCH_UNDERLAY,
             "the Internet's reply to a live SNAT flow at the underlay: EIP, public entry, private entry, reverse rewrite, to the VM".into(),
             reply,
             XDP_REDIRECT,
             Reason::FwdNatIn,
-            fresh,
+            restored,
         ),
         PathSpec {
             vary: Some(next_dnat_flow),
             ..p(
                 "dnat_new_flow",
-                XDP_UNDERLAY,
+                XDP_BENCH_UNDERLAY,
                 format!("the Internet to a published port (UDP {DNAT_PORT} to the VM's {DNAT_TARGET_PORT}), a new flow each packet: EIP, public entry (miss), DNAT entry, private entry and public entry inserted, rewrite, to the VM"),
                 dnat_established_frame(),
                 XDP_REDIRECT,
                 Reason::FwdNatIn,
-                Method::NewFlows,
+                Method::NewFlows {
+                    vary_offset: SOURCE_ADDRESS_LOW_OFFSET,
+                },
             )
         },
         p(
             "dnat_established",
-            XDP_UNDERLAY,
+            XDP_BENCH_UNDERLAY,
             "the Internet to a published port, a live DNAT flow: EIP, public entry, private entry, rewrite, to the VM".into(),
             dnat_established_frame(),
             XDP_REDIRECT,
             Reason::FwdNatIn,
-            fresh,
+            restored,
         ),
         p(
             "nat_default_deny",
@@ -476,11 +487,14 @@ mod tests {
     #[test]
     fn new_flows_never_repeat_a_tuple() {
         let base = vpc::from_vm(NEW_FLOW_DST);
-        let (a, b) = (next_snat_flow(&base), next_snat_flow(&base));
+        let (a, b) = (
+            next_snat_flow(&base, 0),
+            next_snat_flow(&base, FLOWS_PER_PORT),
+        );
         assert_ne!(a[34..38], b[34..38]);
         assert_eq!(a[..34], base[..34]);
         let base = dnat_established_frame();
-        let (a, b) = (next_dnat_flow(&base), next_dnat_flow(&base));
+        let (a, b) = (next_dnat_flow(&base, 0), next_dnat_flow(&base, 1 << 16));
         assert_ne!(a[26..36], b[26..36]);
         // The header checksum stays valid: the sum over the header folds to 0xffff.
         let mut h = a[14..34].to_vec();

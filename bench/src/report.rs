@@ -132,7 +132,7 @@ pub fn nat_targets_markdown(report: &MicroReport) -> String {
             n.label, n.established_port
         );
     }
-    s.push_str("| path | target ns | raw median | floor (same method) | raw ÷ floor | net median | raw − `nat_vpc_local_fresh` | ≤ target raw | ≤ target net |\n");
+    s.push_str("| path | target ns | raw median | floor (same method) | raw ÷ floor | net median | raw − `nat_vpc_local` | ≤ target raw | ≤ target net |\n");
     s.push_str("|---|--:|--:|--:|--:|--:|--:|:-:|:-:|\n");
     for t in &report.nat_targets {
         let _ = writeln!(
@@ -144,7 +144,7 @@ pub fn nat_targets_markdown(report: &MicroReport) -> String {
             num(t.floor_median),
             t.raw_over_floor,
             num(t.net_median),
-            t.over_vpc_local_fresh.map_or("n/a".into(), num),
+            t.over_vpc_local.map_or("n/a".into(), num),
             yes(t.raw_within_target),
             yes(t.net_within_target),
         );
@@ -667,8 +667,8 @@ pub fn control_markdown(r: &ControlReport) -> String {
     let a = &r.apply;
     let _ = writeln!(
         s,
-        "\n## Apply {} VPCs x {} routes (s)\n",
-        a.vpcs, a.routes_per_vpc
+        "\n## Apply {} VPCs x {} routes, {} security-group rules (s)\n",
+        a.vpcs, a.routes_per_vpc, a.sg_rules
     );
     let _ = writeln!(
         s,

@@ -18,10 +18,7 @@
 //! - `sg_established`: a packet of a live flow: one lookup, the policy-id comparison, the
 //!   state update; compare with `vpc_local@10`, the same path on an unfiltered NIC.
 
-use std::{
-    net::Ipv4Addr,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context, Result};
 use aya::maps::{HashMap, MapData};
@@ -30,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_common::{
     conntrack::{self, CtConfig, CtEntry, CtKey, CT_COUNT_USERSPACE, TCP_ACK},
-    programs::XDP_VM,
+    programs::{XDP_BENCH_VM, XDP_VM},
     proto::{IPPROTO_ICMP, IPPROTO_TCP},
     stats::Reason,
     vpc::Ipv4,
@@ -43,7 +40,7 @@ use sluice_dataplane::{
 };
 
 use crate::{
-    micro::{Method, PathSpec, XDP_REDIRECT},
+    micro::{Method, PathSpec, NEW_FLOW_REPEAT, SOURCE_PORT_OFFSET, XDP_REDIRECT},
     vpc::{self, Scale, LO, LOCAL_PEER, ROUTER_MAC, VM},
 };
 
@@ -140,7 +137,7 @@ fn rule(
 
 /// `n` rules in each direction: `n - 1` TCP rules on other ports and remotes first, then
 /// the one that decides (all protocols, the VPC's subnet), last by priority.
-fn rules(n: usize) -> Vec<Value> {
+pub(crate) fn rules(n: usize) -> Vec<Value> {
     let mut out = Vec::new();
     for k in 0..n - 1 {
         let (hi, lo) = (100 + k / 250, k % 250);
@@ -264,14 +261,15 @@ fn fill(dp: &mut Dataplane, n: u32) -> Result<()> {
     Ok(())
 }
 
-/// Flow numbers handed out to `sg_new_flow` frames (never reused in one process).
-static NEXT_FLOW: AtomicU32 = AtomicU32::new(0);
+/// Flows per destination port: a multiple of [`NEW_FLOW_REPEAT`], so a call's flows
+/// differ in the source port alone (the field the wrapper counts up).
+pub const FLOWS_PER_PORT: u32 = 15 * NEW_FLOW_REPEAT;
 
-/// `frame` (untagged IPv4 UDP or TCP) as the next never-seen flow: its ports count up.
-pub fn next_flow(frame: &[u8]) -> Vec<u8> {
-    let k = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
-    let sport = 1024 + (k % 60_000) as u16;
-    let dport = 5000 + (k / 60_000) as u16;
+/// `frame` (untagged IPv4 UDP or TCP) as flow `k`: the source port counts up, then the
+/// destination port.
+pub fn next_flow(frame: &[u8], k: u32) -> Vec<u8> {
+    let sport = 1024 + (k % FLOWS_PER_PORT) as u16;
+    let dport = 5000 + (k / FLOWS_PER_PORT) as u16;
     let mut f = frame.to_vec();
     f[34..36].copy_from_slice(&sport.to_be_bytes());
     f[36..38].copy_from_slice(&dport.to_be_bytes());
@@ -307,12 +305,13 @@ pub fn paths(scale: SgScale) -> Vec<PathSpec> {
     };
     let label = scale.label();
     let mut out = vec![PathSpec {
+        program: XDP_BENCH_VM,
         vary: Some(next_flow),
         ..p(
             "sg_new_flow",
             format!("vpc_local with both NICs filtered ({label}), a new flow each packet: connection lookup (miss), egress and ingress policy, insert"),
             vpc::from_vm(LOCAL_PEER),
-            Method::NewFlows,
+            Method::NewFlows { vary_offset: SOURCE_PORT_OFFSET },
         )
     }];
     if scale != SgScale::Flows1M {
@@ -364,8 +363,8 @@ mod tests {
     #[test]
     fn new_flows_never_repeat_a_tuple() {
         let base = vpc::from_vm(LOCAL_PEER);
-        let a = next_flow(&base);
-        let b = next_flow(&base);
+        let a = next_flow(&base, 0);
+        let b = next_flow(&base, FLOWS_PER_PORT);
         assert_ne!(a[34..38], b[34..38]);
         assert_eq!(a.len(), base.len());
         assert_eq!(a[..34], base[..34]);

@@ -10,10 +10,11 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-bench");
 
 /// Every path and the reason it must be counted under (the floors count nothing).
-const EXPECTED: [(&str, Option<&str>); 14] = [
+const EXPECTED: [(&str, Option<&str>); 15] = [
     ("floor", None),
     ("floor_repeat_200", None),
     ("floor_repeat_1", None),
+    ("floor_repeat_4096", None),
     ("vm_ipv4_udp_pass", Some("pass_ipv4")),
     ("vm_ipv4_tcp_pass", Some("pass_ipv4")),
     ("vm_arp_pass", Some("pass_arp")),
@@ -46,12 +47,12 @@ const EXPECTED_SG: [(&str, &str); 10] = [
 
 /// The NAT paths with their reason and method kind.
 const EXPECTED_NAT: [(&str, &str, &str); 8] = [
-    ("nat_vpc_local_fresh", "fwd_local", "fresh"),
+    ("nat_vpc_local", "fwd_local", "repeat_restored_frame"),
     ("snat_new_flow", "fwd_nat_out", "new_flows"),
-    ("snat_established", "fwd_nat_out", "fresh"),
-    ("snat_reply", "fwd_nat_in", "fresh"),
+    ("snat_established", "fwd_nat_out", "repeat_restored_frame"),
+    ("snat_reply", "fwd_nat_in", "repeat_restored_frame"),
     ("dnat_new_flow", "fwd_nat_in", "new_flows"),
-    ("dnat_established", "fwd_nat_in", "fresh"),
+    ("dnat_established", "fwd_nat_in", "repeat_restored_frame"),
     ("nat_default_deny", "drop_nat_no_rule", "repeat"),
     ("snat_exhausted_drop", "drop_nat_ports_exhausted", "fresh"),
 ];
@@ -59,7 +60,7 @@ const EXPECTED_NAT: [(&str, &str, &str); 8] = [
 /// The load balancer paths with their reason and method kind.
 const EXPECTED_LB: [(&str, &str, &str); 2] = [
     ("lb_new_flow", "fwd_local", "new_flows"),
-    ("lb_established", "fwd_local", "fresh"),
+    ("lb_established", "fwd_local", "repeat_restored_frame"),
 ];
 
 /// The VPC paths, each measured at both scales (`@10`, `@100k`), with their reason and
@@ -223,7 +224,7 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
             "{t}"
         );
         support::number(&t["target_ns"], "target_ns");
-        support::number(&t["over_vpc_local_fresh"], "over_vpc_local_fresh");
+        support::number(&t["over_vpc_local"], "over_vpc_local");
     }
 
     for file in ["summary.md", "micro.svg"] {

@@ -5,6 +5,7 @@
 //! each shared type has a compile-time size and alignment assert.
 #![no_std]
 
+pub mod bench;
 pub mod conntrack;
 pub mod lb;
 pub mod nat;
@@ -34,7 +35,7 @@ pub mod maps {
     /// appliance NICs may send any inner source address under a VNI.
     pub const APPLIANCE_VTEPS: &str = "SLUICE_APPLIANCE_VTEPS";
     /// Every map in the object; the daemon pins each under `<pin_dir>/maps/<name>`.
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 33] = [
         STATS,
         PORTS,
         ENDPOINTS,
@@ -66,6 +67,8 @@ pub mod maps {
         crate::lb::maps::TABLES,
         crate::lb::maps::BACKENDS,
         crate::lb::maps::ACTIVE,
+        crate::bench::maps::CONFIG,
+        crate::bench::maps::FRAME,
     ];
 }
 
@@ -77,8 +80,8 @@ pub mod programs {
     pub const XDP_UNDERLAY: &str = "xdp_underlay";
     /// An empty XDP program: the measuring floor for benchmarks.
     pub const XDP_FLOOR: &str = "xdp_floor";
-    /// Benchmark only: `xdp_vm` / `xdp_underlay` that move `data` back after each run, so
-    /// repeated test runs of an encapsulating or decapsulating path measure that path.
+    /// Benchmark only: `xdp_vm` / `xdp_underlay` that put the frame back after each run
+    /// (`crate::bench`), so repeated test runs of a path that rewrites it measure that path.
     pub const XDP_BENCH_VM: &str = "xdp_bench_vm";
     pub const XDP_BENCH_UNDERLAY: &str = "xdp_bench_underlay";
     /// All programs the daemon and the verifier test load.

@@ -866,9 +866,10 @@ fn eips_nat_gateways_and_their_entries() {
         row(&out, "eipp-1"),
         ["eipp-1", "pub", "198.51.100.0/30,203.0.113.0/28"]
     );
-    // Lowest free first; a given address; an address from no pool names the field.
+    // Lowest free first (not the network address); a given address; an address from no
+    // pool names the field.
     let e1 = api.json(&["create", "eip", "--name", "e1"]);
-    assert_eq!(e1["address"], "198.51.100.0");
+    assert_eq!(e1["address"], "198.51.100.1");
     let out = api.ok(&["create", "eip", "--name", "e2", "--address", "203.0.113.7"]);
     assert_eq!(
         row(&out, "eip-2"),

@@ -9,10 +9,11 @@
 
 use std::{
     fs,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Map, MapData},
     programs::{
@@ -117,6 +118,17 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("no map {name}"))
     }
 
+    /// Tells the benchmark wrappers (`xdp_bench_vm`, `xdp_bench_underlay`) how to put the
+    /// frame back after each repetition of the next test run.
+    pub fn set_bench_config(&self, config: &sluice_common::bench::BenchConfig) -> Result<()> {
+        let name = sluice_common::bench::maps::CONFIG;
+        let Map::Array(data) = self.map(name)? else {
+            bail!("{name} is not an array");
+        };
+        crate::sys_bpf::update_elem(data.fd().as_fd().as_raw_fd(), &0u32, config)
+            .with_context(|| format!("writing {name}"))
+    }
+
     pub fn stats(&self) -> Result<crate::stats::StatsSnapshot> {
         crate::stats::StatsSnapshot::read(self.map(maps::STATS)?)
     }
@@ -162,7 +174,7 @@ impl Dataplane {
 /// ifindex 0 for it then).
 fn pinned_link_is_on(path: &Path, iface: &str) -> Result<bool> {
     use crate::sys_bpf::{call, put_u32, put_u64};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{FromRawFd, OwnedFd};
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let name = std::ffi::CString::new(iface)?;

@@ -11,8 +11,10 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod bench;
 mod conntrack;
 mod lb;
+mod lpm;
 mod nat;
 mod parse;
 mod rewrite;
@@ -75,30 +77,18 @@ fn underlay(ctx: &XdpContext) -> u32 {
     stats::verdict(ctx, reason)
 }
 
-/// Benchmark only: `xdp_vm`, then `data` moved back to where it was. `BPF_PROG_TEST_RUN`
-/// repeats a program on the same buffer without resetting it, so an encapsulating path
-/// would otherwise measure itself once and then an ever longer frame.
+/// Benchmark only: `xdp_vm`, then the frame put back (`bench.rs`). `BPF_PROG_TEST_RUN`
+/// repeats a program on the same buffer without resetting it, so an encapsulating or
+/// translating path would otherwise measure itself once and then another frame.
 #[xdp]
 pub fn xdp_bench_vm(ctx: XdpContext) -> u32 {
-    restoring_head(&ctx, vm)
+    bench::restoring(&ctx, vm)
 }
 
-/// Benchmark only: `xdp_underlay`, then `data` moved back (see `xdp_bench_vm`).
+/// Benchmark only: `xdp_underlay`, then the frame put back (see `xdp_bench_vm`).
 #[xdp]
 pub fn xdp_bench_underlay(ctx: XdpContext) -> u32 {
-    restoring_head(&ctx, underlay)
-}
-
-#[inline(always)]
-fn restoring_head(ctx: &XdpContext, path: fn(&XdpContext) -> u32) -> u32 {
-    // Lengths, not pointers: the verifier forbids arithmetic on a saved packet pointer.
-    let before = stats::frame_len(ctx) as i32;
-    let action = path(ctx);
-    let grown = stats::frame_len(ctx) as i32 - before;
-    if grown != 0 {
-        unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, grown) };
-    }
-    action
+    bench::restoring(&ctx, underlay)
 }
 
 /// Does nothing: the benchmark floor (the cost of running any XDP program at all).

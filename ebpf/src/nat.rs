@@ -17,7 +17,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::bpf_loop,
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
+    maps::{Array, HashMap, LpmTrie},
     programs::XdpContext,
 };
 use sluice_common::{
@@ -30,6 +30,7 @@ use sluice_common::{
 
 use crate::{
     conntrack::{self as ct, Flow, TRACK_NONE},
+    lpm,
     parse::Packet,
     rewrite::*,
     sg,
@@ -254,10 +255,11 @@ pub extern "C" fn sluice_nat_egress(vni: u32, ifindex: u32) -> u32 {
         sc.nat.to = link(b.eip, f.sport, LINK_NONE, 0);
         return PASS;
     }
-    let Some(rule) = SOURCES.get(Key::new(
+    let Some(rule) = lpm::get(
+        &SOURCES,
         SourceKey::trie_prefix_len(32),
         SourceKey::new(vni, f.src),
-    )) else {
+    ) else {
         return Reason::DropNatNoSource.index();
     };
     // Only SNAT needs the entry: a bound EIP's flows are stateless.

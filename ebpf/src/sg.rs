@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
 use sluice_common::{
@@ -25,6 +25,7 @@ use sluice_common::{
 
 use crate::{
     conntrack::{self as ct, Flow, TRACK_INSERT, TRACK_NONE},
+    lpm,
     parse::Packet,
 };
 
@@ -298,11 +299,12 @@ fn allows(id: u64, egress: bool, remote: Ipv4, proto: u8, port: u16) -> bool {
     if id == POLICY_NONE {
         return default;
     }
-    let r = REMOTES.get(Key::new(REMOTE_LOOKUP_LEN, RemoteKey::new(id, remote)));
-    let s = SERVICES.get(Key::new(
+    let r = lpm::get(&REMOTES, REMOTE_LOOKUP_LEN, RemoteKey::new(id, remote));
+    let s = lpm::get(
+        &SERVICES,
         SERVICE_LOOKUP_LEN,
         ServiceKey::new(id, proto, port),
-    ));
+    );
     let info = unsafe { POLICIES.get(id) };
     decide(r, s, info).unwrap_or(default)
 }
@@ -443,7 +445,7 @@ fn blocklist_active() -> bool {
 /// The blocklist entry covering `addr` for `which` (`BLOCK_SRC` / `BLOCK_DST`), counted.
 #[inline(always)]
 fn blocked(addr: Ipv4, which: u32, len: usize) -> bool {
-    let Some(entry) = BLOCKLIST.get(Key::new(32, BlockKey { addr })) else {
+    let Some(entry) = lpm::get(&BLOCKLIST, 32, BlockKey { addr }) else {
         return false;
     };
     if entry.flags & which == 0 {

@@ -19,7 +19,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_redirect, bpf_xdp_adjust_head},
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
+    maps::{Array, HashMap, LpmTrie},
     programs::XdpContext,
 };
 use sluice_common::{
@@ -29,7 +29,7 @@ use sluice_common::{
 };
 
 use crate::{
-    lb, nat,
+    lb, lpm, nat,
     parse::{Packet, Vxlan},
     rewrite, sg,
 };
@@ -192,10 +192,11 @@ pub(crate) fn endpoint(vni: u32, ip: Ipv4) -> Option<&'static Endpoint> {
 
 #[inline(always)]
 fn lookup_route(vni: u32, dst: Ipv4) -> Option<&'static NextHop> {
-    ROUTES.get(&Key::new(
+    lpm::get(
+        &ROUTES,
         RouteKey::trie_prefix_len(32),
         RouteKey::new(vni, dst),
-    ))
+    )
 }
 
 /// `ifindex`: the sending port's (its context field costs three dependent loads).

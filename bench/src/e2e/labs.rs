@@ -349,8 +349,8 @@ fn kernel_vm(lab: &Lab, v: &Vm) -> Result<()> {
 }
 
 /// A kernel-lab VM's own end, configured as Sluice's lab VMs are (namespace, veth to its
-/// host, MTU, MAC, address, TX checksum offload off, default route via the gateway); its
-/// host end is left down, to each lab's wiring.
+/// host, MTU, MAC, address, TX checksum offload off, a guest NIC's qdisc, default route via
+/// the gateway); its host end is left down, to each lab's wiring.
 pub fn kernel_vm_end(lab: &Lab, v: &Vm) -> Result<()> {
     lab.add_host(v.label)?;
     lab.disable_ipv6(v.label)?;
@@ -361,6 +361,7 @@ pub fn kernel_vm_end(lab: &Lab, v: &Vm) -> Result<()> {
     lab.addr(v.label, v.ifname, &format!("{}/{SUBNET_LEN}", v.ip))?;
     lab.up(v.label, v.ifname)?;
     lab.exec(v.label, &["ethtool", "-K", v.ifname, "tx", "off"])?;
+    lab.guest_nic(v.label, v.ifname)?;
     cmd::ip_in(
         &v.netns,
         &["route", "add", "default", "via", GATEWAY, "dev", v.ifname],

@@ -1622,7 +1622,7 @@ mod tests {
             assert!(r.generation.is_some());
         }
         let e1 = call(&app, "GET", "/v1/eips/e1", None).await.body;
-        assert_eq!(e1["address"], "203.0.113.0");
+        assert_eq!(e1["address"], "203.0.113.1");
         assert_eq!(e1["state"], "attached");
         assert_eq!(e1["nat_gateway"], "natgw-1");
         let gw = call(&app, "GET", "/v1/nat-gateways/gw", None).await.body;
@@ -1639,7 +1639,7 @@ mod tests {
             (r.status, &r.body["state"]),
             (StatusCode::OK, &"bound".into())
         );
-        let r = call(&app, "POST", "/v1/eips/203.0.113.1/unbind", None).await;
+        let r = call(&app, "POST", "/v1/eips/203.0.113.2/unbind", None).await;
         assert_eq!(
             (r.status, &r.body["state"]),
             (StatusCode::OK, &"free".into())

@@ -718,7 +718,9 @@ impl Intent {
         Ok(pool)
     }
 
-    /// The lowest address of `pool` no EIP has.
+    /// The lowest address of `pool` no EIP has. A range of 4 addresses or more keeps its
+    /// network and broadcast addresses out of automatic allocation (routers and hosts on
+    /// the public side treat them specially); an operator may still name them.
     fn lowest_free(&self, pool: &EipPool) -> Option<Ipv4Addr> {
         let used: HashSet<Ipv4Addr> = self
             .eips
@@ -727,7 +729,13 @@ impl Intent {
             .map(|e| e.address)
             .collect();
         pool.cidrs.iter().find_map(|c| {
-            (0..c.size())
+            let ends = c.prefix_len() <= 30;
+            let (first, past) = if ends {
+                (1, c.size() - 1)
+            } else {
+                (0, c.size())
+            };
+            (first..past)
                 .filter_map(|k| c.nth(k))
                 .find(|a| !used.contains(a))
         })
@@ -1583,7 +1591,7 @@ mod tests {
             name: Some("gw".into()),
             vpc: "tenant-a".into(),
             subnet: "web".into(),
-            eips: vec!["e1".into(), "203.0.113.1".into(), "eip-3".into()],
+            eips: vec!["e1".into(), "203.0.113.2".into(), "eip-3".into()],
             ..Default::default()
         })
         .unwrap()
@@ -1639,17 +1647,19 @@ mod tests {
         let (i, _) = lab()
             .create_eip_pool(pool("pub", &["203.0.113.0/30"]))
             .unwrap();
-        let (i, a) = i.create_eip(eip("a", Some("203.0.113.1"))).unwrap();
+        let (i, a) = i.create_eip(eip("a", Some("203.0.113.2"))).unwrap();
         assert_eq!(
             (a.pool.as_str(), a.state.clone()),
             ("eipp-1", EipState::Free)
         );
         let (i, b) = i.create_eip(eip("b", None)).unwrap();
-        assert_eq!(b.address.to_string(), "203.0.113.0");
-        let (i, c) = i.create_eip(eip("c", None)).unwrap();
-        assert_eq!(c.address.to_string(), "203.0.113.2", "skips the taken .1");
+        assert_eq!(
+            b.address.to_string(),
+            "203.0.113.1",
+            "the network address .0 is not handed out"
+        );
         let e = refused(
-            i.create_eip(eip("d", Some("203.0.113.1"))),
+            i.create_eip(eip("d", Some("203.0.113.2"))),
             ErrorKind::Conflict,
             "address",
         );
@@ -1670,9 +1680,17 @@ mod tests {
             ErrorKind::Invalid,
             "name",
         );
-        let (i, _) = i.create_eip(eip("d", None)).unwrap();
+        // .0 and .3 are left: the network and broadcast addresses, never allocated...
         let e = refused(i.create_eip(eip("e", None)), ErrorKind::Conflict, "pool");
         assert!(e.reason.contains("every address"), "{e}");
+        // ...but an operator may name one.
+        let (i, _) = i.create_eip(eip("d", Some("203.0.113.3"))).unwrap();
+        // A /31 or /32 has no network or broadcast address to keep out.
+        let (i, _) = i
+            .create_eip_pool(pool("one", &["198.51.100.7/32"]))
+            .unwrap();
+        let (i, one) = i.create_eip(eip("one", None)).unwrap();
+        assert_eq!(one.address.to_string(), "198.51.100.7");
         // Another pool: an address outside the named pool is refused.
         let (i, _) = i.create_eip_pool(pool("more", &["192.0.2.0/24"])).unwrap();
         let spec = EipSpec {
@@ -1683,13 +1701,13 @@ mod tests {
         let (i, e) = i.create_eip(eip("e", None)).unwrap();
         assert_eq!(
             (e.pool.as_str(), e.address.to_string().as_str()),
-            ("eipp-2", "192.0.2.0")
+            ("eipp-3", "192.0.2.1")
         );
         // A pool with EIPs is not deleted; by address, name or ID they are found.
         let err = refused(i.delete_eip_pool("pub"), ErrorKind::Conflict, "eip_pool");
-        assert_eq!(err.dependents.len(), 4);
-        assert_eq!(i.eip("192.0.2.0").unwrap().id, e.id);
-        let i = i.delete_eip("192.0.2.0").unwrap();
+        assert_eq!(err.dependents.len(), 3);
+        assert_eq!(i.eip("192.0.2.1").unwrap().id, e.id);
+        let i = i.delete_eip("192.0.2.1").unwrap();
         let i = i.delete_eip_pool("more").unwrap();
         assert!(i.eip_pool("more").is_none());
         assert_eq!(Intent::from_records(i.to_records()), i);
@@ -2020,7 +2038,7 @@ mod tests {
             "eip",
         );
         let i = i.remove_nat_entry("gw", "dnat-1").unwrap();
-        let (i, g) = i.detach_nat_gateway_eip("gw", "203.0.113.2").unwrap();
+        let (i, g) = i.detach_nat_gateway_eip("gw", "203.0.113.3").unwrap();
         assert_eq!(g.eips, ["eip-1", "eip-2"]);
         assert_eq!(i.eip("e3").unwrap().state, EipState::Free);
     }

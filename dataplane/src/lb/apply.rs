@@ -430,7 +430,7 @@ pub fn filled_table(table: &[u32]) -> Result<MapData> {
         // Kernels without batch updates (before 5.6): one entry at a time.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => {
             for (k, v) in keys.iter().zip(table) {
-                update_elem(fd.as_raw_fd(), k, v).context("filling a table map")?;
+                crate::sys_bpf::update_elem(fd.as_raw_fd(), k, v).context("filling a table map")?;
             }
         }
         Err(e) => return Err(e).context("filling a table map (batch)"),
@@ -438,32 +438,6 @@ pub fn filled_table(table: &[u32]) -> Result<MapData> {
     MapData::from_fd(fd).context("opening the table map")
 }
 
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-fn elem_call(cmd: libc::c_long, fd: i32, key: &u32, value: Option<&u32>) -> std::io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: fd as u32,
-        _pad: 0,
-        key: key as *const u32 as u64,
-        value: value.map_or(0, |v| v as *const u32 as u64),
-        flags: 0,
-    };
-    crate::sys_bpf::call(cmd, &mut attr).map(drop)
-}
-
-fn update_elem(fd: i32, key: &u32, value: &u32) -> std::io::Result<()> {
-    elem_call(BPF_MAP_UPDATE_ELEM, fd, key, Some(value))
-}
-
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 fn update_batch(fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
@@ -490,12 +464,7 @@ fn remove_table(map: &mut Map, slot: u32) -> Result<()> {
     let Map::ArrayOfMaps(data) = map else {
         bail!("{} is not an array of maps", maps::TABLES);
     };
-    match elem_call(
-        BPF_MAP_DELETE_ELEM,
-        data.fd().as_fd().as_raw_fd(),
-        &slot,
-        None,
-    ) {
+    match crate::sys_bpf::delete_elem(data.fd().as_fd().as_raw_fd(), &slot) {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
             Err(e).with_context(|| format!("{}: removing slot {slot}", maps::TABLES))
         }
