@@ -70,7 +70,10 @@ pub struct Work {
     /// Forward: the backend (address, port, slot).
     pub addr: Ipv4,
     pub port: [u8; 2],
-    pub _pad2: [u8; 2],
+    /// Reply: the packet is an ICMP error about a balanced flow's packet (its quoted
+    /// header gets the VIP end too).
+    pub icmp_error: u8,
+    pub _pad2: u8,
     pub backend: u32,
     /// Reply: the translated entry's link before the security groups ran (a RST deletes
     /// the entry, yet the RST must still leave translated).
@@ -590,11 +593,45 @@ pub extern "C" fn sluice_lb_save(vni: u32) -> u32 {
     0
 }
 
+/// Writes the VIP end (`reply`'s answer) into a backend's packet to the client: as its
+/// source; in an ICMP error, also as the quoted packet's destination. `l4_off`: where the
+/// L4 header is in the frame as it is now. The hop, if any, is the caller's.
+#[inline(always)]
+pub fn rewrite_reply(
+    ctx: &XdpContext,
+    l4_off: usize,
+    proto: u8,
+    (addr, port): (Ipv4, [u8; 2]),
+) -> bool {
+    let icmp_error = ct::scratch().is_some_and(|sc| sc.lb.icmp_error != 0);
+    if icmp_error {
+        rewrite::rewrite_icmp_error(ctx, l4_off, true, addr, port, false)
+    } else {
+        rewrite::rewrite(ctx, l4_off, proto, true, addr, port, false)
+    }
+}
+
 /// After the security groups passed a backend's packet (scratch flow from
 /// [`before_reply`], under `vni`; `filtered`: they keep its entry): the VIP end to write
 /// as its source, if it is a reply of a balanced flow.
 #[inline(always)]
-pub fn reply(vni: u32, filtered: bool) -> Result<Option<(Ipv4, [u8; 2])>, Reason> {
+pub fn reply(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vni: u32,
+    filtered: bool,
+) -> Result<Option<(Ipv4, [u8; 2])>, Reason> {
+    let Some(sc) = ct::scratch() else {
+        return Err(Reason::DropCtFull);
+    };
+    // An ICMP error the backend sent about a packet of the flow (port unreachable,
+    // fragmentation needed) is looked up as the flow's reply, by its quoted header; one
+    // quoting anything else goes on as it is. The scratch flow is the packet's own here
+    // (the security groups wrote it, or `before_reply` did).
+    sc.lb.icmp_error = matches!(
+        rewrite::icmp_error_flow(ctx, pkt, &mut sc.flow, true),
+        Ok(true)
+    ) as u8;
     match sluice_lb_reply(vni, filtered as u32) {
         PASS => Ok(None),
         REWRITE => {
@@ -622,6 +659,7 @@ pub extern "C" fn sluice_lb_reply(vni: u32, filtered: u32) -> u32 {
     if code != PASS {
         return code;
     }
+    let icmp_error = sc.lb.icmp_error != 0;
     let link = if e.is_null() {
         // Gone with this RST: the link saved before.
         sc.lb.saved
@@ -631,7 +669,7 @@ pub extern "C" fn sluice_lb_reply(vni: u32, filtered: u32) -> u32 {
         if e.from_orig(src_is_a) {
             return PASS;
         }
-        if ended(e, f.proto) {
+        if !icmp_error && ended(e, f.proto) {
             uncount(e);
         }
         e.lb
@@ -641,6 +679,10 @@ pub extern "C" fn sluice_lb_reply(vni: u32, filtered: u32) -> u32 {
     }
     sc.lb.vip = link.addr;
     sc.lb.vport = link.port;
+    // An error is no packet of the flow: the forward entry's state stays.
+    if icmp_error {
+        return REWRITE;
+    }
     let (key, vip_is_a) = CtKey::new(vni | LB_VNI, f.proto, link.addr, link.port, f.dst, f.dport);
     sc.key = key;
     if let Some(fe) = ct::lookup(&sc.key) {

@@ -29,7 +29,7 @@ use sluice_common::{
 };
 
 use crate::{
-    conntrack::{self as ct, Flow, TRACK_NONE},
+    conntrack::{self as ct, Flow},
     lpm,
     parse::Packet,
     rewrite::*,
@@ -53,12 +53,6 @@ static OWNERS: HashMap<OwnerKey, BlockOwner> =
     HashMap::with_max_entries(MAX_OWNERS, BPF_F_NO_PREALLOC);
 #[map(name = "SLUICE_NAT_BINDINGS")]
 static BINDINGS: HashMap<EndpointKey, Binding> = HashMap::with_max_entries(MAX_BINDINGS, 0);
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAM_PROBLEM: u8 = 12;
-/// An ICMP error's header, the embedded IPv4 header (no options) and 8 bytes of its L4.
-const ICMP_ERROR_LEN: usize = 8 + IP_LEN + 8;
 
 /// What the global functions return besides a drop reason's index.
 const PASS: u32 = 0;
@@ -187,7 +181,7 @@ pub fn egress(
     };
     let to = sc.nat.to;
     let ok = if icmp_error {
-        rewrite_icmp_error(ctx, pkt, true, to.addr, to.port)
+        rewrite_icmp_error(ctx, pkt.l4_off, true, to.addr, to.port, true)
     } else {
         rewrite(ctx, pkt.l4_off, pkt.ip_proto, true, to.addr, to.port, true)
     };
@@ -471,7 +465,7 @@ fn ingress(ctx: &XdpContext, pkt: &Packet, host: &HostConfig) -> Outcome {
         }
     }
     let ok = if icmp_error {
-        rewrite_icmp_error(ctx, pkt, false, to.addr, to.port)
+        rewrite_icmp_error(ctx, pkt.l4_off, false, to.addr, to.port, true)
     } else {
         rewrite(ctx, pkt.l4_off, pkt.ip_proto, false, to.addr, to.port, true)
     };
@@ -482,125 +476,6 @@ fn ingress(ctx: &XdpContext, pkt: &Packet, host: &HostConfig) -> Outcome {
         return drop(Reason::DropEthTruncated);
     }
     vpc::redirect(ifindex, Reason::FwdNatIn)
-}
-
-/// For an ICMP error, replaces the scratch flow with the tuple of the packet it quotes,
-/// reversed: the flow of the reply the error stands for (ingress: remote → EIP; `egress`:
-/// the VM → remote); true if it was one. The quoted packet must have come from (ingress)
-/// or gone to (egress) the error's own end on this side.
-#[inline(always)]
-fn icmp_error_flow(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    f: &mut Flow,
-    egress: bool,
-) -> Result<bool, Reason> {
-    if pkt.ip_proto != IPPROTO_ICMP || pkt.l4_off == 0 {
-        return Ok(false);
-    }
-    let Some(c) = vpc::ptr_mut::<[u8; 8]>(ctx, pkt.l4_off) else {
-        return Err(Reason::DropIcmpTruncated);
-    };
-    let t = unsafe { (*c)[0] };
-    if t != ICMP_DEST_UNREACH && t != ICMP_TIME_EXCEEDED && t != ICMP_PARAM_PROBLEM {
-        return Ok(false);
-    }
-    let Some(m) = vpc::ptr_mut::<[u8; ICMP_ERROR_LEN]>(ctx, pkt.l4_off) else {
-        return Err(Reason::DropIcmpTruncated);
-    };
-    let m = unsafe { &*m };
-    let inner = &m[8..8 + IP_LEN];
-    let l4 = &m[8 + IP_LEN..];
-    let inner_src: Ipv4 = [inner[12], inner[13], inner[14], inner[15]];
-    let inner_dst: Ipv4 = [inner[16], inner[17], inner[18], inner[19]];
-    if egress {
-        if inner[0] != 0x45 || inner_dst != f.src {
-            return Err(Reason::DropNatNoState);
-        }
-        f.dst = inner_src;
-    } else if inner[0] != 0x45 || inner_src != f.dst {
-        return Err(Reason::DropNatNoRule);
-    }
-    f.src = inner_dst;
-    f.proto = inner[9];
-    f.track = TRACK_NONE;
-    f.tcp_flags = 0;
-    (f.sport, f.dport) = match f.proto {
-        IPPROTO_TCP | IPPROTO_UDP => ([l4[2], l4[3]], [l4[0], l4[1]]),
-        IPPROTO_ICMP => ([l4[4], l4[5]], [l4[4], l4[5]]),
-        _ => ([0; 2], [0; 2]),
-    };
-    Ok(true)
-}
-
-/// Rewrites an ICMP error about a translated flow's packet: the outer destination (or
-/// source, `egress`) and the quoted packet's source (destination) address and port (or
-/// echo identifier) to `addr`/`port`, with the outer, quoted IP, quoted UDP/ICMP and
-/// ICMP checksums and the TTL.
-#[inline(always)]
-fn rewrite_icmp_error(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    egress: bool,
-    addr: Ipv4,
-    port: [u8; 2],
-) -> bool {
-    let Some(ip) = vpc::ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN) else {
-        return false;
-    };
-    rewrite_ip(
-        unsafe { &mut *ip },
-        if egress { 12 } else { 16 },
-        addr,
-        true,
-    );
-    let Some(m) = vpc::ptr_mut::<[u8; ICMP_ERROR_LEN]>(ctx, pkt.l4_off) else {
-        return false;
-    };
-    let m = unsafe { &mut *m };
-    const IN: usize = 8;
-    const L4: usize = 8 + IP_LEN;
-    let new_port = u16::from_be_bytes(port);
-    // The quoted packet went the other way: its destination is this side's end.
-    let (qa, qp) = if egress {
-        (IN + 16, L4 + 2)
-    } else {
-        (IN + 12, L4)
-    };
-    let q_old: Ipv4 = [m[qa], m[qa + 1], m[qa + 2], m[qa + 3]];
-    let q_addr = diff32(q_old, addr);
-    // The quoted IP header: the address and its checksum.
-    let old_ic = get16(m, IN + 10);
-    let new_ic = csum_apply(old_ic, q_addr);
-    let mut d_icmp = q_addr + diff16(old_ic, new_ic);
-    put16(m, IN + 10, new_ic);
-    m[qa..qa + 4].copy_from_slice(&addr);
-    match m[IN + 9] {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let d_port = diff16(get16(m, qp), new_port);
-            d_icmp += d_port;
-            if m[IN + 9] == IPPROTO_UDP && get16(m, L4 + 6) != 0 {
-                let old_uc = get16(m, L4 + 6);
-                let uc = csum_apply(old_uc, q_addr + d_port);
-                let uc = if uc == 0 { 0xffff } else { uc };
-                d_icmp += diff16(old_uc, uc);
-                put16(m, L4 + 6, uc);
-            }
-            put16(m, qp, new_port);
-        }
-        IPPROTO_ICMP => {
-            let d_id = diff16(get16(m, L4 + 4), new_port);
-            let old_qc = get16(m, L4 + 2);
-            let qc = csum_apply(old_qc, d_id);
-            d_icmp += d_id + diff16(old_qc, qc);
-            put16(m, L4 + 2, qc);
-            put16(m, L4 + 4, new_port);
-        }
-        _ => {}
-    }
-    let check = csum_apply(get16(m, 2), d_icmp);
-    put16(m, 2, check);
-    true
 }
 
 /// Sends the packet on, unchanged but for the hop, to the host that owns its flow (MAC

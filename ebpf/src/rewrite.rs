@@ -4,10 +4,15 @@
 use aya_ebpf::programs::XdpContext;
 use sluice_common::{
     proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    stats::Reason,
     vpc::Ipv4,
 };
 
-use crate::{conntrack as ct, vpc};
+use crate::{
+    conntrack::{self as ct, Flow, TRACK_NONE},
+    parse::Packet,
+    vpc,
+};
 
 pub const ETH_LEN: usize = 14;
 pub const IP_LEN: usize = 20;
@@ -88,10 +93,9 @@ pub fn rewrite(
     port: [u8; 2],
     ttl: bool,
 ) -> bool {
-    let Some(ip) = vpc::ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN) else {
+    let Some(d_addr) = rewrite_outer(ctx, src, addr, ttl) else {
         return false;
     };
-    let d_addr = rewrite_ip(unsafe { &mut *ip }, if src { 12 } else { 16 }, addr, ttl);
     if l4_off == 0 {
         return true;
     }
@@ -135,5 +139,138 @@ pub fn rewrite(
         }
         _ => {}
     }
+    true
+}
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAM_PROBLEM: u8 = 12;
+/// An ICMP error's header, the quoted IPv4 header (no options) and 8 bytes of its L4.
+pub const ICMP_ERROR_LEN: usize = 8 + IP_LEN + 8;
+
+/// For an ICMP error, replaces the scratch flow with the tuple of the packet it quotes,
+/// reversed: the flow of the reply the error stands for (ingress: remote → EIP; `egress`:
+/// the VM → remote); true if it was one. The quoted packet must have come from (ingress)
+/// or gone to (egress) the error's own end on this side.
+#[inline(always)]
+pub fn icmp_error_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    f: &mut Flow,
+    egress: bool,
+) -> Result<bool, Reason> {
+    if pkt.ip_proto != IPPROTO_ICMP || pkt.l4_off == 0 {
+        return Ok(false);
+    }
+    let Some(c) = vpc::ptr_mut::<[u8; 8]>(ctx, pkt.l4_off) else {
+        return Err(Reason::DropIcmpTruncated);
+    };
+    let t = unsafe { (*c)[0] };
+    if t != ICMP_DEST_UNREACH && t != ICMP_TIME_EXCEEDED && t != ICMP_PARAM_PROBLEM {
+        return Ok(false);
+    }
+    let Some(m) = vpc::ptr_mut::<[u8; ICMP_ERROR_LEN]>(ctx, pkt.l4_off) else {
+        return Err(Reason::DropIcmpTruncated);
+    };
+    let m = unsafe { &*m };
+    let inner = &m[8..8 + IP_LEN];
+    let l4 = &m[8 + IP_LEN..];
+    let inner_src: Ipv4 = [inner[12], inner[13], inner[14], inner[15]];
+    let inner_dst: Ipv4 = [inner[16], inner[17], inner[18], inner[19]];
+    if egress {
+        if inner[0] != 0x45 || inner_dst != f.src {
+            return Err(Reason::DropNatNoState);
+        }
+        f.dst = inner_src;
+    } else if inner[0] != 0x45 || inner_src != f.dst {
+        return Err(Reason::DropNatNoRule);
+    }
+    f.src = inner_dst;
+    f.proto = inner[9];
+    f.track = TRACK_NONE;
+    f.tcp_flags = 0;
+    (f.sport, f.dport) = match f.proto {
+        IPPROTO_TCP | IPPROTO_UDP => ([l4[2], l4[3]], [l4[0], l4[1]]),
+        IPPROTO_ICMP => ([l4[4], l4[5]], [l4[4], l4[5]]),
+        _ => ([0; 2], [0; 2]),
+    };
+    Ok(true)
+}
+
+/// The frame's IPv4 source (`src`) or destination address set to `addr` (and the TTL
+/// decremented, if `ttl`), its checksum updated: the L4 checksum's share of the change.
+#[inline(always)]
+fn rewrite_outer(ctx: &XdpContext, src: bool, addr: Ipv4, ttl: bool) -> Option<u32> {
+    let ip = vpc::ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN)?;
+    Some(rewrite_ip(
+        unsafe { &mut *ip },
+        if src { 12 } else { 16 },
+        addr,
+        ttl,
+    ))
+}
+
+/// Rewrites an ICMP error about a translated flow's packet: the outer destination (or
+/// source, `egress`) and the quoted packet's source (destination) address and port (or
+/// echo identifier) to `addr`/`port`, with the outer, quoted IP, quoted UDP/ICMP and
+/// ICMP checksums (and the TTL, if `ttl`).
+#[inline(always)]
+pub fn rewrite_icmp_error(
+    ctx: &XdpContext,
+    l4_off: usize,
+    egress: bool,
+    addr: Ipv4,
+    port: [u8; 2],
+    ttl: bool,
+) -> bool {
+    if rewrite_outer(ctx, egress, addr, ttl).is_none() {
+        return false;
+    }
+    let Some(m) = vpc::ptr_mut::<[u8; ICMP_ERROR_LEN]>(ctx, l4_off) else {
+        return false;
+    };
+    let m = unsafe { &mut *m };
+    const IN: usize = 8;
+    const L4: usize = 8 + IP_LEN;
+    let new_port = u16::from_be_bytes(port);
+    // The quoted packet went the other way: its destination is this side's end.
+    let (qa, qp) = if egress {
+        (IN + 16, L4 + 2)
+    } else {
+        (IN + 12, L4)
+    };
+    let q_old: Ipv4 = [m[qa], m[qa + 1], m[qa + 2], m[qa + 3]];
+    let q_addr = diff32(q_old, addr);
+    // The quoted IP header: the address and its checksum.
+    let old_ic = get16(m, IN + 10);
+    let new_ic = csum_apply(old_ic, q_addr);
+    let mut d_icmp = q_addr + diff16(old_ic, new_ic);
+    put16(m, IN + 10, new_ic);
+    m[qa..qa + 4].copy_from_slice(&addr);
+    match m[IN + 9] {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let d_port = diff16(get16(m, qp), new_port);
+            d_icmp += d_port;
+            if m[IN + 9] == IPPROTO_UDP && get16(m, L4 + 6) != 0 {
+                let old_uc = get16(m, L4 + 6);
+                let uc = csum_apply(old_uc, q_addr + d_port);
+                let uc = if uc == 0 { 0xffff } else { uc };
+                d_icmp += diff16(old_uc, uc);
+                put16(m, L4 + 6, uc);
+            }
+            put16(m, qp, new_port);
+        }
+        IPPROTO_ICMP => {
+            let d_id = diff16(get16(m, L4 + 4), new_port);
+            let old_qc = get16(m, L4 + 2);
+            let qc = csum_apply(old_qc, d_id);
+            d_icmp += d_id + diff16(old_qc, qc);
+            put16(m, L4 + 2, qc);
+            put16(m, L4 + 4, new_port);
+        }
+        _ => {}
+    }
+    let check = csum_apply(get16(m, 2), d_icmp);
+    put16(m, 2, check);
     true
 }

@@ -31,7 +31,7 @@ use sluice_common::{
 use crate::{
     lb, lpm, nat,
     parse::{Packet, Vxlan},
-    rewrite, sg,
+    sg,
 };
 
 #[map(name = "SLUICE_PORT_ARRAY")]
@@ -301,7 +301,7 @@ fn route(ctx: &XdpContext, pkt: &Packet, ifindex: u32, port: &Port, host: &HostC
         }
     }
     let vip = if reply {
-        match lb::reply(port.vni, filtered) {
+        match lb::reply(ctx, pkt, port.vni, filtered) {
             Ok(vip) => vip,
             Err(reason) => return drop(reason),
         }
@@ -315,8 +315,8 @@ fn route(ctx: &XdpContext, pkt: &Packet, ifindex: u32, port: &Port, host: &HostC
         let check = (check + (check >= 0xffff) as u32) as u16;
         h[10..12].copy_from_slice(&check.to_be_bytes());
     }
-    if let Some((addr, vport)) = vip {
-        if !rewrite::rewrite(ctx, pkt.l4_off, pkt.ip_proto, true, addr, vport, false) {
+    if let Some(vip) = vip {
+        if !lb::rewrite_reply(ctx, pkt.l4_off, pkt.ip_proto, vip) {
             return drop(Reason::DropIpv4Truncated);
         }
     }
@@ -530,7 +530,7 @@ fn decap(ctx: &XdpContext, vx: &Vxlan, outer_src: Ipv4, host: &HostConfig) -> Ou
         return drop(reason);
     }
     let vip = if reply {
-        match lb::reply(vni, sg::filtered(ifindex)) {
+        match lb::reply(ctx, &vx.inner, vni, sg::filtered(ifindex)) {
             Ok(vip) => vip,
             Err(reason) => return drop(reason),
         }
@@ -540,13 +540,13 @@ fn decap(ctx: &XdpContext, vx: &Vxlan, outer_src: Ipv4, host: &HostConfig) -> Ou
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
         return drop(Reason::DropEncapFailed);
     }
-    if let Some((addr, vport)) = vip {
+    if let Some(vip) = vip {
         let l4_off = if vx.inner.l4_off == 0 {
             0
         } else {
             vx.inner.l4_off - OUTER_LEN
         };
-        if !rewrite::rewrite(ctx, l4_off, vx.inner.ip_proto, true, addr, vport, false) {
+        if !lb::rewrite_reply(ctx, l4_off, vx.inner.ip_proto, vip) {
             return drop(Reason::DropIpv4Truncated);
         }
     }
