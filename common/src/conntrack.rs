@@ -459,10 +459,13 @@ pub enum CtEvent {
     Revoked,
     /// A TCP flow picked up without SYN.
     Midstream,
+    /// A balanced connection's SYN took over the translated tuple of one that had ended
+    /// (time-wait or closed), as the backend's own stack lets a SYN reuse it.
+    Reused,
 }
 
 impl CtEvent {
-    pub const COUNT: u32 = CtEvent::Midstream as u32 + 1;
+    pub const COUNT: u32 = CtEvent::Reused as u32 + 1;
 }
 
 /// Slots in [`maps::STATS`]: room for events added later.

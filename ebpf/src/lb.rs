@@ -233,13 +233,20 @@ pub extern "C" fn sluice_lb_pick(vni: u32) -> u32 {
         Ok(b) => b,
         Err(code) => return code,
     };
-    // The translated tuple must be free, or this VIP's own (a reused tuple).
+    // The translated tuple must be free, or this VIP's own (a reused tuple). Two listeners
+    // with one backend port meet there when the client reuses a source port: a new
+    // connection takes over the tuple of one that ended, as the backend's stack lets its
+    // SYN reuse a time-wait tuple.
     sc.key = CtKey::new(vni, f.proto, f.src, f.sport, ip, port).0;
     if let Some(t) = ct::lookup(&sc.key) {
         let t = unsafe { &*t };
         let ours = t.lb.kind == LB_LINK_REVERSE && t.lb.addr == f.dst && t.lb.port == f.dport;
         if !ours && !ct::expired(t, f.proto, ct::now()) {
-            return Reason::DropLbConflict.index();
+            let syn = f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            if !(syn && ended(t, f.proto)) {
+                return Reason::DropLbConflict.index();
+            }
+            ct::delete(&sc.key, CtEvent::Reused);
         }
     }
     sc.lb.new = 1;
