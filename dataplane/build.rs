@@ -5,6 +5,7 @@ fn main() -> anyhow::Result<()> {
     // The linker with this project's code generation choices (see the script).
     let linker = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/bpf-linker.sh");
     println!("cargo:rerun-if-changed={linker}");
+    println!("cargo:rerun-if-env-changed=SLUICE_BPF_LINKER_DEFAULTS");
     // The child cargo that aya-build starts inherits it.
     std::env::set_var("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", linker);
     let ebpf = aya_build::Package {
