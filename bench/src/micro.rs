@@ -315,6 +315,21 @@ pub fn paths() -> Vec<PathSpec> {
             Some(Reason::DropVxlanBadFlags),
         ),
     ];
+    // Every other reason the parser has, each with its frame.
+    all.extend(packets::parse_cases().into_iter().map(|c| {
+        path(
+            c.name,
+            if c.underlay { XDP_UNDERLAY } else { XDP_VM },
+            c.description,
+            c.frame,
+            if c.reason.is_drop() {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            },
+            Some(c.reason),
+        )
+    }));
     // Each VPC path at 10 routes, then at 100k, side by side.
     let mut large = vpc::paths(Scale::Routes100k);
     for small in vpc::paths(Scale::Routes10) {

@@ -106,7 +106,7 @@ pub fn summary_markdown(report: &MicroReport) -> String {
     s.push_str(&table_markdown(report));
     let _ = writeln!(
         s,
-        "\nns per packet: the kernel's mean per repetition (whole ns per call). net = minus the median of the floor measured the same way (`repeat`/`restored`: `floor`; `fresh R × C`: `floor_repeat_R`). noise = (median − min) / median of the raw figure. `restored`: through the bench wrapper that moves `data` back after the real entry point (its cost is included). `fresh R × C`: C calls per run, each on a fresh copy of the frame with R repetitions, for paths that change their frame (TTL, ARP reply); with few repetitions per call the per-call timer and cold start weigh more, so these are noisier than the repeated ones."
+        "\nns per packet: the kernel's mean per repetition (whole ns per call). net = minus the median of the floor measured the same way (`repeat`/`restored`: `floor`; `fresh R × C`: `floor_repeat_R`). noise = (median − min) / median of the raw figure. `restored`: through the bench wrapper that moves `data` back after the real entry point (its cost is included); `restored+frame`: it also writes the frame's first 56 bytes back; `new flows R × 1`: and counts a port (or address) up after every repetition, so each is a new flow (floor `floor_repeat_R`). `fresh R × C`: C calls per run, each on a fresh copy of the frame with R repetitions, for paths that change their frame (TTL, ARP reply); with few repetitions per call the per-call timer and cold start weigh more, so these are noisier than the repeated ones."
     );
     if !report.scale_ratios.is_empty() {
         s.push_str("\n## 10 routes against 100,000 routes\n\n");
@@ -118,6 +118,32 @@ pub fn summary_markdown(report: &MicroReport) -> String {
         s.push_str("\n## NAT targets (issues 5 and 7)\n\n");
         s.push_str(&nat_targets_markdown(report));
     }
+    s.push_str(&coverage_markdown(report));
+    s
+}
+
+/// Which verdict reasons this run measured, and which no path reaches yet.
+pub fn coverage_markdown(report: &MicroReport) -> String {
+    let measured: std::collections::BTreeSet<&str> = report
+        .paths
+        .iter()
+        .filter_map(|r| r.expected_reason.as_deref())
+        .collect();
+    let missing: Vec<String> = sluice_common::stats::Reason::ALL
+        .iter()
+        .map(|r| r.name())
+        .filter(|n| !measured.contains(n))
+        .map(|n| format!("`{n}`"))
+        .collect();
+    let mut s = format!(
+        "\n## Coverage\n\n{} of {} verdict reasons have a path in this run.",
+        sluice_common::stats::Reason::ALL.len() - missing.len(),
+        sluice_common::stats::Reason::ALL.len()
+    );
+    if !missing.is_empty() {
+        let _ = write!(s, " Not measured: {}.", missing.join(", "));
+    }
+    s.push('\n');
     s
 }
 

@@ -123,6 +123,11 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
             expected.push((name, Some(reason.to_string())));
         }
     }
+    // One path per parser verdict, each repeated (parse paths change nothing).
+    for c in sluice_bench::packets::parse_cases() {
+        assert_eq!(find(c.name)["method"]["kind"], "repeat", "{}", c.name);
+        expected.push((c.name.to_string(), Some(c.reason.name().to_string())));
+    }
     for (name, method) in EXPECTED_SG {
         assert_eq!(find(name)["method"]["kind"], method, "{name}");
         expected.push((name.to_string(), Some("fwd_local".into())));
@@ -241,6 +246,7 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         "Issue 3 targets",
         "NAT targets",
         "snat_exhausted_drop",
+        "verdict reasons have a path in this run",
     ] {
         assert!(summary.contains(needle), "{needle} missing:\n{summary}");
     }
