@@ -22,7 +22,7 @@ use etherparse::PacketBuilder;
 use serde::{Deserialize, Serialize};
 use sluice_common::{
     maps,
-    programs::{XDP_BENCH_UNDERLAY, XDP_BENCH_VM, XDP_VM},
+    programs::{XDP_BENCH_UNDERLAY, XDP_BENCH_VM, XDP_UNDERLAY, XDP_VM},
     proto::VXLAN_PORT,
     stats::Reason,
     vpc::*,
@@ -492,10 +492,14 @@ pub fn arp_request() -> Vec<u8> {
 /// What the peer host sends for REMOTE_PEER → VM: the 60-byte inner frame already carries
 /// the MACs decapsulation writes (dst = the VM's endpoint MAC, src = router MAC).
 pub fn from_underlay() -> Vec<u8> {
-    let inner = udp(REMOTE_PEER, VM, 64);
+    vxlan_from_peer(VNI, &udp(REMOTE_PEER, VM, 64))
+}
+
+/// `inner` in VXLAN under `vni` from the peer host.
+fn vxlan_from_peer(vni: u32, inner: &[u8]) -> Vec<u8> {
     let mut payload = vec![0x08, 0, 0, 0];
-    payload.extend_from_slice(&(VNI << 8).to_be_bytes());
-    payload.extend_from_slice(&inner);
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
     let mut out = Vec::with_capacity(50 + inner.len());
     PacketBuilder::ethernet2(PEER_VTEP_MAC, UNDERLAY_MAC)
         .ipv4(PEER_VTEP, THIS_VTEP, 64)
@@ -503,6 +507,80 @@ pub fn from_underlay() -> Vec<u8> {
         .write(&mut out, &payload)
         .expect("etherparse serialises a valid frame");
     out
+}
+
+/// IPv6 UDP from router-MAC'd ends.
+fn ipv6_frame() -> Vec<u8> {
+    let mut out = Vec::with_capacity(MIN_FRAME);
+    PacketBuilder::ethernet2(ROUTER_MAC, ROUTER_MAC)
+        .ipv6(
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11],
+            64,
+        )
+        .udp(40000, 5000)
+        .write(&mut out, &[0xab; 2])
+        .expect("etherparse serialises a valid frame");
+    out
+}
+
+/// The VPC's drop paths that need its state, each leaving its frame as it found it. Names
+/// with `vxlan` or `vni` arrive at the underlay.
+fn state_drops() -> Vec<(&'static str, &'static str, Vec<u8>, Reason)> {
+    let mut other_mac = from_vm(LOCAL_PEER);
+    other_mac[6..12].copy_from_slice(&[0x02, 0xee, 0, 0, 0, 0x99]);
+    let mut arp_outside = arp_request();
+    arp_outside[38..42].copy_from_slice(&[192, 0, 2, 9]);
+    vec![
+        (
+            "vpc_spoofed_mac_drop",
+            "source MAC not the port's",
+            other_mac,
+            Reason::DropSpoofedMac,
+        ),
+        (
+            "vpc_not_ipv4_drop",
+            "IPv6 from a VM port (the overlay carries IPv4)",
+            ipv6_frame(),
+            Reason::DropVmNotIpv4,
+        ),
+        (
+            "vpc_arp_not_in_vpc_drop",
+            "ARP request for an address outside the VPC",
+            arp_outside,
+            Reason::DropArpNotInVpc,
+        ),
+        (
+            "vpc_ttl_exceeded_drop",
+            "routed to another subnet with TTL 1",
+            udp(VM, ROUTED_LOCAL, 1),
+            Reason::DropTtlExceeded,
+        ),
+        (
+            "vpc_unknown_vni_drop",
+            "VXLAN under a VNI this host does not have",
+            vxlan_from_peer(0x00ab_cdef, &udp(REMOTE_PEER, VM, 64)),
+            Reason::DropUnknownVni,
+        ),
+        (
+            "vpc_vxlan_unknown_dest_drop",
+            "VXLAN to an address no NIC of the VNI has here",
+            vxlan_from_peer(VNI, &udp(REMOTE_PEER, [10, 0, 1, 250], 64)),
+            Reason::DropVxlanUnknownDest,
+        ),
+        (
+            "vpc_vxlan_spoofed_source_drop",
+            "VXLAN whose inner source lives on another host than the sender",
+            vxlan_from_peer(VNI, &udp(LOCAL_PEER, VM, 64)),
+            Reason::DropVxlanSpoofedSource,
+        ),
+        (
+            "vpc_vxlan_inner_not_ipv4_drop",
+            "VXLAN carrying IPv6",
+            vxlan_from_peer(VNI, &ipv6_frame()),
+            Reason::DropVxlanInnerNotIpv4,
+        ),
+    ]
 }
 
 /// The VPC paths at `scale` (names `<path>@<scale>`); `vpc_local_wrapped` (the wrapper's
@@ -611,6 +689,22 @@ pub fn paths(scale: Scale) -> Vec<PathSpec> {
             Method::Repeat,
         ),
     ];
+    for (name, description, frame, reason) in state_drops() {
+        let program = if name.contains("vxlan") || name.contains("vni") {
+            XDP_UNDERLAY
+        } else {
+            XDP_VM
+        };
+        out.push(p(
+            name,
+            program,
+            description,
+            frame,
+            XDP_DROP,
+            reason,
+            Method::Repeat,
+        ));
+    }
     if scale == Scale::Routes10 {
         out.push(p(
             "vpc_local_wrapped",

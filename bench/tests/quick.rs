@@ -65,7 +65,7 @@ const EXPECTED_LB: [(&str, &str, &str); 2] = [
 
 /// The VPC paths, each measured at both scales (`@10`, `@100k`), with their reason and
 /// method kind.
-const EXPECTED_VPC: [(&str, &str, &str); 9] = [
+const EXPECTED_VPC: [(&str, &str, &str); 17] = [
     ("vpc_local", "fwd_local", "repeat"),
     ("vpc_encap", "fwd_encap", "repeat_restored"),
     ("vpc_decap", "fwd_decap", "repeat_restored"),
@@ -75,6 +75,26 @@ const EXPECTED_VPC: [(&str, &str, &str); 9] = [
     ("vpc_no_route_drop", "drop_no_route", "repeat"),
     ("vpc_blackhole_drop", "drop_blackhole", "repeat"),
     ("vpc_spoofed_ip_drop", "drop_spoofed_ip", "repeat"),
+    ("vpc_spoofed_mac_drop", "drop_spoofed_mac", "repeat"),
+    ("vpc_not_ipv4_drop", "drop_vm_not_ipv4", "repeat"),
+    ("vpc_arp_not_in_vpc_drop", "drop_arp_not_in_vpc", "repeat"),
+    ("vpc_ttl_exceeded_drop", "drop_ttl_exceeded", "repeat"),
+    ("vpc_unknown_vni_drop", "drop_unknown_vni", "repeat"),
+    (
+        "vpc_vxlan_unknown_dest_drop",
+        "drop_vxlan_unknown_dest",
+        "repeat",
+    ),
+    (
+        "vpc_vxlan_spoofed_source_drop",
+        "drop_vxlan_spoofed_source",
+        "repeat",
+    ),
+    (
+        "vpc_vxlan_inner_not_ipv4_drop",
+        "drop_vxlan_inner_not_ipv4",
+        "repeat",
+    ),
 ];
 
 #[test]
