@@ -30,7 +30,7 @@ use sluice_common::{
 use sluice_dataplane::loader::Dataplane;
 
 use crate::{
-    micro::{xdp_md, Method, PathSpec, SOURCE_PORT_OFFSET, XDP_REDIRECT},
+    micro::{xdp_md, Method, PathSpec, SOURCE_PORT_OFFSET, XDP_DROP, XDP_REDIRECT},
     sg::FLOWS_PER_PORT,
     vpc::{self, Scale, LO, LOCAL_PEER, VNI},
 };
@@ -44,7 +44,7 @@ pub const LB_PORTS: u16 = 16;
 pub const BACKEND_PORT: u16 = 8080;
 
 /// The base names of the balancer paths (they run on the balancer instance).
-pub const PATHS: [&str; 2] = ["lb_new_flow", "lb_established"];
+pub const PATHS: [&str; 3] = ["lb_new_flow", "lb_established", "lb_no_listener_drop"];
 
 /// Whether `name` is a balancer path.
 pub fn is_lb_path(name: &str) -> bool {
@@ -141,6 +141,9 @@ pub fn next_lb_flow(frame: &[u8], k: u32) -> Vec<u8> {
     f
 }
 
+/// A VIP port past the listeners.
+const NO_LISTENER_PORT: u16 = LB_PORT + LB_PORTS + 100;
+
 /// The balancer paths.
 pub fn paths() -> Vec<PathSpec> {
     let p = |name: &str, description: &str, method, vary| PathSpec {
@@ -171,6 +174,22 @@ pub fn paths() -> Vec<PathSpec> {
             Method::RepeatRestoredFrame,
             None,
         ),
+        PathSpec {
+            program: XDP_VM,
+            frame: {
+                let mut f = vpc::from_vm(VIP);
+                f[36..38].copy_from_slice(&NO_LISTENER_PORT.to_be_bytes());
+                f
+            },
+            action: XDP_DROP,
+            reason: Some(Reason::DropLbNoListener),
+            ..p(
+                "lb_no_listener_drop",
+                "VM to a VIP port no listener serves: forward entry (miss), listener (miss): dropped",
+                Method::Repeat,
+                None,
+            )
+        },
     ]
 }
 

@@ -58,7 +58,8 @@ const EXPECTED_NAT: [(&str, &str, &str); 8] = [
 ];
 
 /// The load balancer paths with their reason and method kind.
-const EXPECTED_LB: [(&str, &str, &str); 2] = [
+const EXPECTED_LB: [(&str, &str, &str); 3] = [
+    ("lb_no_listener_drop", "drop_lb_no_listener", "repeat"),
     ("lb_new_flow", "fwd_local", "new_flows"),
     ("lb_established", "fwd_local", "repeat_restored_frame"),
 ];
