@@ -162,6 +162,9 @@ fn held_by(p: LabProcess<'_>, seconds: u64) -> (String, usize) {
     (s[0].clone(), s.len())
 }
 
+/// The health-check interval of tests that measure shares, not health.
+const STEADY_CHECK_MS: u64 = 5000;
+
 fn health_check(interval_ms: u64) -> Value {
     json!({"type": "http", "path": "/health", "expected_status": [200],
            "interval_ms": interval_ms, "timeout_ms": interval_ms / 2,
@@ -230,9 +233,9 @@ fn weights_affinity_isolation_and_drain_through_a_vip() {
         json!({"name": "web", "vpc": "tenant-a", "subnet": "web", "vip": VIP,
                "listeners": [
                    {"protocol": "tcp", "port": 80, "scheduler": "maglev",
-                    "health_check": health_check(1000), "backends": backends(&weights)},
+                    "health_check": health_check(STEADY_CHECK_MS), "backends": backends(&weights)},
                    {"protocol": "tcp", "port": 81, "scheduler": "source_ip",
-                    "health_check": health_check(1000), "backends": backends(&weights)}]}),
+                    "health_check": health_check(STEADY_CHECK_MS), "backends": backends(&weights)}]}),
     );
     // Tenant b: the same VIP address, its own pool.
     support::change(
@@ -244,15 +247,22 @@ fn weights_affinity_isolation_and_drain_through_a_vip() {
                               "backends": [{"nic": "b1", "port": HTTP_PORT, "weight": 10}]}]}),
     );
 
+    // (A slow check interval: 400 quick connections keep the servers busy, and a probe that
+    // times out twice would take a backend out mid-count and skew the shares.)
     // Distribution follows the weights (40/40/20 %) within 10 points over 400 connections
     // (4 standard deviations of a fair draw: a random source port per connection).
     let seen = tally(&many(&lab, "a1", 80, 400));
+    // Shown on failure: whether a backend's health changed during the count.
+    let status: Value = t
+        .get("/v1/load-balancers/web/status")
+        .and_then(|r| r.json())
+        .unwrap_or_default();
     for (vm, w) in weights {
         let share = *seen.get(vm).unwrap_or(&0) as f64 / 400.0;
         let want = w as f64 / 250.0;
         assert!(
             (share - want).abs() <= 0.10,
-            "{vm}: share {share:.2}, weight share {want:.2}: {seen:?}"
+            "{vm}: share {share:.2}, weight share {want:.2}: {seen:?}; status {status:#}"
         );
     }
     assert_eq!(seen.values().sum::<usize>(), 400, "errors: {seen:?}");
