@@ -524,9 +524,9 @@ fn ipv6_frame() -> Vec<u8> {
     out
 }
 
-/// The VPC's drop paths that need its state, each leaving its frame as it found it. Names
-/// with `vxlan` or `vni` arrive at the underlay.
-fn state_drops() -> Vec<(&'static str, &'static str, Vec<u8>, Reason)> {
+/// The VPC's drop paths that need its state, each leaving its frame as it found it: name,
+/// whether it arrives at the underlay, description, frame, reason.
+fn state_drops() -> Vec<(&'static str, bool, &'static str, Vec<u8>, Reason)> {
     let mut other_mac = from_vm(LOCAL_PEER);
     other_mac[6..12].copy_from_slice(&[0x02, 0xee, 0, 0, 0, 0x99]);
     let mut arp_outside = arp_request();
@@ -534,48 +534,56 @@ fn state_drops() -> Vec<(&'static str, &'static str, Vec<u8>, Reason)> {
     vec![
         (
             "vpc_spoofed_mac_drop",
+            false,
             "source MAC not the port's",
             other_mac,
             Reason::DropSpoofedMac,
         ),
         (
             "vpc_not_ipv4_drop",
+            false,
             "IPv6 from a VM port (the overlay carries IPv4)",
             ipv6_frame(),
             Reason::DropVmNotIpv4,
         ),
         (
             "vpc_arp_not_in_vpc_drop",
+            false,
             "ARP request for an address outside the VPC",
             arp_outside,
             Reason::DropArpNotInVpc,
         ),
         (
             "vpc_ttl_exceeded_drop",
+            false,
             "routed to another subnet with TTL 1",
             udp(VM, ROUTED_LOCAL, 1),
             Reason::DropTtlExceeded,
         ),
         (
             "vpc_unknown_vni_drop",
+            true,
             "VXLAN under a VNI this host does not have",
             vxlan_from_peer(0x00ab_cdef, &udp(REMOTE_PEER, VM, 64)),
             Reason::DropUnknownVni,
         ),
         (
             "vpc_vxlan_unknown_dest_drop",
+            true,
             "VXLAN to an address no NIC of the VNI has here",
             vxlan_from_peer(VNI, &udp(REMOTE_PEER, [10, 0, 1, 250], 64)),
             Reason::DropVxlanUnknownDest,
         ),
         (
             "vpc_vxlan_spoofed_source_drop",
+            true,
             "VXLAN whose inner source lives on another host than the sender",
             vxlan_from_peer(VNI, &udp(LOCAL_PEER, VM, 64)),
             Reason::DropVxlanSpoofedSource,
         ),
         (
             "vpc_vxlan_inner_not_ipv4_drop",
+            true,
             "VXLAN carrying IPv6",
             vxlan_from_peer(VNI, &ipv6_frame()),
             Reason::DropVxlanInnerNotIpv4,
@@ -689,12 +697,8 @@ pub fn paths(scale: Scale) -> Vec<PathSpec> {
             Method::Repeat,
         ),
     ];
-    for (name, description, frame, reason) in state_drops() {
-        let program = if name.contains("vxlan") || name.contains("vni") {
-            XDP_UNDERLAY
-        } else {
-            XDP_VM
-        };
+    for (name, underlay, description, frame, reason) in state_drops() {
+        let program = if underlay { XDP_UNDERLAY } else { XDP_VM };
         out.push(p(
             name,
             program,

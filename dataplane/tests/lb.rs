@@ -123,6 +123,30 @@ fn many_to(lab: &Lab, vm: &str, host: &str, port: u16, count: usize) -> String {
     done.stdout
 }
 
+/// Sets the weight of `victim`'s backend in the first listener of `web` to 0 (drain).
+fn drain(t: &mut TopologyLab, victim: &str) {
+    let lb: Value = t.get("/v1/load-balancers/web").unwrap().json().unwrap();
+    let listener = &lb["listeners"][0];
+    let nic = nic_id(t, victim);
+    let backend = listener["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["nic"] == nic.as_str())
+        .expect("the held connection's backend")
+        .clone();
+    support::change(
+        t,
+        Method::PATCH,
+        &format!(
+            "/v1/load-balancers/web/listeners/{}/backends/{}",
+            listener["id"].as_str().unwrap(),
+            backend["id"].as_str().unwrap()
+        ),
+        json!({"weight": 0}),
+    );
+}
+
 fn tally(servers: &[String]) -> BTreeMap<String, usize> {
     let mut t = BTreeMap::new();
     for s in servers {
@@ -282,26 +306,7 @@ fn weights_affinity_isolation_and_drain_through_a_vip() {
     let held = hold(&lab, "a1", 80, 6);
     let first = held.stdout();
     let victim = servers(&first)[0].clone();
-    let lb: Value = t.get("/v1/load-balancers/web").unwrap().json().unwrap();
-    let listener = &lb["listeners"][0];
-    let nic = nic_id(&t, &victim);
-    let backend = listener["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["nic"] == nic.as_str())
-        .expect("the held connection's backend")
-        .clone();
-    support::change(
-        &mut t,
-        Method::PATCH,
-        &format!(
-            "/v1/load-balancers/web/listeners/{}/backends/{}",
-            listener["id"].as_str().unwrap(),
-            backend["id"].as_str().unwrap()
-        ),
-        json!({"weight": 0}),
-    );
+    drain(&mut t, &victim);
     let after = tally(&many(&lab, "a1", 80, 60));
     assert!(
         !after.contains_key(&victim) && !after.contains_key("ERR"),
@@ -511,26 +516,7 @@ fn internet_clients_reach_the_pool_through_an_eip_and_dnat() {
     // the host that received it and at the backend's host), new ones go elsewhere.
     let held = hold_to(&lab, INTERNET, &address["web"], 80, 6);
     let victim = servers(&held.stdout())[0].clone();
-    let lb: Value = t.get("/v1/load-balancers/web").unwrap().json().unwrap();
-    let listener = &lb["listeners"][0];
-    let nic = nic_id(&t, &victim);
-    let backend = listener["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["nic"] == nic.as_str())
-        .expect("the held connection's backend")
-        .clone();
-    support::change(
-        &mut t,
-        Method::PATCH,
-        &format!(
-            "/v1/load-balancers/web/listeners/{}/backends/{}",
-            listener["id"].as_str().unwrap(),
-            backend["id"].as_str().unwrap()
-        ),
-        json!({"weight": 0}),
-    );
+    drain(&mut t, &victim);
     let after = tally(&servers(&many_to(&lab, INTERNET, &address["web"], 80, 30)));
     assert!(
         !after.contains_key(&victim) && !after.contains_key("ERR"),
