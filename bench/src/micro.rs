@@ -179,6 +179,18 @@ pub struct PathSpec {
     pub vary: Option<NextFrame>,
 }
 
+/// Verdict reasons no test run can reach, with why: every other reason must have a path.
+pub const UNREACHABLE: [(Reason, &str); 2] = [
+    (
+        Reason::DropEthTruncated,
+        "BPF_PROG_TEST_RUN refuses an XDP frame shorter than an Ethernet header",
+    ),
+    (
+        Reason::DropEncapFailed,
+        "a test run's frame always has at least 224 bytes of headroom, and encapsulation needs 50",
+    ),
+];
+
 /// Makes a call's frame from a path's frame and a flow number.
 pub type NextFrame = fn(&[u8], u32) -> Vec<u8>;
 
@@ -870,6 +882,27 @@ pub fn scale_ratios(results: &[PathResult]) -> Vec<ScaleRatio> {
 /// Room behind the frame in `data_out`: an unrestored encapsulation would need 50 bytes.
 const OUTPUT_HEADROOM: usize = 512;
 
+/// One test run of `frame` through `program` (a VM's arriving from `lo`, the VM port;
+/// an underlay program's without context): the action and the frame out. For setting
+/// up state the way a flow's first packet would.
+pub(crate) fn run_one(dp: &Dataplane, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let md = xdp_md(frame.len(), vpc::LO);
+    let mut out = vec![0u8; frame.len() + OUTPUT_HEADROOM];
+    let vm = program == programs::XDP_VM || program == programs::XDP_BENCH_VM;
+    let r = dp
+        .program(program)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: vm.then_some(&md[..]),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })
+        .with_context(|| format!("BPF_PROG_TEST_RUN on {program}"))?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
 /// `struct xdp_md` for a frame of `len` bytes arriving on `ingress_ifindex`.
 pub(crate) fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
     let mut md = [0u8; 24];
@@ -1038,7 +1071,7 @@ fn check_all_counted_on(dp: &Dataplane, cpu: usize) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn delta(counts: &[(Reason, u64, u64)]) -> StatsSnapshot {
@@ -1073,12 +1106,47 @@ mod tests {
                     | Reason::FwdDecap
                     | Reason::FwdNatOut
                     | Reason::FwdNatIn => XDP_REDIRECT,
-                    Reason::ArpReply => XDP_TX,
+                    Reason::ArpReply | Reason::FwdNatOwner => XDP_TX,
                     r if r.is_drop() => XDP_DROP,
                     _ => XDP_PASS,
                 };
                 assert_eq!(a.action, want, "{}", a.name);
             }
+        }
+    }
+
+    /// `paths` are exactly `names`, in order, none twice; every drop among them leaves
+    /// its frame as it came, so it is repeated on it through the real entry point.
+    pub(crate) fn assert_listed_once_and_drops_repeat(paths: Vec<PathSpec>, names: &[&str]) {
+        let listed: Vec<&str> = paths.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(listed, names);
+        let mut unique = listed.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), listed.len());
+        for p in &paths {
+            if p.action == XDP_DROP {
+                assert!(
+                    matches!(p.method, Method::Repeat | Method::Fresh { .. }),
+                    "{}",
+                    p.name
+                );
+                assert!(p.reason.is_some_and(|r| r.is_drop()), "{}", p.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_reason_has_a_path_unless_no_test_run_can_reach_it() {
+        let all = paths();
+        for reason in Reason::ALL {
+            let measured = all.iter().any(|p| p.reason == Some(reason));
+            let unreachable = UNREACHABLE.iter().any(|(r, _)| *r == reason);
+            assert!(
+                measured != unreachable,
+                "{}: measured by a path {measured}, listed unreachable {unreachable}",
+                reason.name()
+            );
         }
     }
 

@@ -21,6 +21,19 @@
 //! - `nat_default_deny`: the Internet to a port of the SNAT EIP no flow holds: dropped.
 //! - `snat_exhausted_drop`: a new flow toward a destination for which every port of the
 //!   host's blocks is taken: all `PORT_PROBES` probes fail, dropped.
+//! - `nat_unresolved_owner_drop`: the Internet to a port of the SNAT EIP in a block
+//!   another host holds ([`UNRESOLVED_OWNER_BLOCK`], owned by
+//!   [`UNRESOLVED_OWNER_VTEP`]) whose underlay MAC this host has not resolved: EIP, public
+//!   entry (miss), block owner (another host, no MAC): dropped.
+//! - `nat_to_owner`: the same to a block of a resolved host ([`PEER_OWNER_BLOCK`], owned
+//!   by [`vpc::PEER_VTEP`]): sent on to it unchanged but for the hop (TTL, MACs), `XDP_TX`.
+//! - `nat_not_owner_drop`: the packet of `nat_to_owner` as the peer host would hand it
+//!   over (its source MAC the peer's, not the border router's): this host sees the block
+//!   elsewhere too, so it drops it rather than send it on (no bouncing between hosts).
+//! - `snat_icmp_error_no_state_drop`: the VM's ICMP port unreachable about a UDP packet
+//!   from the Internet that no flow carried (no private entry, so no translation to
+//!   leave by): route (NAT gateway), quoted flow, private entry (miss), SNAT rule,
+//!   dropped.
 //!
 //! Every path but the drops rewrites its frame (addresses, ports, TTL), so it runs
 //! through the bench wrapper that writes the frame back after each repetition
@@ -32,11 +45,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context, Result};
-use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData},
-    programs::TestRun,
-    TestRunOptions,
-};
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
 use etherparse::PacketBuilder;
 use serde::{Deserialize, Serialize};
 use sluice_common::{
@@ -57,9 +66,12 @@ use sluice_dataplane::{
 };
 
 use crate::{
-    micro::{xdp_md, Method, PathSpec, XDP_DROP, XDP_REDIRECT},
+    micro::{run_one, Method, PathSpec, XDP_DROP, XDP_REDIRECT, XDP_TX},
     sg::FLOWS_PER_PORT,
-    vpc::{self, Scale, LO, LOCAL_PEER, THIS_VTEP, UNDERLAY_MAC, VM, VNI},
+    vpc::{
+        self, Scale, LO, LOCAL_PEER, PEER_VTEP, PEER_VTEP_MAC, ROUTER_MAC, THIS_VTEP, UNDERLAY_MAC,
+        VM, VNI,
+    },
 };
 
 /// The SNAT EIP of the VPC, and the DNAT one.
@@ -85,9 +97,26 @@ const VM_DPORT: u16 = 5000;
 const DNAT_SPORT: u16 = 41000;
 /// Blocks of `EIP_S` this host holds: all it may (8,192 ports).
 pub const BLOCKS: u16 = MAX_HOST_BLOCKS as u16;
+/// A host holding a block of `EIP_S` whose underlay MAC this host has not resolved.
+pub const UNRESOLVED_OWNER_VTEP: Ipv4 = [192, 168, 0, 98];
+/// A block of `EIP_S` held by the peer host ([`PEER_VTEP`], resolved), and one held by
+/// [`UNRESOLVED_OWNER_VTEP`]; neither is this host's.
+pub const PEER_OWNER_BLOCK: u16 = BLOCKS;
+pub const UNRESOLVED_OWNER_BLOCK: u16 = BLOCKS + 1;
+/// The ports of those blocks the Internet's packets go to (no flow of this host can
+/// hold them: it allocates from its own blocks only).
+const PEER_OWNER_PORT: u16 = block_first_port(PEER_OWNER_BLOCK) + 7;
+const UNRESOLVED_OWNER_PORT: u16 = block_first_port(UNRESOLVED_OWNER_BLOCK) + 7;
+/// The public server of the ICMP error path, and the ports of the UDP packet its error
+/// quotes (public -> VM), which no flow ever carried.
+pub const ICMP_ERROR_PEER: Ipv4 = [198, 51, 100, 13];
+const ICMP_ERROR_SPORT: u16 = 53;
+const ICMP_ERROR_DPORT: u16 = 33333;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
 
 /// The base names of the NAT paths (they run on the NAT instance).
-pub const PATHS: [&str; 8] = [
+pub const PATHS: [&str; 12] = [
     "nat_vpc_local",
     "snat_new_flow",
     "snat_established",
@@ -96,6 +125,10 @@ pub const PATHS: [&str; 8] = [
     "dnat_established",
     "nat_default_deny",
     "snat_exhausted_drop",
+    "nat_unresolved_owner_drop",
+    "nat_to_owner",
+    "nat_not_owner_drop",
+    "snat_icmp_error_no_state_drop",
 ];
 
 /// Whether `name` is a NAT path.
@@ -120,7 +153,8 @@ pub struct NatInfo {
     pub fill_secs: f64,
 }
 
-/// The NAT tables of the instance: one VPC (the measured one), one host (this one).
+/// The NAT tables of the instance: one VPC (the measured one), this host with every block
+/// it may hold, and two blocks of other hosts (one resolved, one not).
 pub fn tables() -> NatTables {
     let eip = |eip, kind: EipKind| EipRow {
         eip,
@@ -157,6 +191,18 @@ pub fn tables() -> NatTables {
                 block,
                 vtep: THIS_VTEP,
             })
+            .chain([
+                OwnerRow {
+                    eip: EIP_S,
+                    block: PEER_OWNER_BLOCK,
+                    vtep: PEER_VTEP,
+                },
+                OwnerRow {
+                    eip: EIP_S,
+                    block: UNRESOLVED_OWNER_BLOCK,
+                    vtep: UNRESOLVED_OWNER_VTEP,
+                },
+            ])
             .collect(),
         bindings: vec![],
     }
@@ -196,11 +242,16 @@ pub fn install(dp: &mut Dataplane) -> Result<NatInfo> {
             .context("inserting the default route to the NAT gateway")?;
     }
     let t = tables();
-    let resolved = apply::resolve(&t, THIS_VTEP, |ip| (ip == BORDER).then_some(BORDER_MAC));
+    // The border router and the peer host are resolved; `UNRESOLVED_OWNER_VTEP` is not.
+    let resolved = apply::resolve(&t, THIS_VTEP, |ip| match ip {
+        BORDER => Some(BORDER_MAC),
+        PEER_VTEP => Some(PEER_VTEP_MAC),
+        _ => None,
+    });
     let applied = apply::apply(dp, &resolved).context("writing the NAT maps")?;
 
     // The established flows, opened as their first packet would.
-    let out = run(dp, XDP_VM, &vpc::from_vm(PUBLIC))?;
+    let out = run_one(dp, XDP_VM, &vpc::from_vm(PUBLIC))?;
     ensure!(
         out.0 == XDP_REDIRECT,
         "the SNAT flow's first packet was not forwarded (action {})",
@@ -214,7 +265,7 @@ pub fn install(dp: &mut Dataplane) -> Result<NatInfo> {
         u16::from_be_bytes([out.1[34], out.1[35]]),
         EIP_S
     );
-    let out = run(dp, XDP_UNDERLAY, &dnat_established_frame())?;
+    let out = run_one(dp, XDP_UNDERLAY, &dnat_established_frame())?;
     ensure!(
         out.0 == XDP_REDIRECT,
         "the DNAT flow's first packet was not forwarded (action {})",
@@ -265,24 +316,6 @@ pub fn install(dp: &mut Dataplane) -> Result<NatInfo> {
     })
 }
 
-/// One test run of `frame` through `program` (a VM's from `lo`): the action and the frame out.
-fn run(dp: &Dataplane, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-    let md = xdp_md(frame.len(), LO);
-    let mut out = vec![0u8; frame.len() + 512];
-    let r = dp
-        .program(program)?
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: (program == XDP_VM).then_some(&md[..]),
-            repeat: 1,
-            ..TestRunOptions::default()
-        })
-        .with_context(|| format!("BPF_PROG_TEST_RUN on {program}"))?;
-    out.truncate(r.data_size_out as usize);
-    Ok((r.return_value, out))
-}
-
 /// A UDP frame from the Internet (border router to this host's underlay MAC).
 fn from_internet(src: Ipv4, sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(60);
@@ -292,6 +325,17 @@ fn from_internet(src: Ipv4, sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
         .write(&mut out, &[0xab; 60 - 14 - 20 - 8])
         .expect("etherparse serialises a valid frame");
     out
+}
+
+/// A port of the SNAT EIP in this host's blocks but the established flow's: no flow
+/// holds it (inside the blocks, so the block owner says "this host").
+fn unheld_port() -> u16 {
+    let p = established_port();
+    if p + 1 < block_first_port(BLOCKS) {
+        p + 1
+    } else {
+        p - 1
+    }
 }
 
 fn dnat_established_frame() -> Vec<u8> {
@@ -369,12 +413,7 @@ pub fn paths() -> Vec<PathSpec> {
     };
     let restored = Method::RepeatRestoredFrame;
     let reply = from_internet(PUBLIC, VM_DPORT, EIP_S, established_port());
-    // Any port of the SNAT EIP but the established flow's: no flow holds it.
-    let unheld = if established_port() == u16::MAX {
-        established_port() - 1
-    } else {
-        established_port() + 1
-    };
+    let unheld = unheld_port();
     vec![
         p(
             "nat_vpc_local",
@@ -462,7 +501,71 @@ pub fn paths() -> Vec<PathSpec> {
                 repeat: vpc::ROUTED_REPEAT,
             },
         ),
+        p(
+            "nat_unresolved_owner_drop",
+            XDP_UNDERLAY,
+            format!("the Internet to a port of the SNAT EIP in a block another host holds (block {UNRESOLVED_OWNER_BLOCK}), whose underlay MAC this host has not resolved: EIP, public entry (miss), block owner (another host, no MAC): dropped"),
+            from_internet(PUBLIC, VM_DPORT, EIP_S, UNRESOLVED_OWNER_PORT),
+            XDP_DROP,
+            Reason::DropNatUnresolvedOwner,
+            Method::Repeat,
+        ),
+        p(
+            "nat_to_owner",
+            XDP_BENCH_UNDERLAY,
+            format!("the Internet to a port of the SNAT EIP in a block the peer host holds (block {PEER_OWNER_BLOCK}, its MAC resolved): EIP, public entry (miss), block owner (another host), TTL decrement, MACs rewritten, sent back out the underlay (XDP_TX) to that host"),
+            from_internet(PUBLIC, VM_DPORT, EIP_S, PEER_OWNER_PORT),
+            XDP_TX,
+            Reason::FwdNatOwner,
+            restored,
+        ),
+        p(
+            "nat_not_owner_drop",
+            XDP_UNDERLAY,
+            format!("the packet of nat_to_owner handed over by the peer host (its MAC as the source, not the border router's) while this host sees block {PEER_OWNER_BLOCK} elsewhere too: EIP, public entry (miss), block owner (another host), not from the border: dropped, never sent on again"),
+            {
+                let mut f = from_internet(PUBLIC, VM_DPORT, EIP_S, PEER_OWNER_PORT);
+                f[6..12].copy_from_slice(&PEER_VTEP_MAC);
+                f
+            },
+            XDP_DROP,
+            Reason::DropNatNotOwner,
+            Method::Repeat,
+        ),
+        p(
+            "snat_icmp_error_no_state_drop",
+            XDP_VM,
+            "VM to the Internet: an ICMP port unreachable about a UDP packet from a public server that no flow carried (the NAT never saw it): route (NAT gateway), quoted flow reversed, private entry (miss), SNAT rule, no entry to translate by: dropped".into(),
+            icmp_error_from_vm(),
+            XDP_DROP,
+            Reason::DropNatNoState,
+            Method::Repeat,
+        ),
     ]
+}
+
+/// The VM's ICMP port unreachable (type 3, code 3) to [`ICMP_ERROR_PEER`], quoting that
+/// server's UDP packet to the VM (IPv4 header without options, the UDP header): a packet
+/// that never crossed the NAT, so no flow of either side matches it.
+pub fn icmp_error_from_vm() -> Vec<u8> {
+    let mut quoted = [0u8; 28];
+    quoted[0] = 0x45;
+    quoted[2..4].copy_from_slice(&(28u16 + 32).to_be_bytes());
+    quoted[8] = 57;
+    quoted[9] = IPPROTO_UDP;
+    quoted[12..16].copy_from_slice(&ICMP_ERROR_PEER);
+    quoted[16..20].copy_from_slice(&VM);
+    ipv4_checksum(&mut quoted[..20]);
+    quoted[20..22].copy_from_slice(&ICMP_ERROR_SPORT.to_be_bytes());
+    quoted[22..24].copy_from_slice(&ICMP_ERROR_DPORT.to_be_bytes());
+    quoted[24..26].copy_from_slice(&(8u16 + 32).to_be_bytes());
+    let mut out = Vec::with_capacity(14 + 20 + 8 + quoted.len());
+    PacketBuilder::ethernet2(ROUTER_MAC, ROUTER_MAC)
+        .ipv4(VM, ICMP_ERROR_PEER, 64)
+        .icmpv4_raw(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4])
+        .write(&mut out, &quoted)
+        .expect("etherparse serialises a valid frame");
+    out
 }
 
 fn udp_from_vm(sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
@@ -475,12 +578,12 @@ fn udp_from_vm(sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_common::nat::block_of;
 
     #[test]
     fn every_nat_path_is_listed_and_named_once() {
-        let names: Vec<String> = paths().into_iter().map(|p| p.name).collect();
-        assert_eq!(names, PATHS);
-        assert!(names.iter().all(|n| is_nat_path(n)));
+        crate::micro::tests::assert_listed_once_and_drops_repeat(paths(), &PATHS);
+        assert!(PATHS.iter().all(|n| is_nat_path(n)));
         assert!(!is_nat_path("vpc_local@10"));
     }
 
@@ -507,8 +610,48 @@ mod tests {
     fn tables_give_the_host_every_block_it_may_hold() {
         let t = tables();
         assert_eq!(t.blocks[0].blocks.len(), MAX_HOST_BLOCKS);
-        assert_eq!(t.owners.len(), MAX_HOST_BLOCKS);
+        let ours = t.owners.iter().filter(|o| o.vtep == THIS_VTEP).count();
+        assert_eq!(ours, MAX_HOST_BLOCKS);
         let p = established_port();
         assert!(p >= block_first_port(0) && p < block_first_port(BLOCKS));
+        let u = unheld_port();
+        assert!(u != p && u >= block_first_port(0) && u < block_first_port(BLOCKS));
+    }
+
+    #[test]
+    fn owner_paths_go_to_other_hosts_blocks() {
+        let t = tables();
+        let owner_of = |port: u16| {
+            let block = block_of(port).expect("an SNAT port");
+            t.owners
+                .iter()
+                .find(|o| o.eip == EIP_S && o.block == block)
+                .map(|o| o.vtep)
+        };
+        assert_eq!(owner_of(PEER_OWNER_PORT), Some(PEER_VTEP));
+        assert_eq!(owner_of(UNRESOLVED_OWNER_PORT), Some(UNRESOLVED_OWNER_VTEP));
+        assert!(!t.blocks[0].blocks.contains(&PEER_OWNER_BLOCK));
+        assert!(!t.blocks[0].blocks.contains(&UNRESOLVED_OWNER_BLOCK));
+        // Each block has one owner.
+        let mut blocks: Vec<u16> = t.owners.iter().map(|o| o.block).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        assert_eq!(blocks.len(), t.owners.len());
+    }
+
+    #[test]
+    fn icmp_error_quotes_a_plain_header_to_the_vm() {
+        let f = icmp_error_from_vm();
+        let icmp = 14 + 20;
+        assert_eq!(f[23], sluice_common::proto::IPPROTO_ICMP);
+        assert_eq!(
+            (f[icmp], f[icmp + 1]),
+            (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH)
+        );
+        let inner = &f[icmp + 8..icmp + 28];
+        assert_eq!(inner[0], 0x45);
+        assert_eq!(inner[16..20], VM);
+        assert_eq!(inner[12..16], ICMP_ERROR_PEER);
+        assert!(f.len() >= icmp + 8 + 28);
     }
 }

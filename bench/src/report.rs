@@ -129,20 +129,28 @@ pub fn coverage_markdown(report: &MicroReport) -> String {
         .iter()
         .filter_map(|r| r.expected_reason.as_deref())
         .collect();
+    let unreachable =
+        |r: &sluice_common::stats::Reason| crate::micro::UNREACHABLE.iter().any(|(u, _)| u == r);
     let missing: Vec<String> = sluice_common::stats::Reason::ALL
         .iter()
+        .filter(|r| !unreachable(r))
         .map(|r| r.name())
         .filter(|n| !measured.contains(n))
         .map(|n| format!("`{n}`"))
         .collect();
+    let reachable = sluice_common::stats::Reason::ALL.len() - crate::micro::UNREACHABLE.len();
     let mut s = format!(
-        "\n## Coverage\n\n{} of {} verdict reasons have a path in this run.",
-        sluice_common::stats::Reason::ALL.len() - missing.len(),
-        sluice_common::stats::Reason::ALL.len()
+        "\n## Coverage\n\n{} of the {reachable} verdict reasons a test run can reach have a path in this run.",
+        reachable - missing.len(),
     );
     if !missing.is_empty() {
         let _ = write!(s, " Not measured: {}.", missing.join(", "));
     }
+    let why: Vec<String> = crate::micro::UNREACHABLE
+        .iter()
+        .map(|(r, why)| format!("`{}` ({why})", r.name()))
+        .collect();
+    let _ = write!(s, " Out of a test run's reach: {}.", why.join("; "));
     s.push('\n');
     s
 }

@@ -26,8 +26,9 @@ use etherparse::{IpNumber, PacketBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_common::{
-    conntrack::{self, CtConfig, CtEntry, CtKey, CT_COUNT_USERSPACE, TCP_ACK},
-    programs::{XDP_BENCH_VM, XDP_VM},
+    conntrack::{self, CtConfig, CtEntry, CtKey, CT_COUNT_USERSPACE, TCP_ACK, TCP_SYN},
+    nat::EipKind,
+    programs::{XDP_BENCH_VM, XDP_UNDERLAY, XDP_VM},
     proto::{IPPROTO_ICMP, IPPROTO_TCP},
     stats::Reason,
     vpc::Ipv4,
@@ -36,12 +37,20 @@ use sluice_dataplane::{
     conntrack as ct,
     intent::Intent,
     loader::Dataplane,
-    sg::{apply, compile::compile_host},
+    nat::{apply as nat_apply, BlockRow, EipRow, NatTables, OwnerRow, SourceRow},
+    sg::{
+        apply::{self, BlockPrefix},
+        compile::compile_host,
+        SgTables,
+    },
 };
 
 use crate::{
-    micro::{Method, PathSpec, NEW_FLOW_REPEAT, SOURCE_PORT_OFFSET, XDP_REDIRECT},
-    vpc::{self, Scale, LO, LOCAL_PEER, ROUTER_MAC, VM},
+    micro::{
+        run_one, Method, PathSpec, NEW_FLOW_REPEAT, SOURCE_PORT_OFFSET, XDP_DROP, XDP_REDIRECT,
+    },
+    nat,
+    vpc::{self, Scale, LO, LOCAL_PEER, ROUTER_MAC, THIS_VTEP, VM, VNI},
 };
 
 /// The security-group state an SG path runs against.
@@ -54,7 +63,26 @@ pub enum SgScale {
     /// One rule; 1,000,000 other flows in the connection table.
     #[serde(rename = "flows_1m")]
     Flows1M,
+    /// One rule; the connection table at its admission limit ([`FULL_FLOWS`]).
+    Full,
+    /// The state the drop paths need: deny rules, a flow they revoked, the operator
+    /// blocklist, and a NAT gateway whose SNAT rule covers another subnet than the VM's.
+    Drops,
 }
+
+/// The admission limit of the `Full` instance, and the flows filling it.
+pub const FULL_FLOWS: u32 = 1_000;
+/// The `Drops` instance: a port the VM's egress policy denies (after a flow to it opened),
+/// and one its ingress policy denies.
+const DENIED_EGRESS_PORT: u16 = 4444;
+const DENIED_INGRESS_PORT: u16 = 3333;
+/// Source ports of the revoked flow and of the denied new one.
+const REVOKED_SPORT: u16 = 40000;
+const DENIED_SPORT: u16 = 40001;
+/// On the operator blocklist (as source and destination) in the `Drops` instance.
+pub const BLOCKED: Ipv4 = [203, 0, 113, 66];
+/// The subnet the `Drops` instance's SNAT rule covers (not the VM's).
+const SNAT_SUBNET: Ipv4 = [10, 0, 2, 0];
 
 /// Flows put into the table of the `Flows1M` instance.
 pub const FILL_FLOWS: u32 = 1_000_000;
@@ -63,11 +91,13 @@ pub const FILL_FLOWS: u32 = 1_000_000;
 const FILL_LIMIT: u32 = u32::MAX;
 
 impl SgScale {
-    pub const ALL: [SgScale; 4] = [
+    pub const ALL: [SgScale; 6] = [
         SgScale::Rules1,
         SgScale::Rules100,
         SgScale::Rules1000,
         SgScale::Flows1M,
+        SgScale::Full,
+        SgScale::Drops,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -76,6 +106,8 @@ impl SgScale {
             SgScale::Rules100 => "100r",
             SgScale::Rules1000 => "1000r",
             SgScale::Flows1M => "1m",
+            SgScale::Full => "full",
+            SgScale::Drops => "drops",
         }
     }
 
@@ -85,12 +117,14 @@ impl SgScale {
             SgScale::Rules100 => "100 rules per direction",
             SgScale::Rules1000 => "1,000 rules per direction",
             SgScale::Flows1M => "1 rule, 1,000,000 flows in the connection table",
+            SgScale::Full => "1 rule, the connection table at its admission limit (1,000 flows)",
+            SgScale::Drops => "1 rule plus a deny rule per direction, a flow the egress one revoked, the operator blocklist, a NAT gateway whose SNAT rule covers another subnet",
         }
     }
 
     pub fn rules(self) -> usize {
         match self {
-            SgScale::Rules1 | SgScale::Flows1M => 1,
+            SgScale::Rules1 | SgScale::Flows1M | SgScale::Full | SgScale::Drops => 1,
             SgScale::Rules100 => 100,
             SgScale::Rules1000 => 1000,
         }
@@ -99,6 +133,7 @@ impl SgScale {
     pub fn filled(self) -> u32 {
         match self {
             SgScale::Flows1M => FILL_FLOWS,
+            SgScale::Full => FULL_FLOWS,
             _ => 0,
         }
     }
@@ -166,8 +201,32 @@ fn spec<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     serde_json::from_value(v.clone()).with_context(|| format!("spec {v}"))
 }
 
-/// The measured VM as an intent: its NIC's interface is `lo`, its group holds the rules.
-fn intent(n: usize) -> Result<Intent> {
+/// A deny rule for `port` of `protocol` to or from the VM's subnet, ahead of every allow.
+fn deny(direction: &str, protocol: &str, port: u16) -> Value {
+    let mut r = rule(
+        direction,
+        protocol,
+        Some(port.to_string()),
+        "10.0.1.0/24".into(),
+        5,
+    );
+    r["action"] = json!("deny");
+    r
+}
+
+/// The `Drops` instance's rules: one per direction plus a deny rule for ingress and, once
+/// `revoking`, one for egress.
+fn drop_rules(revoking: bool) -> Vec<Value> {
+    let mut r = rules(1);
+    r.push(deny("ingress", "udp", DENIED_INGRESS_PORT));
+    if revoking {
+        r.push(deny("egress", "tcp", DENIED_EGRESS_PORT));
+    }
+    r
+}
+
+/// The measured VM as an intent: its NIC's interface is `lo`, its group holds `rules`.
+fn intent(rules: Vec<Value>) -> Result<Intent> {
     fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
         move |e| anyhow::anyhow!("{what}: {e:?}")
     }
@@ -190,7 +249,7 @@ fn intent(n: usize) -> Result<Intent> {
         .create_nic(spec(json!({"name": "vm", "vpc": "a", "subnet": "s", "host": "bench", "ifname": "lo", "ip": vm}))?)
         .map_err(err("nic"))?;
     let (i, _) = i
-        .create_security_group(spec(json!({"vpc": "a", "name": "g", "rules": rules(n)}))?)
+        .create_security_group(spec(json!({"vpc": "a", "name": "g", "rules": rules}))?)
         .map_err(err("security group"))?;
     let (i, _) = i
         .set_nic_security_groups("vm", vec!["g".into()])
@@ -198,19 +257,35 @@ fn intent(n: usize) -> Result<Intent> {
     Ok(i)
 }
 
+/// Compiles `rules` for the measured VM and writes them as the agent would: the compile
+/// time, and the tables.
+fn apply_rules(dp: &mut Dataplane, rules: Vec<Value>) -> Result<(f64, SgTables)> {
+    let started = std::time::Instant::now();
+    let t = compile_host(&intent(rules)?, "bench");
+    let compile_secs = started.elapsed().as_secs_f64();
+    let resolved = apply::resolve(&t, apply::nic_slots(dp)?, |n| (n == "lo").then_some(LO));
+    ensure!(resolved.nics.len() == 1, "the measured NIC did not resolve");
+    apply::apply(dp, &resolved)?;
+    Ok((compile_secs, t))
+}
+
 /// Writes the VPC tables (10 routes), the policies of `scale`, and its fill.
 pub fn install(dp: &mut Dataplane, scale: SgScale) -> Result<SgInfo> {
     vpc::install(dp, &vpc::tables(Scale::Routes10))?;
     let started = std::time::Instant::now();
-    let t = compile_host(&intent(scale.rules())?, "bench");
-    let compile_secs = started.elapsed().as_secs_f64();
-    let started = std::time::Instant::now();
-    let resolved = apply::resolve(&t, apply::nic_slots(dp)?, |n| (n == "lo").then_some(LO));
-    ensure!(resolved.nics.len() == 1, "the measured NIC did not resolve");
-    apply::apply(dp, &resolved)?;
-    if scale == SgScale::Flows1M {
+    let (compile_secs, t) = if scale == SgScale::Drops {
+        install_drops(dp)?
+    } else {
+        apply_rules(dp, rules(scale.rules()))?
+    };
+    let limit = match scale {
+        SgScale::Flows1M => Some(FILL_LIMIT),
+        SgScale::Full => Some(FULL_FLOWS),
+        _ => None,
+    };
+    if let Some(max_entries) = limit {
         let cfg = CtConfig {
-            max_entries: FILL_LIMIT,
+            max_entries,
             ..CtConfig::DEFAULT
         };
         ct::write_config(dp, &cfg)?;
@@ -228,8 +303,99 @@ pub fn install(dp: &mut Dataplane, scale: SgScale) -> Result<SgInfo> {
         trie_entries,
         filled_flows: scale.filled(),
         compile_secs,
-        fill_secs: started.elapsed().as_secs_f64(),
+        fill_secs: started.elapsed().as_secs_f64() - compile_secs,
     })
+}
+
+/// The `Drops` instance: a flow to [`DENIED_EGRESS_PORT`] opened under rules that allow
+/// it, then revoked by a deny rule (the connection table keeps revoked entries for a day
+/// here, not 10 s, so it stays revoked for the whole run); the blocklist; the NAT maps.
+fn install_drops(dp: &mut Dataplane) -> Result<(f64, SgTables)> {
+    apply_rules(dp, drop_rules(false))?;
+    let (action, _) = run_one(
+        dp,
+        XDP_VM,
+        &tcp_from_vm(REVOKED_SPORT, DENIED_EGRESS_PORT, TCP_ACK),
+    )?;
+    ensure!(
+        action == XDP_REDIRECT,
+        "the flow to be revoked was not opened (action {action})"
+    );
+    let applied = apply_rules(dp, drop_rules(true))?;
+    let day = 86_400 * 1_000_000_000;
+    ct::write_config(
+        dp,
+        &CtConfig {
+            tcp_close_ns: day,
+            ..CtConfig::DEFAULT
+        },
+    )?;
+    let blocked = BlockPrefix {
+        addr: BLOCKED,
+        len: 32,
+        src: true,
+        dst: true,
+    };
+    apply::apply_blocklist(dp, &[blocked])?;
+    let t = NatTables {
+        border: Some(nat::BORDER),
+        eips: vec![EipRow {
+            eip: nat::EIP_S,
+            kind: EipKind::Snat as u32,
+            vni: 0,
+            ip: [0; 4],
+            vtep: [0; 4],
+        }],
+        dnat: vec![],
+        sources: vec![SourceRow {
+            vni: VNI,
+            ip: SNAT_SUBNET,
+            len: 24,
+            eips: vec![nat::EIP_S],
+        }],
+        blocks: vec![BlockRow {
+            eip: nat::EIP_S,
+            blocks: vec![0],
+        }],
+        owners: vec![OwnerRow {
+            eip: nat::EIP_S,
+            block: 0,
+            vtep: THIS_VTEP,
+        }],
+        bindings: vec![],
+    };
+    let resolved = nat_apply::resolve(&t, THIS_VTEP, |ip| {
+        (ip == nat::BORDER).then_some(nat::BORDER_MAC)
+    });
+    nat_apply::apply(dp, &resolved).context("writing the NAT maps")?;
+    Ok(applied)
+}
+
+/// A TCP segment (`flags`: SYN or ACK) from the VM to its neighbour's `dport`, 60 bytes.
+fn tcp_from_vm(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(ROUTER_MAC, ROUTER_MAC)
+        .ipv4(VM, LOCAL_PEER, 64)
+        .tcp(sport, dport, 1000, 64240);
+    let b = if flags & TCP_SYN != 0 {
+        b.syn()
+    } else {
+        b.ack(1)
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("write to a Vec");
+    out.resize(out.len().max(60), 0);
+    out
+}
+
+/// A UDP datagram from the Internet (the border router) to `dst`, 60 bytes.
+fn udp_from_internet(src: Ipv4, dst: Ipv4) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(nat::BORDER_MAC, vpc::UNDERLAY_MAC)
+        .ipv4(src, dst, 64)
+        .udp(53, 40000)
+        .write(&mut out, &[0xab; 60 - 14 - 20 - 8])
+        .expect("write to a Vec");
+    out
 }
 
 /// `n` established TCP flows of another VPC, counted as userspace inserts.
@@ -276,6 +442,13 @@ pub fn next_flow(frame: &[u8], k: u32) -> Vec<u8> {
     f
 }
 
+/// A UDP datagram from the VM to its neighbour's `dport`.
+fn udp_to_peer(dport: u16) -> Vec<u8> {
+    let mut f = vpc::from_vm(LOCAL_PEER);
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f
+}
+
 /// An ICMP echo reply from the VM to `dst`, 60 bytes, router MACs (rewrites are no-ops).
 fn echo_reply(dst: Ipv4) -> Vec<u8> {
     let mut out = Vec::new();
@@ -303,6 +476,67 @@ pub fn paths(scale: SgScale) -> Vec<PathSpec> {
         sg: Some(scale),
         vary: None,
     };
+    let dropped = |base: &str, description: &str, frame: Vec<u8>, reason: Reason| PathSpec {
+        action: XDP_DROP,
+        reason: Some(reason),
+        ..p(base, description.into(), frame, Method::Repeat)
+    };
+    match scale {
+        SgScale::Full => {
+            return vec![dropped(
+                "sg_ct_full_drop",
+                "a new flow allowed by both policies while the connection table is at its admission limit: lookup (miss), both policies, admission refused (counted), dropped; no entry is evicted",
+                vpc::from_vm(LOCAL_PEER),
+                Reason::DropCtFull,
+            )]
+        }
+        SgScale::Drops => {
+            let internet = PathSpec {
+                program: XDP_UNDERLAY,
+                ingress_ifindex: 0,
+                ..dropped(
+                    "blocklist_src_drop",
+                    "the Internet to an elastic IP from a blocklisted address: EIP, blocklist (hit): dropped before anything else",
+                    udp_from_internet(BLOCKED, nat::EIP_S),
+                    Reason::DropBlocklistSrc,
+                )
+            };
+            return vec![
+                dropped(
+                    "sg_egress_drop",
+                    "a new TCP flow the VM's egress policy denies (a deny rule ahead of the allow): lookup (miss), egress policy: dropped",
+                    tcp_from_vm(DENIED_SPORT, DENIED_EGRESS_PORT, TCP_SYN),
+                    Reason::DropSgEgress,
+                ),
+                dropped(
+                    "sg_ingress_drop",
+                    "a new UDP flow the egress policy allows and the receiver's ingress policy denies: lookup (miss), both policies: dropped",
+                    udp_to_peer(DENIED_INGRESS_PORT),
+                    Reason::DropSgIngress,
+                ),
+                dropped(
+                    "sg_revoked_drop",
+                    "a packet of a live flow that a rule added since denies: lookup (hit), policy ids differ once (re-checked, revoked), then the revoked flag: dropped",
+                    tcp_from_vm(REVOKED_SPORT, DENIED_EGRESS_PORT, TCP_ACK),
+                    Reason::DropSgRevoked,
+                ),
+                dropped(
+                    "blocklist_dst_drop",
+                    "the VM to a blocklisted address: blocklist (hit): dropped before anything else",
+                    vpc::from_vm(BLOCKED),
+                    Reason::DropBlocklistDst,
+                ),
+                internet,
+                dropped(
+                    "nat_no_source_drop",
+                    "the VM to the Internet through a NAT gateway whose SNAT rule covers another subnet: route (NAT gateway), its egress policy, connection entry, binding (miss), SNAT rule (miss): dropped",
+                    vpc::from_vm(vpc::BEHIND_NAT),
+                    Reason::DropNatNoSource,
+                ),
+            ];
+        }
+        _ => {}
+    }
     let label = scale.label();
     let mut out = vec![PathSpec {
         program: XDP_BENCH_VM,
@@ -353,7 +587,7 @@ mod tests {
 
     #[test]
     fn the_measured_vm_compiles_to_one_nic_with_both_policies() {
-        let t = compile_host(&intent(100).unwrap(), "bench");
+        let t = compile_host(&intent(rules(100)).unwrap(), "bench");
         assert_eq!(t.nics.len(), 1);
         assert_eq!(t.nics[0].ifname, "lo");
         assert_eq!(t.policies.len(), 2);
@@ -371,8 +605,27 @@ mod tests {
     }
 
     #[test]
+    fn the_drops_instance_adds_one_deny_rule_per_direction_once_revoking() {
+        let count = |revoking, direction: &str| {
+            let t = compile_host(&intent(drop_rules(revoking)).unwrap(), "bench");
+            let nic = &t.nics[0];
+            let id = if direction == "egress" {
+                nic.egress
+            } else {
+                nic.ingress
+            };
+            t.policy(id).map_or(0, |p| p.rules.len())
+        };
+        assert_eq!((count(false, "ingress"), count(false, "egress")), (2, 1));
+        assert_eq!((count(true, "ingress"), count(true, "egress")), (2, 2));
+    }
+
+    #[test]
     fn every_scale_has_a_new_flow_path_and_the_table_scale_an_established_one() {
-        for s in SgScale::ALL {
+        for s in SgScale::ALL
+            .into_iter()
+            .filter(|s| !matches!(s, SgScale::Full | SgScale::Drops))
+        {
             let names: Vec<String> = paths(s).into_iter().map(|p| p.name).collect();
             assert!(names.contains(&format!("sg_new_flow@{}", s.suffix())));
         }

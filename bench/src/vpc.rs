@@ -67,10 +67,17 @@ pub const BLACKHOLED: Ipv4 = [10, 9, 1, 1];
 pub const NO_ROUTE: Ipv4 = [10, 200, 0, 1];
 /// An address the VM does not own.
 pub const SPOOFED: Ipv4 = [10, 0, 1, 99];
+/// In the VM's subnet, no NIC has it.
+pub const NO_NIC: Ipv4 = [10, 0, 1, 250];
+/// Same subnet, on a host whose underlay MAC this host has not resolved.
+pub const UNRESOLVED_PEER: Ipv4 = [10, 0, 1, 21];
+pub const UNRESOLVED_VTEP: Ipv4 = [192, 168, 0, 99];
+/// Behind the VPC's NAT gateway route, which this host has no NAT configuration for.
+pub const BEHIND_NAT: Ipv4 = [198, 51, 100, 1];
 
 /// Every destination a measured path looks up: no generated route may cover one, or it
 /// would change which route the 100k-route figure measures.
-pub const MEASURED_DESTINATIONS: [Ipv4; 7] = [
+pub const MEASURED_DESTINATIONS: [Ipv4; 10] = [
     VM,
     LOCAL_PEER,
     REMOTE_PEER,
@@ -78,6 +85,9 @@ pub const MEASURED_DESTINATIONS: [Ipv4; 7] = [
     ROUTED_REMOTE,
     BLACKHOLED,
     NO_ROUTE,
+    NO_NIC,
+    UNRESOLVED_PEER,
+    BEHIND_NAT,
 ];
 
 /// Repetitions per test run for the routed (TTL-decrementing) paths: the frame starts at
@@ -190,7 +200,11 @@ pub fn measured_vpc_routes() -> Vec<Route> {
         r([10, 0, 3, 0], 24, local),
         r([10, 0, 4, 0], 22, local),
         r([10, 0, 8, 0], 21, local),
-        r([10, 0, 16, 0], 20, local),
+        r(
+            [198, 51, 100, 0],
+            24,
+            hop(NextHopKind::NatGateway, VNI, [0; 4]),
+        ),
         r([10, 0, 1, 128], 25, local),
         r([10, 0, 3, 200], 32, local),
         r([10, 9, 0, 0], 16, hop(NextHopKind::Blackhole, VNI, [0; 4])),
@@ -266,8 +280,8 @@ fn remote_host(i: usize) -> Ipv4 {
     [192, 168, 0, 2 + (i % REMOTE_HOSTS as usize) as u8]
 }
 
-/// The measured VPC's endpoints: the five a path uses (MAC = router MAC, see the module
-/// comment) and five more remote ones, so it has as many as every other VPC.
+/// The measured VPC's endpoints: the six a path uses (MAC = router MAC, see the module
+/// comment) and four more remote ones, so it has as many as every other VPC.
 fn measured_vpc_endpoints() -> Vec<(EndpointKey, Endpoint)> {
     let key = |ip| EndpointKey { vni: VNI, ip };
     let mut eps = vec![
@@ -276,6 +290,10 @@ fn measured_vpc_endpoints() -> Vec<(EndpointKey, Endpoint)> {
         (key(REMOTE_PEER), endpoint(ROUTER_MAC, PEER_VTEP, false)),
         (key(ROUTED_LOCAL), endpoint(ROUTER_MAC, THIS_VTEP, true)),
         (key(ROUTED_REMOTE), endpoint(ROUTER_MAC, PEER_VTEP, false)),
+        (
+            key(UNRESOLVED_PEER),
+            endpoint(ROUTER_MAC, UNRESOLVED_VTEP, false),
+        ),
     ];
     for i in eps.len()..ENDPOINTS_PER_VPC {
         let mac = [0x02, 0xa0, 0, 0, 0, i as u8];
@@ -454,11 +472,16 @@ pub fn install(dp: &mut Dataplane, t: &Tables) -> Result<()> {
 
 /// IPv4 UDP between router-MAC'd ends, padded to 60 bytes.
 fn udp(src: Ipv4, dst: Ipv4, ttl: u8) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MIN_FRAME);
+    udp_of_len(src, dst, ttl, MIN_FRAME)
+}
+
+/// IPv4 UDP between router-MAC'd ends, `len` bytes with the Ethernet header.
+fn udp_of_len(src: Ipv4, dst: Ipv4, ttl: u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
     PacketBuilder::ethernet2(ROUTER_MAC, ROUTER_MAC)
         .ipv4(src, dst, ttl)
         .udp(40000, 5000)
-        .write(&mut out, &[0xab; MIN_FRAME - 14 - 20 - 8])
+        .write(&mut out, &vec![0xab; len - 14 - 20 - 8])
         .expect("etherparse serialises a valid frame");
     out
 }
@@ -496,7 +519,7 @@ pub fn from_underlay() -> Vec<u8> {
 }
 
 /// `inner` in VXLAN under `vni` from the peer host.
-fn vxlan_from_peer(vni: u32, inner: &[u8]) -> Vec<u8> {
+pub(crate) fn vxlan_from_peer(vni: u32, inner: &[u8]) -> Vec<u8> {
     let mut payload = vec![0x08, 0, 0, 0];
     payload.extend_from_slice(&(vni << 8).to_be_bytes());
     payload.extend_from_slice(inner);
@@ -561,6 +584,34 @@ fn state_drops() -> Vec<(&'static str, bool, &'static str, Vec<u8>, Reason)> {
             Reason::DropTtlExceeded,
         ),
         (
+            "vpc_no_endpoint_drop",
+            false,
+            "destination in the VM's subnet that no NIC has (its route is local, the endpoint lookup misses)",
+            from_vm(NO_NIC),
+            Reason::DropNoEndpoint,
+        ),
+        (
+            "vpc_mtu_exceeded_drop",
+            false,
+            "a 1,514-byte frame to a NIC on another host: with the 50 bytes of VXLAN it would not fit the 1,500-byte underlay (never truncated)",
+            udp_of_len(VM, REMOTE_PEER, 64, 1514),
+            Reason::DropMtuExceeded,
+        ),
+        (
+            "vpc_no_underlay_neighbor_drop",
+            false,
+            "to a NIC on a host whose underlay MAC is not resolved yet",
+            from_vm(UNRESOLVED_PEER),
+            Reason::DropNoUnderlayNeighbor,
+        ),
+        (
+            "vpc_nat_no_border_drop",
+            false,
+            "routed to the NAT gateway on a host without NAT configuration (no border router resolved)",
+            from_vm(BEHIND_NAT),
+            Reason::DropNatNoBorder,
+        ),
+        (
             "vpc_unknown_vni_drop",
             true,
             "VXLAN under a VNI this host does not have",
@@ -571,7 +622,7 @@ fn state_drops() -> Vec<(&'static str, bool, &'static str, Vec<u8>, Reason)> {
             "vpc_vxlan_unknown_dest_drop",
             true,
             "VXLAN to an address no NIC of the VNI has here",
-            vxlan_from_peer(VNI, &udp(REMOTE_PEER, [10, 0, 1, 250], 64)),
+            vxlan_from_peer(VNI, &udp(REMOTE_PEER, NO_NIC, 64)),
             Reason::DropVxlanUnknownDest,
         ),
         (
@@ -789,6 +840,13 @@ mod tests {
         }
         assert_eq!(kind(BLACKHOLED), Some(NextHopKind::Blackhole as u32));
         assert_eq!(kind(NO_ROUTE), None);
+        assert_eq!(kind(NO_NIC), local);
+        assert_eq!(kind(UNRESOLVED_PEER), local);
+        assert_eq!(kind(BEHIND_NAT), Some(NextHopKind::NatGateway as u32));
+        let t = tables(Scale::Routes10);
+        assert!(!t.endpoints.iter().any(|(k, _)| k.ip == NO_NIC));
+        let unresolved = t.endpoints.iter().find(|(k, _)| k.ip == UNRESOLVED_PEER);
+        assert_eq!(unresolved.map(|(_, e)| e.vtep_mac), Some([0; 6]));
     }
 
     #[test]

@@ -31,8 +31,9 @@
 //! ## Per packet
 //!
 //! 1. Blocklist ([`maps::BLOCKLIST`], skipped while [`SgConfig::blocklist_entries`] is 0):
-//!    source and destination of every VM packet at `xdp_vm`, and of VXLAN packets (outer
-//!    source, inner source and destination) at `xdp_underlay`, before anything else.
+//!    source and destination of every VM packet at `xdp_vm`, of VXLAN packets (outer
+//!    source, inner source and destination) and of the Internet's packets to an elastic IP
+//!    at `xdp_underlay`, before anything else.
 //! 2. Connection table lookup (one hash lookup, [`crate::conntrack`]). A live entry is the
 //!    fast path: the policy ids it was admitted under are compared with the NICs' current
 //!    ones ([`maps::NICS`], an array indexed by ifindex: no hashing) and the packet passes.

@@ -110,15 +110,20 @@ pub enum Reason {
     /// A new flow to a listener with nothing to pick: every backend drained, or down
     /// with `fail_closed`.
     DropLbNoBackend,
-    /// A new flow to a listener whose table slot holds no table (transient).
+    /// A new flow to a listener whose table slot holds no table, or of an unknown
+    /// scheduler: a guard (the agent writes a table before any listener names it).
     DropLbNoTable,
     /// The translated 5-tuple is held by another flow (not balanced, or another VIP's).
     DropLbConflict,
+    /// An EIP's packet a peer host handed over for a flow that this host sees owned by
+    /// yet another host (the two disagree while an owner changes): dropped, never sent
+    /// on again, so it cannot bounce between hosts.
+    DropNatNotOwner,
 }
 
 impl Reason {
     /// Number of reasons: the stats map's size.
-    pub const COUNT: u32 = Reason::DropLbConflict as u32 + 1;
+    pub const COUNT: u32 = Reason::DropNatNotOwner as u32 + 1;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
@@ -185,6 +190,7 @@ impl Reason {
         Reason::DropLbNoBackend,
         Reason::DropLbNoTable,
         Reason::DropLbConflict,
+        Reason::DropNatNotOwner,
     ];
 
     pub const fn index(self) -> u32 {
@@ -279,6 +285,7 @@ impl Reason {
             Reason::DropLbNoBackend => "drop_lb_no_backend",
             Reason::DropLbNoTable => "drop_lb_no_table",
             Reason::DropLbConflict => "drop_lb_conflict",
+            Reason::DropNatNotOwner => "drop_nat_not_owner",
         }
     }
 }

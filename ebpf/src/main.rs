@@ -38,7 +38,7 @@ fn vm(ctx: &XdpContext) -> u32 {
         Ok(pkt) => pkt,
         Err(reason) => return stats::verdict(ctx, reason),
     };
-    if let Some(reason) = sg::blocklist_vm(ctx, &pkt, len) {
+    if let Some(reason) = sg::blocklist_ip(ctx, &pkt, len) {
         return stats::verdict(ctx, reason);
     }
     match vpc::vm_egress(ctx, &pkt) {
@@ -68,7 +68,7 @@ fn underlay(ctx: &XdpContext) -> u32 {
             Err(reason) => reason,
         },
         // Plain IPv4 to an elastic IP; anything else is the host's own traffic.
-        Ok(pkt) => match nat::underlay(ctx, &pkt) {
+        Ok(pkt) => match nat::underlay(ctx, &pkt, len) {
             Some(out) => return stats::finish(len, out),
             None => pass_reason(&pkt),
         },

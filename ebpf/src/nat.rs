@@ -399,10 +399,11 @@ extern "C" fn probe(index: u32, _ctx: *mut c_void) -> i64 {
 
 // ---- ingress ----
 
-/// Plain IPv4 at the underlay. `None`: not for an EIP (or the host is not configured),
-/// so it goes to the kernel as before: the host's own traffic.
+/// Plain IPv4 (`len` bytes) at the underlay. `None`: not for an EIP (or the host is not
+/// configured), so it goes to the kernel as before: the host's own traffic. For an EIP the
+/// operator blocklist comes first, as at the other entry points.
 #[inline(always)]
-pub fn underlay(ctx: &XdpContext, pkt: &Packet) -> Option<Outcome> {
+pub fn underlay(ctx: &XdpContext, pkt: &Packet, len: usize) -> Option<Outcome> {
     if pkt.ethertype != ETH_P_IP || pkt.l3_off != ETH_LEN {
         return None;
     }
@@ -410,6 +411,9 @@ pub fn underlay(ctx: &XdpContext, pkt: &Packet) -> Option<Outcome> {
     let ip = vpc::ptr_mut::<[u8; IP_LEN]>(ctx, ETH_LEN)?;
     let dst: Ipv4 = unsafe { [(*ip)[16], (*ip)[17], (*ip)[18], (*ip)[19]] };
     unsafe { EIPS.get(dst) }?;
+    if let Some(reason) = sg::blocklist_ip(ctx, pkt, len) {
+        return Some(drop(reason));
+    }
     Some(ingress(ctx, pkt, host))
 }
 
@@ -544,7 +548,7 @@ pub extern "C" fn sluice_nat_ingress(this_vtep: u32, icmp_error: u32, from_borde
     match EipKind::from_u32(entry.kind) {
         Some(EipKind::Bound) => {
             if entry.vtep != this_vtep {
-                return owner(sc, entry.vtep_mac);
+                return owner(sc, entry.vtep_mac, from_border);
             }
             target(sc, entry.vni, entry.ip, eport)
         }
@@ -566,7 +570,7 @@ pub extern "C" fn sluice_nat_ingress(this_vtep: u32, icmp_error: u32, from_borde
                 return balance(t.vni, t.ip, t.port, from_border);
             }
             if t.vtep != this_vtep {
-                return owner(sc, t.vtep_mac);
+                return owner(sc, t.vtep_mac, from_border);
             }
             match target(sc, t.vni, t.ip, t.port) {
                 PASS => COMMIT,
@@ -582,7 +586,7 @@ pub extern "C" fn sluice_nat_ingress(this_vtep: u32, icmp_error: u32, from_borde
                 block: block as u32,
             };
             match unsafe { OWNERS.get(key) } {
-                Some(o) if o.vtep != this_vtep => owner(sc, o.vtep_mac),
+                Some(o) if o.vtep != this_vtep => owner(sc, o.vtep_mac, from_border),
                 // Its block is ours and no flow holds the port: default deny.
                 _ => Reason::DropNatNoRule.index(),
             }
@@ -597,7 +601,7 @@ pub extern "C" fn sluice_nat_ingress(this_vtep: u32, icmp_error: u32, from_borde
 /// target; else the packet goes unchanged to the backend's host, which picks the same
 /// and translates there (so replies leave from there, as for any DNAT flow). A packet a
 /// peer host sent here is never sent on: when this host picks a backend elsewhere (its
-/// health checks disagree), it is dropped (`drop_lb_no_backend`).
+/// health checks disagree), it is dropped (`drop_nat_not_owner`).
 #[inline(always)]
 fn balance(vni: u32, vip: Ipv4, vport: [u8; 2], from_border: u32) -> u32 {
     let vport = u32::from_ne_bytes([vport[0], vport[1], 0, 0]);
@@ -618,10 +622,7 @@ fn balance(vni: u32, vip: Ipv4, vport: [u8; 2], from_border: u32) -> u32 {
             code => code,
         };
     }
-    if from_border == 0 {
-        return Reason::DropLbNoBackend.index();
-    }
-    owner(sc, ep.vtep_mac)
+    owner(sc, ep.vtep_mac, from_border)
 }
 
 /// Whether the frame came from the border router (not forwarded by a peer host).
@@ -634,9 +635,14 @@ fn from_border(ctx: &XdpContext) -> bool {
     e[6..12] == border
 }
 
-/// `OWNER`, with the owner's MAC in the scratch, unless it is unresolved.
+/// `OWNER`, with the owner's MAC in the scratch, unless it is unresolved or the packet
+/// is already a peer's hand-over (sent on again, it could bounce between two hosts that
+/// disagree on the owner).
 #[inline(always)]
-fn owner(sc: &mut ct::Scratch, mac: Mac) -> u32 {
+fn owner(sc: &mut ct::Scratch, mac: Mac, from_border: u32) -> u32 {
+    if from_border == 0 {
+        return Reason::DropNatNotOwner.index();
+    }
     if mac == [0; 6] {
         return Reason::DropNatUnresolvedOwner.index();
     }

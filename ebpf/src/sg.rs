@@ -484,9 +484,10 @@ fn check_pair(src: Ipv4, dst: Ipv4, len: usize) -> Option<Reason> {
     None
 }
 
-/// A VM's packet at `xdp_vm`, before anything else looks at it.
+/// A plain IPv4 packet before anything else looks at it: a VM's at `xdp_vm`, or the
+/// Internet's to an elastic IP at `xdp_underlay` (a DDoS source, or an attacked EIP).
 #[inline(always)]
-pub fn blocklist_vm(ctx: &XdpContext, pkt: &Packet, len: usize) -> Option<Reason> {
+pub fn blocklist_ip(ctx: &XdpContext, pkt: &Packet, len: usize) -> Option<Reason> {
     if pkt.ethertype != ETH_P_IP || !blocklist_active() {
         return None;
     }

@@ -1,7 +1,7 @@
 //! The operator blocklist: IPv4 prefixes whose packets every host drops before anything
 //! else (DDoS response). An entry applies to a packet's source, its destination, or both;
-//! it is checked at the underlay (outer and inner addresses) and at VM ingress, in every
-//! VPC (see `common/src/sg.rs`). Entries are identified by their prefix, which is unique;
+//! it is checked at the underlay (VXLAN: outer and inner addresses; the Internet's packets
+//! to an elastic IP) and at VM ingress, in every VPC (see `common/src/sg.rs`). Entries are identified by their prefix, which is unique;
 //! the list holds at most [`MAX_BLOCKLIST_ENTRIES`] (what the datapath's trie holds).
 
 use serde::{Deserialize, Serialize};
