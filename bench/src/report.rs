@@ -1031,12 +1031,17 @@ fn comparison_table(comparisons: &[Compared]) -> String {
     s
 }
 
-/// `Sluice ÷ kernel <median>` for a chart title.
+/// `Sluice ÷ kernel <median>` (and `÷ kernel+nft <median>` where measured) for a chart
+/// title.
 fn ratio_title(c: &Compared) -> String {
-    match &c.ratio {
+    let mut t = match &c.ratio {
         Some(v) => format!("Sluice ÷ kernel {:.2}", v.median),
         None => "no ratio".into(),
+    };
+    if let Some(v) = &c.ratio_nft {
+        let _ = write!(t, ", ÷ kernel+nft {:.2}", v.median);
     }
+    t
 }
 
 /// A chart of `size` with a two-line header (what, then the machine and date); returns the
@@ -1237,17 +1242,20 @@ pub fn e2e_markdown(r: &E2eReport) -> String {
         "\n## Sluice against the kernel (median, min–max over rounds)\n"
     );
     s.push_str(
-        "| test | unit | Sluice | kernel | Sluice ÷ kernel | better |\n|---|---|--:|--:|--:|---|\n",
+        "| test | unit | Sluice | kernel | Sluice ÷ kernel | kernel + nftables | Sluice ÷ kernel + nftables | better |\n|---|---|--:|--:|--:|--:|--:|---|\n",
     );
+    let cell = |v: &Option<Summary>| v.as_ref().map_or("n/a".into(), spread);
     for c in &r.comparisons {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             c.metric,
             c.unit,
             spread(&c.sluice),
             spread(&c.kernel),
-            c.ratio.as_ref().map_or("n/a".into(), spread),
+            cell(&c.ratio),
+            cell(&c.kernel_nft),
+            cell(&c.ratio_nft),
             if c.higher_is_better {
                 "higher"
             } else {
@@ -1257,7 +1265,7 @@ pub fn e2e_markdown(r: &E2eReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\nRatios are taken per round (the two dataplanes measured back to back), then summarised."
+        "\nRatios are taken per round (the dataplanes measured back to back), then summarised. Sluice's NICs carry the VPC's default security group (stateful: connection table, ingress from the group's members): \"kernel + nftables\" is the kernel path with the same policy in nftables over conntrack, the like-for-like baseline; \"kernel\" filters nothing."
     );
 
     let _ = writeln!(s, "\n## UDP, 64-byte frames, per round\n");
@@ -1337,9 +1345,10 @@ pub fn e2e_markdown(r: &E2eReport) -> String {
 
 const SLUICE_COLOUR: RGBColor = RGBColor(0x2f, 0x9e, 0x44);
 const KERNEL_COLOUR: RGBColor = RGBColor(0x7a, 0x7a, 0x7a);
+const KERNEL_NFT_COLOUR: RGBColor = RGBColor(0xb0, 0xb0, 0xb0);
 
-/// One panel: for each group two bars (Sluice, kernel), each a median with a min–max
-/// whisker; bar `2g` is group `g`'s Sluice figure, `2g + 1` its kernel one.
+/// One panel: for each group a bar per dataplane measured (Sluice, kernel, and kernel +
+/// nftables where the mode has it), each a median with a min–max whisker.
 fn e2e_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
@@ -1353,16 +1362,27 @@ where
     let bars: Vec<(String, Dataplane, Summary)> = groups
         .iter()
         .flat_map(|(g, c)| {
-            [(Dataplane::Sluice, c.sluice), (Dataplane::Kernel, c.kernel)]
-                .into_iter()
-                .map(move |(dp, v)| {
-                    let label = if groups.len() == 1 {
-                        dp.name().to_string()
-                    } else {
-                        format!("{g} {}", dp.name())
-                    };
-                    (label, dp, v)
-                })
+            let present = [
+                (Dataplane::Sluice, Some(c.sluice)),
+                (Dataplane::Kernel, Some(c.kernel)),
+                (Dataplane::KernelNft, c.kernel_nft),
+            ]
+            .into_iter()
+            .filter_map(|(dp, v)| v.map(|v| (dp, v)))
+            .collect::<Vec<_>>();
+            // One group: each bar its dataplane; several: the group's name under its
+            // middle bar (the legend names the colours).
+            let mid = present.len() / 2;
+            present.into_iter().enumerate().map(move |(i, (dp, v))| {
+                let label = if groups.len() == 1 {
+                    dp.name().to_string()
+                } else if i == mid {
+                    g.to_string()
+                } else {
+                    String::new()
+                };
+                (label, dp, v)
+            })
         })
         .collect();
     let n = bars.len();
@@ -1439,7 +1459,11 @@ where
     for (dp, colour) in [
         (Dataplane::Sluice, SLUICE_COLOUR),
         (Dataplane::Kernel, KERNEL_COLOUR),
+        (Dataplane::KernelNft, KERNEL_NFT_COLOUR),
     ] {
+        if !bars.iter().any(|b| b.1 == dp) {
+            continue;
+        }
         let rects = bars
             .iter()
             .enumerate()
@@ -1629,6 +1653,8 @@ mod e2e_tests {
             sluice: summary(s),
             kernel: summary(k),
             ratio: (k != 0.0).then(|| summary(s / k)),
+            kernel_nft: Some(summary(k * 0.8)),
+            ratio_nft: (k != 0.0).then(|| summary(s / (k * 0.8))),
         }
     }
 
@@ -1760,7 +1786,7 @@ mod e2e_tests {
         assert!(md.contains("<!-- sluice-bench e2e: begin -->"));
         // Loss has no ratio when the kernel lost nothing.
         assert!(
-            md.contains("| UDP loss | % | 2.00 (1.80–2.20) | 0.000 (0.000–0.000) | n/a | lower |"),
+            md.contains("| UDP loss | % | 2.00 (1.80–2.20) | 0.000 (0.000–0.000) | n/a | 0.000 (0.000–0.000) | n/a | lower |"),
             "{md}"
         );
         assert!(
@@ -1769,7 +1795,7 @@ mod e2e_tests {
         );
         let svg = fs::read_to_string(dir.join("e2e.svg")).unwrap();
         assert!(
-            svg.starts_with("<svg") && svg.contains("p99.9 kernel"),
+            svg.starts_with("<svg") && svg.contains("p99.9") && svg.contains("kernel+nft"),
             "not the chart"
         );
         // Written twice, the section is replaced, not repeated.

@@ -46,7 +46,18 @@ const EXPECTED_SG: [(&str, &str); 10] = [
 ];
 
 /// The NAT paths with their reason and method kind.
-const EXPECTED_NAT: [(&str, &str, &str); 8] = [
+/// The drop paths of the `@full` and `@drops` instances.
+const EXPECTED_SG_DROPS: [(&str, &str); 7] = [
+    ("sg_ct_full_drop@full", "drop_ct_full"),
+    ("sg_egress_drop@drops", "drop_sg_egress"),
+    ("sg_ingress_drop@drops", "drop_sg_ingress"),
+    ("sg_revoked_drop@drops", "drop_sg_revoked"),
+    ("blocklist_dst_drop@drops", "drop_blocklist_dst"),
+    ("blocklist_src_drop@drops", "drop_blocklist_src"),
+    ("nat_no_source_drop@drops", "drop_nat_no_source"),
+];
+
+const EXPECTED_NAT: [(&str, &str, &str); 12] = [
     ("nat_vpc_local", "fwd_local", "repeat_restored_frame"),
     ("snat_new_flow", "fwd_nat_out", "new_flows"),
     ("snat_established", "fwd_nat_out", "repeat_restored_frame"),
@@ -55,18 +66,33 @@ const EXPECTED_NAT: [(&str, &str, &str); 8] = [
     ("dnat_established", "fwd_nat_in", "repeat_restored_frame"),
     ("nat_default_deny", "drop_nat_no_rule", "repeat"),
     ("snat_exhausted_drop", "drop_nat_ports_exhausted", "fresh"),
+    (
+        "nat_unresolved_owner_drop",
+        "drop_nat_unresolved_owner",
+        "repeat",
+    ),
+    ("nat_to_owner", "fwd_nat_owner", "repeat_restored_frame"),
+    ("nat_not_owner_drop", "drop_nat_not_owner", "repeat"),
+    (
+        "snat_icmp_error_no_state_drop",
+        "drop_nat_no_state",
+        "repeat",
+    ),
 ];
 
 /// The load balancer paths with their reason and method kind.
-const EXPECTED_LB: [(&str, &str, &str); 3] = [
+const EXPECTED_LB: [(&str, &str, &str); 6] = [
     ("lb_no_listener_drop", "drop_lb_no_listener", "repeat"),
+    ("lb_no_backend_drop", "drop_lb_no_backend", "repeat"),
+    ("lb_no_table_drop", "drop_lb_no_table", "repeat"),
+    ("lb_conflict_drop", "drop_lb_conflict", "repeat"),
     ("lb_new_flow", "fwd_local", "new_flows"),
     ("lb_established", "fwd_local", "repeat_restored_frame"),
 ];
 
 /// The VPC paths, each measured at both scales (`@10`, `@100k`), with their reason and
 /// method kind.
-const EXPECTED_VPC: [(&str, &str, &str); 17] = [
+const EXPECTED_VPC: [(&str, &str, &str); 21] = [
     ("vpc_local", "fwd_local", "repeat"),
     ("vpc_encap", "fwd_encap", "repeat_restored"),
     ("vpc_decap", "fwd_decap", "repeat_restored"),
@@ -80,6 +106,14 @@ const EXPECTED_VPC: [(&str, &str, &str); 17] = [
     ("vpc_not_ipv4_drop", "drop_vm_not_ipv4", "repeat"),
     ("vpc_arp_not_in_vpc_drop", "drop_arp_not_in_vpc", "repeat"),
     ("vpc_ttl_exceeded_drop", "drop_ttl_exceeded", "repeat"),
+    ("vpc_no_endpoint_drop", "drop_no_endpoint", "repeat"),
+    ("vpc_mtu_exceeded_drop", "drop_mtu_exceeded", "repeat"),
+    (
+        "vpc_no_underlay_neighbor_drop",
+        "drop_no_underlay_neighbor",
+        "repeat",
+    ),
+    ("vpc_nat_no_border_drop", "drop_nat_no_border", "repeat"),
     ("vpc_unknown_vni_drop", "drop_unknown_vni", "repeat"),
     (
         "vpc_vxlan_unknown_dest_drop",
@@ -153,6 +187,10 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         assert_eq!(find(name)["method"]["kind"], method, "{name}");
         expected.push((name.to_string(), Some("fwd_local".into())));
     }
+    for (name, reason) in EXPECTED_SG_DROPS {
+        assert_eq!(find(name)["method"]["kind"], "repeat", "{name}");
+        expected.push((name.to_string(), Some(reason.to_string())));
+    }
     for &(name, reason, method) in EXPECTED_NAT.iter().chain(&EXPECTED_LB) {
         assert_eq!(find(name)["method"]["kind"], method, "{name}");
         expected.push((name.to_string(), Some(reason.to_string())));
@@ -219,7 +257,7 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         .iter()
         .map(|s| support::number(&s["rules"], "rules"))
         .collect();
-    assert_eq!(sg_rules, [1.0, 100.0, 1000.0, 1.0]);
+    assert_eq!(sg_rules, [1.0, 100.0, 1000.0, 1.0, 1.0, 1.0]);
     let t = &report["sg_targets"];
     for k in ["new_flow_net_1", "new_flow_net_1000", "established_added"] {
         support::number(&t[k], k);
@@ -267,10 +305,26 @@ fn micro_quick_writes_json_summary_and_chart_for_every_path() {
         "Issue 3 targets",
         "NAT targets",
         "snat_exhausted_drop",
-        "verdict reasons have a path in this run",
+        "verdict reasons a test run can reach have a path in this run",
+        "Out of a test run's reach",
     ] {
         assert!(summary.contains(needle), "{needle} missing:\n{summary}");
     }
+    // Every reason a test run can reach was measured: "N of the N verdict reasons ...".
+    let coverage = summary
+        .lines()
+        .find(|l| l.contains("verdict reasons a test run can reach"))
+        .expect("the coverage line");
+    let counts: Vec<&str> = coverage.split_whitespace().take(4).collect();
+    assert_eq!(
+        (counts[1], counts[2]),
+        ("of", "the"),
+        "coverage line: {coverage}"
+    );
+    assert_eq!(
+        counts[0], counts[3],
+        "not every reason measured: {coverage}"
+    );
     let svg = std::fs::read_to_string(out.join("micro.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "not an SVG");
     std::fs::remove_dir_all(&out).ok();
@@ -364,7 +418,16 @@ fn e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace() {
     }
     assert_eq!(comparisons.len(), E2E_METRICS.len());
 
-    for dataplane in ["sluice", "kernel"] {
+    // The kernel also with stateful filtering: a figure and a ratio for every metric
+    // (loss may have none when nothing was lost).
+    for c in comparisons {
+        check_summary(&c["kernel_nft"], "kernel_nft");
+        if !c["ratio_nft"].is_null() {
+            check_summary(&c["ratio_nft"], "ratio_nft");
+        }
+    }
+
+    for dataplane in ["sluice", "kernel", "kernel_nft"] {
         let of = |test: &str| -> Vec<Value> {
             r[test]
                 .as_array()
@@ -422,6 +485,7 @@ fn e2e_quick_writes_json_summary_and_chart_and_leaves_no_namespace() {
     for needle in [
         "<!-- sluice-bench e2e: begin -->",
         "Sluice ÷ kernel",
+        "Sluice ÷ kernel + nftables",
         "UDP received",
         "latency p99.9",
     ] {

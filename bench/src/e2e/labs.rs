@@ -22,6 +22,12 @@
 //! equivalent of Sluice's endpoint table), learning left to the bridge, and no netfilter
 //! calls from the bridge (`bridge-nf-call-*` = 0).
 //!
+//! Kernel + nftables ([`Dataplane::KernelNft`]): the kernel lab with stateful filtering
+//! switched on for the test ([`Side::set_filtering`]): bridged IPv4 through netfilter
+//! (`bridge-nf-call-iptables` = 1, br_netfilter's conntrack) and on each host the nftables
+//! equivalent of the VPC's default security group, which Sluice's NICs carry: ingress to a
+//! VM only from the group's members, every egress, replies by connection state.
+//!
 //! The VMs are configured alike: TX checksum offload off (Sluice's VMs need it: frames
 //! redirected by XDP lose the offload state). Differences each dataplane needs: Sluice's VM
 //! ends carry the lab's pass-everything XDP program (to receive redirected frames and
@@ -53,6 +59,9 @@ use super::netns::{link_counters, LinkCounters};
 pub enum Dataplane {
     Sluice,
     Kernel,
+    /// The kernel lab with stateful filtering (nftables, conntrack) on.
+    #[serde(rename = "kernel_nft")]
+    KernelNft,
 }
 
 impl Dataplane {
@@ -60,9 +69,13 @@ impl Dataplane {
         match self {
             Dataplane::Sluice => "sluice",
             Dataplane::Kernel => "kernel",
+            Dataplane::KernelNft => "kernel+nft",
         }
     }
 }
+
+/// The nftables table of the filtered kernel path.
+const FILTER_TABLE: &str = "sluice_sg";
 
 pub const HOSTS: [(&str, &str); 2] = [("h1", "172.31.0.1"), ("h2", "172.31.0.2")];
 const UNDERLAY_IF: &str = "ul0";
@@ -276,6 +289,45 @@ impl<'lab> Side<'lab> {
                 })
             }
         }
+    }
+
+    /// Kernel lab: stateful filtering on or off on both hosts (see the module comment);
+    /// the ruleset mirrors the default security group of Sluice's NICs: a VM accepts new
+    /// connections only from the group's members (both VMs), sends anything, and replies
+    /// pass by connection state. Sluice's lab filters always (its NICs have the group).
+    pub fn set_filtering(&self, on: bool) -> Result<()> {
+        if self.dataplane == Dataplane::Sluice {
+            bail!("set_filtering: Sluice's NICs filter through their security groups");
+        }
+        let members = format!("{}, {}", self.tx.ip, self.rx.ip);
+        for (h, _) in HOSTS {
+            let local: Vec<String> = [&self.tx, &self.rx]
+                .iter()
+                .filter(|v| v.host == h)
+                .map(|v| v.ip.to_string())
+                .collect();
+            let local = local.join(", ");
+            let rules = if on {
+                format!(
+                    "table ip {FILTER_TABLE} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n    ip daddr {{ {local} }} ip saddr {{ {members} }} counter accept\n    ip daddr {{ {local} }} counter drop\n  }}\n}}\n"
+                )
+            } else {
+                String::new()
+            };
+            // Declaring the table first makes the delete succeed whether or not it exists.
+            let script =
+                format!("table ip {FILTER_TABLE}\ndelete table ip {FILTER_TABLE}\n{rules}");
+            load_nft(self.lab, h, FILTER_TABLE, &script)?;
+            let key = format!("net.bridge.bridge-nf-call-iptables={}", u8::from(on));
+            self.lab.exec(h, &["sysctl", "-q", "-w", &key])?;
+        }
+        Ok(())
+    }
+
+    /// Kernel lab: the packets the filter's accept rule for new connections (ingress from
+    /// the group's members) matched on the receiver's host.
+    pub fn filter_accepted(&self) -> Result<u64> {
+        nft_rule_counter(self.lab, HOSTS[1].0, FILTER_TABLE, "forward")
     }
 
     /// The receiving VM's interface counters.

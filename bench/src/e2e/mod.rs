@@ -1,6 +1,8 @@
 //! `sluice-bench e2e`: traffic between two VMs on two hosts, through Sluice and through the
-//! kernel's bridge + VXLAN path built for the same layout (see [`labs`]), interleaved in
-//! one run. Four tests, each run for both dataplanes in every round:
+//! kernel's bridge + VXLAN path built for the same layout (see [`labs`]), the latter both
+//! unfiltered and with the stateful filtering Sluice's NICs have (their default security
+//! group, as nftables rules over conntrack), interleaved in one run. Four tests, each run
+//! for the three in every round:
 //!
 //! - **UDP throughput**: the generator ([`generator`], live-frames test runs) sends 64-byte
 //!   UDP frames from the sending VM as fast as the path takes them; a thread in the
@@ -203,6 +205,11 @@ pub struct Compared {
     /// Sluice ÷ kernel, one ratio per round (the two measured back to back); none when the
     /// kernel's figure was 0 in every round (e.g. no loss).
     pub ratio: Option<Summary>,
+    /// The kernel with stateful filtering (`e2e` only), and Sluice ÷ it per round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_nft: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_nft: Option<Summary>,
 }
 
 /// What every end-to-end mode's report says about its run (flattened into its JSON).
@@ -261,14 +268,14 @@ pub struct Method {
 
 fn method(p: &Params) -> Method {
     Method {
-        topology: "Two hosts (namespaces h1, h2) wired back to back by one veth pair (the underlay: 172.31.0.0/24, MTU 1500, GRO on both ends; no bridge between them, which would turn Sluice's XDP frames into skbs); one VM namespace on each (tx 10.0.1.10 on h1, rx 10.0.1.11 on h2, one /24, MTU 1450, TX checksum offload off), wired to its host by a veth pair. Sluice: sluiced on each host (h1's also the controller), the topology posted to its API, xdp_vm on the VM host ends and xdp_underlay on the fabric links in native mode; the VM ends carry a pass-everything XDP program. Kernel: the same namespaces, addresses, MACs and MTUs; on each host a bridge holding the VM's host end (GRO on) and a VXLAN device with the VPC's VNI (dstport 4789, local = own underlay address, remote = the other host's, nolearning); net.bridge.bridge-nf-call-{iptables,ip6tables,arptables} = 0 in the hosts (br_netfilter would otherwise run bridged frames through netfilter).".into(),
+        topology: "Two hosts (namespaces h1, h2) wired back to back by one veth pair (the underlay: 172.31.0.0/24, MTU 1500, GRO on both ends; no bridge between them, which would turn Sluice's XDP frames into skbs); one VM namespace on each (tx 10.0.1.10 on h1, rx 10.0.1.11 on h2, one /24, MTU 1450, TX checksum offload off), wired to its host by a veth pair. Sluice: sluiced on each host (h1's also the controller), the topology posted to its API, xdp_vm on the VM host ends and xdp_underlay on the fabric links in native mode; the VM ends carry a pass-everything XDP program. Kernel: the same namespaces, addresses, MACs and MTUs; on each host a bridge holding the VM's host end (GRO on) and a VXLAN device with the VPC's VNI (dstport 4789, local = own underlay address, remote = the other host's, nolearning); net.bridge.bridge-nf-call-{iptables,ip6tables,arptables} = 0 in the hosts (br_netfilter would otherwise run bridged frames through netfilter). Kernel + nftables: the kernel lab with, for its tests only, bridge-nf-call-iptables = 1 (bridged IPv4 through netfilter and conntrack) and on each host table ip sluice_sg, chain forward (hook forward): `ct state established,related accept`; `ip daddr { this host's VMs } ip saddr { 10.0.1.10, 10.0.1.11 } counter accept`; `ip daddr { this host's VMs } counter drop`: the VPC's default security group, which Sluice's NICs carry (new connections into a VM only from the group's members, egress free, replies by state). Each connection test checks the accept rule counted at least as many new connections as the client made.".into(),
         generator: format!("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (batch {}) of a 22-instruction program that writes the frame over the recycled page (the path may have rewritten it: Sluice rewrites the MACs in place) and returns XDP_TX, from a thread inside the tx VM's namespace pinned to CPU {}, with xdp_md.ingress_ifindex = the VM's eth0: each repetition sends one frame out of eth0 into its veth peer (the host end). 64-byte frames on the wire (60 bytes, no FCS on veths): IPv4/UDP 10.0.1.10:{} -> 10.0.1.11:{}, 18 bytes of payload, checksums complete, destination MAC as the tx VM's neighbour table resolved it after a ping. Sends as fast as the path takes: the path's softirq runs on the same CPU after each batch. {} s per test, in calls sized to take about 50 ms each.", generator::BATCH, p.sender_cpu, generator::SRC_PORT, UDP_PORT, p.udp_secs),
         receiver: format!("A thread inside the rx VM's namespace pinned to CPU {} reads a UDP socket (SO_RCVBUFFORCE 16 MiB) with recvmmsg (64 per call) and counts datagrams carrying the generator's payload; counting ends when the count has not grown for 100 ms after the generator stopped. received_pps = received / generator seconds; loss = 1 - received / sent. Also recorded: the rx VM interface's rx_packets (arrived_nic, arrived_pps: what the dataplane delivered to the VM whether or not the thread kept up), the rx namespace's UDP RcvbufErrors (datagrams dropped because the thread fell behind), and the path's own counters (Sluice: fwd_encap on h1, fwd_decap on h2, drops; kernel: vx0 tx on h1, rx on h2, drops).", p.receiver_cpu),
         latency: format!("UDP ping-pong with 18-byte payloads (64-byte frames): a client thread in tx (CPU {}) sends a sequence number and a CLOCK_MONOTONIC timestamp, an echo thread in rx (CPU {}) sends it back, the client takes the RTT on receipt; one request outstanding, blocking sockets; {} pings after {} discarded; no answer within 1 s counts as lost. Nearest-rank percentiles per round.", p.sender_cpu, p.receiver_cpu, p.pings, p.ping_warmup),
         tcp: format!("iperf3 (one TCP stream, default settings, {} s): server `taskset -c {} iperf3 -s -1` in rx, client `taskset -c {} iperf3 -c` in tx; the receiver's bits per second.", p.tcp_secs, p.receiver_cpu, p.sender_cpu),
         crr: format!("Short TCP connections one after another for {} s: a client thread in tx (CPU {}) connects, sends 1 byte, reads 1 byte, closes; a server thread in rx (CPU {}) accepts, reads, answers, closes. tx has net.ipv4.tcp_tw_reuse=1 and ports 1024-65000.", p.crr_secs, p.sender_cpu, p.receiver_cpu),
         cpus: format!("senders on CPU {}, receivers on CPU {}; each dataplane's daemons and the kernel's own threads are not pinned", p.sender_cpu, p.receiver_cpu),
-        rounds: format!("{} rounds; each round runs UDP, latency, TCP and connection tests, each test for both dataplanes back to back, Sluice first in even rounds and the kernel first in odd ones. One warm-up UDP burst per dataplane before round 0 is discarded. Medians over rounds; ratios are Sluice / kernel per round.", p.runs),
+        rounds: format!("{} rounds; each round runs UDP, latency, TCP and connection tests, each test for the three back to back (Sluice, kernel, kernel + nftables), each of them first, second and last in turn. One warm-up UDP burst per dataplane before round 0 is discarded. Medians over rounds; ratios are Sluice / kernel and Sluice / kernel + nftables per round.", p.runs),
     }
 }
 
@@ -278,12 +285,27 @@ fn method(p: &Params) -> Method {
 
 struct Ready<'a, 'lab> {
     side: &'a Side<'lab>,
+    /// What is measured: the side's own dataplane, or the kernel lab with filtering on.
+    dataplane: Dataplane,
     /// The destination MAC the tx VM uses for rx.
     dst_mac: [u8; 6],
 }
 
+impl Ready<'_, '_> {
+    /// Puts the kernel lab's filtering as this measurement needs it (before every test:
+    /// the two kernel measurements share a lab).
+    fn prepare(&self) -> Result<()> {
+        if self.side.dataplane == Dataplane::Sluice {
+            return Ok(());
+        }
+        self.side
+            .set_filtering(self.dataplane == Dataplane::KernelNft)
+    }
+}
+
 fn udp_test(r: &Ready, p: &Params, run: u32, secs: f64) -> Result<UdpRun> {
     let s = r.side;
+    r.prepare()?;
     let sink = traffic::UdpSink::start(
         &s.rx.netns,
         p.receiver_cpu,
@@ -300,7 +322,7 @@ fn udp_test(r: &Ready, p: &Params, run: u32, secs: f64) -> Result<UdpRun> {
     let arrived_nic = nic1.since(&nic0).rx_packets;
     Ok(UdpRun {
         run,
-        dataplane: s.dataplane,
+        dataplane: r.dataplane,
         sent: sent.frames,
         secs,
         offered_pps: sent.frames as f64 / secs,
@@ -317,6 +339,7 @@ fn udp_test(r: &Ready, p: &Params, run: u32, secs: f64) -> Result<UdpRun> {
 
 fn latency_test(r: &Ready, p: &Params, run: u32) -> Result<LatencyRun> {
     let s = r.side;
+    r.prepare()?;
     let server = SocketAddrV4::new(s.rx.ip, ECHO_PORT);
     let echo = traffic::Echo::start(&s.rx.netns, p.receiver_cpu, server)?;
     let pp = traffic::ping_pong(
@@ -331,13 +354,13 @@ fn latency_test(r: &Ready, p: &Params, run: u32) -> Result<LatencyRun> {
     ensure!(
         !pp.rtt_us.is_empty(),
         "{}: no ping was answered",
-        s.dataplane.name()
+        r.dataplane.name()
     );
     let mut sorted = pp.rtt_us;
     sorted.sort_by(f64::total_cmp);
     Ok(LatencyRun {
         run,
-        dataplane: s.dataplane,
+        dataplane: r.dataplane,
         n: sorted.len(),
         lost: pp.lost,
         min_us: sorted[0],
@@ -350,6 +373,7 @@ fn latency_test(r: &Ready, p: &Params, run: u32) -> Result<LatencyRun> {
 
 fn tcp_test(r: &Ready, p: &Params, run: u32) -> Result<TcpRun> {
     let s = r.side;
+    r.prepare()?;
     let res = traffic::iperf3(
         s.lab,
         s.tx.label,
@@ -360,10 +384,10 @@ fn tcp_test(r: &Ready, p: &Params, run: u32) -> Result<TcpRun> {
         IPERF_PORT,
         p.tcp_secs,
     )
-    .with_context(|| format!("{}: iperf3", s.dataplane.name()))?;
+    .with_context(|| format!("{}: iperf3", r.dataplane.name()))?;
     Ok(TcpRun {
         run,
-        dataplane: s.dataplane,
+        dataplane: r.dataplane,
         gbit_per_s: res.bits_per_second / 1e9,
         retransmits: res.retransmits,
     })
@@ -371,6 +395,7 @@ fn tcp_test(r: &Ready, p: &Params, run: u32) -> Result<TcpRun> {
 
 fn crr_test(r: &Ready, p: &Params, run: u32) -> Result<CrrRun> {
     let s = r.side;
+    r.prepare()?;
     let addr = SocketAddrV4::new(s.rx.ip, CRR_PORT);
     let server = traffic::CrrServer::start(&s.rx.netns, p.receiver_cpu, addr)?;
     let c = traffic::crr_client(&s.tx.netns, p.sender_cpu, addr, p.crr_secs)?;
@@ -378,13 +403,22 @@ fn crr_test(r: &Ready, p: &Params, run: u32) -> Result<CrrRun> {
     ensure!(
         served >= c.connections,
         "{}: the server answered {served} connections, the client counted {}",
-        s.dataplane.name(),
+        r.dataplane.name(),
         c.connections
     );
+    if r.dataplane == Dataplane::KernelNft {
+        // Every connection's first packet went through the filter's rule for new ones.
+        let accepted = s.filter_accepted()?;
+        ensure!(
+            accepted >= c.connections,
+            "kernel+nft: the filter accepted {accepted} new connections, the client made {}",
+            c.connections
+        );
+    }
     let secs = c.elapsed.as_secs_f64();
     Ok(CrrRun {
         run,
-        dataplane: s.dataplane,
+        dataplane: r.dataplane,
         connections: c.connections,
         failures: c.failures,
         secs,
@@ -462,24 +496,29 @@ fn compared<T: Round>(
             .map(|r| (r.round(), value(r)))
             .collect()
     };
-    let (s, k) = (of(Dataplane::Sluice), of(Dataplane::Kernel));
-    let ratios: Vec<f64> = s
-        .iter()
-        .filter_map(|(r, v)| {
-            k.iter()
-                .find(|(rk, _)| rk == r)
-                .map(|(_, kv)| if *kv == 0.0 { f64::NAN } else { v / kv })
-        })
-        .filter(|x| x.is_finite())
-        .collect();
+    let s = of(Dataplane::Sluice);
+    // Sluice ÷ `base`, per round.
+    let ratios = |base: &[(u32, f64)]| -> Vec<f64> {
+        s.iter()
+            .filter_map(|(r, v)| {
+                base.iter()
+                    .find(|(rk, _)| rk == r)
+                    .map(|(_, kv)| if *kv == 0.0 { f64::NAN } else { v / kv })
+            })
+            .filter(|x| x.is_finite())
+            .collect()
+    };
     let vals = |v: &[(u32, f64)]| v.iter().map(|(_, x)| *x).collect::<Vec<_>>();
+    let (k, nft) = (of(Dataplane::Kernel), of(Dataplane::KernelNft));
     Ok(Compared {
         metric: metric.into(),
         unit: unit.into(),
         higher_is_better,
         sluice: Summary::of(&vals(&s)).with_context(|| format!("{metric}: Sluice"))?,
         kernel: Summary::of(&vals(&k)).with_context(|| format!("{metric}: kernel"))?,
-        ratio: Summary::of(&ratios).ok(),
+        ratio: Summary::of(&ratios(&k)).ok(),
+        kernel_nft: Summary::of(&vals(&nft)).ok(),
+        ratio_nft: Summary::of(&ratios(&nft)).ok(),
     })
 }
 
@@ -585,30 +624,37 @@ fn measure(p: &Params, sluice_lab: &Lab, kernel_lab: &Lab, log: &dyn Fn(&str)) -
         labs::check_vm_offloads(side)?;
         side.tune_for_short_connections()?;
         let dst_mac = side.warm_up()?;
-        ready.push(Ready { side, dst_mac });
+        ready.push(Ready {
+            side,
+            dataplane: side.dataplane,
+            dst_mac,
+        });
     }
+    ready.push(Ready {
+        side: &kernel,
+        dataplane: Dataplane::KernelNft,
+        dst_mac: ready[1].dst_mac,
+    });
     for r in &ready {
         let u = udp_test(r, p, 0, p.udp_secs.min(0.5))?;
         check_udp(&u)?;
         log(&format!(
             "warm-up {}: {:.3} Mpps received",
-            r.side.dataplane.name(),
+            r.dataplane.name(),
             u.received_pps / 1e6
         ));
     }
     let (mut udp, mut latency, mut tcp, mut crr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..p.runs {
-        let order: Vec<&Ready> = if run % 2 == 0 {
-            vec![&ready[0], &ready[1]]
-        } else {
-            vec![&ready[1], &ready[0]]
-        };
+        // Each dataplane first, second and last in turn.
+        let n = ready.len();
+        let order: Vec<&Ready> = (0..n).map(|i| &ready[(i + run as usize) % n]).collect();
         for r in &order {
             let u = udp_test(r, p, run, p.udp_secs)?;
             check_udp(&u)?;
             log(&format!(
                 "round {run} UDP {}: sent {:.3} Mpps, arrived {:.3} Mpps, received {:.3} Mpps, loss {:.2} % ({} socket buffer overflows), path {:?}",
-                r.side.dataplane.name(),
+                r.dataplane.name(),
                 u.offered_pps / 1e6,
                 u.arrived_pps / 1e6,
                 u.received_pps / 1e6,
@@ -622,7 +668,7 @@ fn measure(p: &Params, sluice_lab: &Lab, kernel_lab: &Lab, log: &dyn Fn(&str)) -
             let l = latency_test(r, p, run)?;
             log(&format!(
                 "round {run} latency {}: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, lost {}",
-                r.side.dataplane.name(),
+                r.dataplane.name(),
                 l.p50_us,
                 l.p99_us,
                 l.p999_us,
@@ -634,7 +680,7 @@ fn measure(p: &Params, sluice_lab: &Lab, kernel_lab: &Lab, log: &dyn Fn(&str)) -
             let t = tcp_test(r, p, run)?;
             log(&format!(
                 "round {run} TCP {}: {:.2} Gbit/s, {} retransmits",
-                r.side.dataplane.name(),
+                r.dataplane.name(),
                 t.gbit_per_s,
                 t.retransmits
             ));
@@ -644,7 +690,7 @@ fn measure(p: &Params, sluice_lab: &Lab, kernel_lab: &Lab, log: &dyn Fn(&str)) -
             let c = crr_test(r, p, run)?;
             log(&format!(
                 "round {run} connections {}: {:.0}/s ({} failed)",
-                r.side.dataplane.name(),
+                r.dataplane.name(),
                 c.per_second,
                 c.failures
             ));
