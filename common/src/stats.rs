@@ -105,7 +105,9 @@ pub enum Reason {
     DropNatNoState,
     /// The host owning an EIP's flow has no resolved underlay MAC.
     DropNatUnresolvedOwner,
-    /// A packet to a VIP with no listener for its protocol and port (or without ports).
+    /// A packet to a VIP with no listener for its protocol and port (or without ports), or
+    /// from a client in a peered VPC (a VIP serves its own VPC and, through DNAT, the
+    /// Internet).
     DropLbNoListener,
     /// A new flow to a listener with nothing to pick: every backend drained, or down
     /// with `fail_closed`.

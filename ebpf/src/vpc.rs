@@ -247,7 +247,15 @@ fn route(ctx: &XdpContext, pkt: &Packet, ifindex: u32, port: &Port, host: &HostC
                     (port.vni, own, in_net(dst, port.subnet, port.subnet_mask))
                 }
                 Some(NextHopKind::Nic) => (port.vni, endpoint(port.vni, nh.ip), false),
-                Some(NextHopKind::Peering) => (nh.vni, endpoint(nh.vni, dst), false),
+                Some(NextHopKind::Peering) => {
+                    let ep = endpoint(nh.vni, dst);
+                    // A VIP serves its own VPC (and the Internet through DNAT), not a
+                    // peer's clients: nothing here would translate the backends' replies.
+                    if ep.is_some_and(|e| e.flags & ENDPOINT_VIP != 0) {
+                        return drop(Reason::DropLbNoListener);
+                    }
+                    (nh.vni, ep, false)
+                }
                 Some(NextHopKind::Blackhole) => return drop(Reason::DropBlackhole),
                 Some(NextHopKind::NatGateway) | None => return drop(Reason::DropNoRoute),
             };
