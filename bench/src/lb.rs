@@ -29,7 +29,6 @@
 
 use anyhow::{ensure, Context, Result};
 use aya::maps::{Array, ArrayOfMaps, HashMap, MapData};
-use etherparse::PacketBuilder;
 use sluice_common::{
     conntrack::{self, CtEntry, CtKey, CT_COUNT_USERSPACE, TCP_ACK},
     lb::{self, *},
@@ -44,7 +43,7 @@ use sluice_dataplane::{conntrack as ct, loader::Dataplane};
 use crate::{
     micro::{run_one, Method, PathSpec, SOURCE_PORT_OFFSET, XDP_DROP, XDP_REDIRECT},
     sg::FLOWS_PER_PORT,
-    vpc::{self, Scale, LO, LOCAL_PEER, ROUTER_MAC, VM, VNI},
+    vpc::{self, Scale, LO, LOCAL_PEER, VM, VNI},
 };
 
 /// The VIP, in the measured VM's subnet.
@@ -221,23 +220,14 @@ fn conflict_key() -> (CtKey, bool) {
 }
 
 /// The VM's TCP ACK (no SYN: a SYN may take over the tuple of a connection that ended)
-/// from `CONFLICT_SPORT` to the VIP's `LB_PORT`, padded to 60 bytes.
+/// from `CONFLICT_SPORT` to the VIP's `LB_PORT`.
 pub fn conflict_frame() -> Vec<u8> {
-    let mut out = Vec::with_capacity(60);
-    PacketBuilder::ethernet2(ROUTER_MAC, ROUTER_MAC)
-        .ipv4(VM, VIP, 64)
-        .tcp(CONFLICT_SPORT, LB_PORT, 1, 65535)
-        .ack(1)
-        .write(&mut out, &[0xab; 60 - 14 - 20 - 20])
-        .expect("etherparse serialises a valid frame");
-    out
+    vpc::tcp_from_vm(CONFLICT_SPORT, VIP, LB_PORT, TCP_ACK)
 }
 
-/// The VM's UDP frame to the VIP's `port`.
+/// The VM's UDP frame (`vpc::from_vm`'s ports) to the VIP's `port`.
 fn to_port(port: u16) -> Vec<u8> {
-    let mut f = vpc::from_vm(VIP);
-    f[36..38].copy_from_slice(&port.to_be_bytes());
-    f
+    vpc::udp_from_vm(40000, VIP, port)
 }
 
 /// The VM's frame to the VIP as flow `k`: its source port counts up, then its listener

@@ -317,7 +317,7 @@ pub fn install(dp: &mut Dataplane) -> Result<NatInfo> {
 }
 
 /// A UDP frame from the Internet (border router to this host's underlay MAC).
-fn from_internet(src: Ipv4, sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
+pub(crate) fn from_internet(src: Ipv4, sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(60);
     PacketBuilder::ethernet2(BORDER_MAC, UNDERLAY_MAC)
         .ipv4(src, dst, 64)
@@ -492,7 +492,7 @@ pub fn paths() -> Vec<PathSpec> {
             "snat_exhausted_drop",
             XDP_VM,
             format!("VM to a destination for which all {} SNAT ports of this host are taken: SNAT rule, {PORT_PROBES} port probes (each a failed insert), dropped", u32::from(BLOCKS) * u32::from(BLOCK_SIZE)),
-            udp_from_vm(EXHAUSTED_SPORT, EXHAUSTED_DST, EXHAUSTED_DPORT),
+            vpc::udp_from_vm(EXHAUSTED_SPORT, EXHAUSTED_DST, EXHAUSTED_DPORT),
             XDP_DROP,
             Reason::DropNatPortsExhausted,
             // Microseconds per packet: measured like the routed paths (200 repetitions per
@@ -566,13 +566,6 @@ pub fn icmp_error_from_vm() -> Vec<u8> {
         .write(&mut out, &quoted)
         .expect("etherparse serialises a valid frame");
     out
-}
-
-fn udp_from_vm(sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
-    let mut f = vpc::from_vm(dst);
-    f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&dport.to_be_bytes());
-    f
 }
 
 #[cfg(test)]

@@ -315,7 +315,7 @@ fn install_drops(dp: &mut Dataplane) -> Result<(f64, SgTables)> {
     let (action, _) = run_one(
         dp,
         XDP_VM,
-        &tcp_from_vm(REVOKED_SPORT, DENIED_EGRESS_PORT, TCP_ACK),
+        &vpc::tcp_from_vm(REVOKED_SPORT, LOCAL_PEER, DENIED_EGRESS_PORT, TCP_ACK),
     )?;
     ensure!(
         action == XDP_REDIRECT,
@@ -371,33 +371,6 @@ fn install_drops(dp: &mut Dataplane) -> Result<(f64, SgTables)> {
     Ok(applied)
 }
 
-/// A TCP segment (`flags`: SYN or ACK) from the VM to its neighbour's `dport`, 60 bytes.
-fn tcp_from_vm(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(ROUTER_MAC, ROUTER_MAC)
-        .ipv4(VM, LOCAL_PEER, 64)
-        .tcp(sport, dport, 1000, 64240);
-    let b = if flags & TCP_SYN != 0 {
-        b.syn()
-    } else {
-        b.ack(1)
-    };
-    let mut out = Vec::new();
-    b.write(&mut out, &[]).expect("write to a Vec");
-    out.resize(out.len().max(60), 0);
-    out
-}
-
-/// A UDP datagram from the Internet (the border router) to `dst`, 60 bytes.
-fn udp_from_internet(src: Ipv4, dst: Ipv4) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(nat::BORDER_MAC, vpc::UNDERLAY_MAC)
-        .ipv4(src, dst, 64)
-        .udp(53, 40000)
-        .write(&mut out, &[0xab; 60 - 14 - 20 - 8])
-        .expect("write to a Vec");
-    out
-}
-
 /// `n` established TCP flows of another VPC, counted as userspace inserts.
 fn fill(dp: &mut Dataplane, n: u32) -> Result<()> {
     if n == 0 {
@@ -438,13 +411,6 @@ pub fn next_flow(frame: &[u8], k: u32) -> Vec<u8> {
     let dport = 5000 + (k / FLOWS_PER_PORT) as u16;
     let mut f = frame.to_vec();
     f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&dport.to_be_bytes());
-    f
-}
-
-/// A UDP datagram from the VM to its neighbour's `dport`.
-fn udp_to_peer(dport: u16) -> Vec<u8> {
-    let mut f = vpc::from_vm(LOCAL_PEER);
     f[36..38].copy_from_slice(&dport.to_be_bytes());
     f
 }
@@ -497,7 +463,7 @@ pub fn paths(scale: SgScale) -> Vec<PathSpec> {
                 ..dropped(
                     "blocklist_src_drop",
                     "the Internet to an elastic IP from a blocklisted address: EIP, blocklist (hit): dropped before anything else",
-                    udp_from_internet(BLOCKED, nat::EIP_S),
+                    nat::from_internet(BLOCKED, 53, nat::EIP_S, 40000),
                     Reason::DropBlocklistSrc,
                 )
             };
@@ -505,19 +471,19 @@ pub fn paths(scale: SgScale) -> Vec<PathSpec> {
                 dropped(
                     "sg_egress_drop",
                     "a new TCP flow the VM's egress policy denies (a deny rule ahead of the allow): lookup (miss), egress policy: dropped",
-                    tcp_from_vm(DENIED_SPORT, DENIED_EGRESS_PORT, TCP_SYN),
+                    vpc::tcp_from_vm(DENIED_SPORT, LOCAL_PEER, DENIED_EGRESS_PORT, TCP_SYN),
                     Reason::DropSgEgress,
                 ),
                 dropped(
                     "sg_ingress_drop",
                     "a new UDP flow the egress policy allows and the receiver's ingress policy denies: lookup (miss), both policies: dropped",
-                    udp_to_peer(DENIED_INGRESS_PORT),
+                    vpc::udp_from_vm(40000, LOCAL_PEER, DENIED_INGRESS_PORT),
                     Reason::DropSgIngress,
                 ),
                 dropped(
                     "sg_revoked_drop",
                     "a packet of a live flow that a rule added since denies: lookup (hit), policy ids differ once (re-checked, revoked), then the revoked flag: dropped",
-                    tcp_from_vm(REVOKED_SPORT, DENIED_EGRESS_PORT, TCP_ACK),
+                    vpc::tcp_from_vm(REVOKED_SPORT, LOCAL_PEER, DENIED_EGRESS_PORT, TCP_ACK),
                     Reason::DropSgRevoked,
                 ),
                 dropped(

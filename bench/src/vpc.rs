@@ -491,6 +491,32 @@ pub fn from_vm(dst: Ipv4) -> Vec<u8> {
     udp(VM, dst, 64)
 }
 
+/// The VM's UDP from `sport` to `dst`:`dport`.
+pub fn udp_from_vm(sport: u16, dst: Ipv4, dport: u16) -> Vec<u8> {
+    let mut f = from_vm(dst);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f
+}
+
+/// The VM's TCP segment from `sport` to `dst`:`dport` (`flags`: SYN, else an ACK), 60 bytes
+/// between router-MAC'd ends.
+pub fn tcp_from_vm(sport: u16, dst: Ipv4, dport: u16, flags: u8) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(ROUTER_MAC, ROUTER_MAC)
+        .ipv4(VM, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
+    let b = if flags & sluice_common::conntrack::TCP_SYN != 0 {
+        b.syn()
+    } else {
+        b.ack(1)
+    };
+    let mut out = Vec::with_capacity(MIN_FRAME);
+    b.write(&mut out, &[])
+        .expect("etherparse serialises a valid frame");
+    out.resize(out.len().max(MIN_FRAME), 0);
+    out
+}
+
 /// The VM to `dst` in another subnet, with room for [`ROUTED_REPEAT`] TTL decrements.
 pub fn routed_from_vm(dst: Ipv4) -> Vec<u8> {
     udp(VM, dst, ROUTED_TTL)
