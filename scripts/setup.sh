@@ -12,7 +12,7 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
-# nft: the kernel baseline of `sluice-bench nat` (masquerade).
+# nft: the kernel baselines of `sluice-bench` (e2e stateful filtering, nat masquerade, lb numgen).
 command -v nft >/dev/null || missing+=(nftables)
 if [ ${#missing[@]} -gt 0 ]; then
   say "apt installing: ${missing[*]}"

@@ -587,7 +587,7 @@ fn run_in_two_labs<T>(
 }
 
 pub fn run(params: &Params, log: impl Fn(&str)) -> Result<E2eReport> {
-    require_tools(&["iperf3", "taskset", "ethtool", "ping"])?;
+    require_tools(&["iperf3", "taskset", "ethtool", "ping", "nft"])?;
     let (run, m) = run_in_two_labs("e2e", params, &log, |s, k| measure(params, s, k, &log))?;
     Ok(E2eReport {
         run,
